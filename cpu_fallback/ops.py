@@ -1,0 +1,115 @@
+"""The numpy reference of every graph op (float32). GPU kernels are tested against these.
+
+Shapes: activations are (n_rows, width) float32; see wgpu_llm/graph.py for what each op means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_SQRT_2_OVER_PI = np.float32(0.7978845608028654)
+
+
+def embed(table: np.ndarray, token_ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """table: (n_vocab, d) float32; token_ids: (n,) -> (n, d)."""
+    out = table[token_ids]
+    if scale != 1.0:
+        out *= np.float32(scale)
+    return out
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """Normalise each group of len(weight) columns of x by its root mean square."""
+    n, width = x.shape
+    group = weight.shape[-1]
+    xg = x.reshape(n, width // group, group)
+    mean_sq = np.mean(xg * xg, axis=-1, keepdims=True, dtype=np.float32)
+    return (xg / np.sqrt(mean_sq + np.float32(eps)) * weight.reshape(group)).reshape(n, width)
+
+
+def linear(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> (n, m)."""
+    return x @ weight.T
+
+
+def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0):
+    """cos, sin of shape (n, n_rot/2) for the given positions."""
+    inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    angles = np.outer(positions.astype(np.float64) * freq_scale, inv_freq)
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, n_rot: int, base: float, neox: bool,
+         freq_scale: float = 1.0) -> np.ndarray:
+    """Rotary embedding of each head of x (n, n_heads*head_dim) at the given positions (n,).
+
+    neox: pairs (i, i + n_rot/2) rotate together (GPT-NeoX / Gemma layout); otherwise adjacent
+    pairs (2i, 2i+1) (the original / llama.cpp "normal" layout). Columns past n_rot pass through.
+    """
+    n, width = x.shape
+    cos, sin = rope_tables(positions, n_rot, base, freq_scale)
+    xh = x.reshape(n, width // head_dim, head_dim)
+    out = xh.copy()
+    half = n_rot // 2
+    if neox:
+        a, b = xh[..., :half], xh[..., half:n_rot]
+        out[..., :half] = a * cos[:, None] - b * sin[:, None]
+        out[..., half:n_rot] = a * sin[:, None] + b * cos[:, None]
+    else:
+        a, b = xh[..., 0:n_rot:2], xh[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = a * cos[:, None] - b * sin[:, None]
+        out[..., 1:n_rot:2] = a * sin[:, None] + b * cos[:, None]
+    return out.reshape(n, width)
+
+
+def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int, n_head: int,
+              n_kv_head: int, head_dim: int, scale: float, window: int = 0) -> np.ndarray:
+    """Causal attention of q (n, n_head*head_dim), rows at positions pos0.., over the cache.
+
+    k_cache, v_cache: (n_ctx_used, n_kv_head*head_dim) holding positions 0..pos0+n-1 (the step's
+    own keys included). window > 0: a query at position p sees keys in (p - window, p].
+    Returns (n, n_head*head_dim).
+    """
+    n = q.shape[0]
+    total = pos0 + n
+    group = n_head // n_kv_head
+    qh = q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3)  # (kv, g, n, d)
+    kh = k_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)  # (kv, t, d)
+    vh = v_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
+    scores = np.matmul(qh, kh[:, None].transpose(0, 1, 3, 2)) * np.float32(scale)  # (kv, g, n, t)
+    qpos = pos0 + np.arange(n)[:, None]
+    kpos = np.arange(total)[None, :]
+    masked = kpos > qpos
+    if window > 0:
+        masked |= kpos <= qpos - window
+    scores = np.where(masked, np.float32(-np.inf), scores)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = np.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    out = np.matmul(probs, vh[:, None])  # (kv, g, n, d)
+    return out.transpose(2, 0, 1, 3).reshape(n, n_head * head_dim).astype(np.float32, copy=False)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1.0) + np.exp(-x))
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
+
+
+def glu(x: np.ndarray, activation: str) -> np.ndarray:
+    """x = [gate | up] along columns -> act(gate) * up."""
+    half = x.shape[1] // 2
+    act = {"silu": silu, "gelu_tanh": gelu_tanh}[activation]
+    return act(x[:, :half]) * x[:, half:]
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def argmax(logits: np.ndarray) -> np.ndarray:
+    """Index of the largest value per row (lowest index on ties)."""
+    return np.argmax(logits, axis=-1)

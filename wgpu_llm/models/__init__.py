@@ -1,0 +1,17 @@
+"""Architecture registry: GGUF `general.architecture` -> module with `Config` and `build_graph`."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from ..gguf_file import GGUFError, GGUFFile
+from . import gemma3, llama
+
+ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3}
+
+
+def architecture(gf: GGUFFile) -> ModuleType:
+    if gf.architecture not in ARCHITECTURES:
+        raise GGUFError(f"{gf.path}: architecture {gf.architecture!r} is not supported "
+                        f"(supported: {', '.join(sorted(ARCHITECTURES))})")
+    return ARCHITECTURES[gf.architecture]

@@ -1,0 +1,388 @@
+"""Tokenizer built from a GGUF file's vocabulary metadata, matching llama.cpp token for token.
+
+The merge work is done by HuggingFace ``tokenizers`` (a Rust BPE model); the parts that are
+specific to llama.cpp are reproduced here in Python:
+
+* special-token partitioning: before any merging, llama.cpp cuts every control, user-defined
+  and unknown token out of the raw text, longest token text first (``tokenizer_st_partition``);
+  each remaining fragment is then tokenized on its own;
+* SPM ("llama") vocabularies carry scores, not merges. llama.cpp repeatedly merges the adjacent
+  pair whose concatenation is the vocab token with the highest score. A BPE model whose merge
+  list contains every (left, right) split of every token, ranked by the merged token's score,
+  does the same (this is how transformers converts GGUF llama vocabs); unknown characters fall
+  back to the ``<0xXX>`` byte tokens;
+* "gpt2" byte-level BPE vocabularies split the text with the pre-tokenizer regexes that
+  llama.cpp associates with ``tokenizer.ggml.pre``, each regex applied in turn with its matches
+  isolated;
+* BOS/EOS insertion, end-of-generation ids and detokenization follow ``llama-vocab.cpp``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers.models import BPE
+
+# tokenizer.ggml.token_type values
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)"
+_LLAMA3_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+              r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
+             r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_PRE_REGEXES = {
+    "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2_RE, r"\p{N}+", r"[0-9][0-9][0-9]"],
+    "gpt2": [_GPT2_RE],
+    "starcoder": [r"\p{N}", _GPT2_RE],
+    "llama3": [_LLAMA3_RE],
+    "qwen2": [_QWEN2_RE],
+}
+# tokenizer.ggml.pre -> (regex set, clean_spaces, ignore_merges, default add_bos), as in llama-vocab.cpp
+_PRE_TYPES = {
+    "default": ("default", True, False, False),
+    "gpt2": ("gpt2", True, False, False),
+    "gpt-2": ("gpt2", True, False, False),
+    "phi-2": ("gpt2", True, False, False),
+    "mpt": ("gpt2", True, False, False),
+    "olmo": ("gpt2", True, False, False),
+    "smollm": ("starcoder", False, False, False),
+    "starcoder": ("starcoder", True, False, False),
+    "refact": ("starcoder", True, False, False),
+    "codeshell": ("starcoder", True, False, False),
+    "command-r": ("starcoder", False, False, False),
+    "llama3": ("llama3", True, True, True),
+    "llama-v3": ("llama3", True, True, True),
+    "llama-bpe": ("llama3", True, True, True),
+    "falcon3": ("llama3", True, True, True),
+    "dbrx": ("llama3", True, False, False),
+    "smaug-bpe": ("llama3", True, False, False),
+    "qwen2": ("qwen2", False, False, False),
+    "deepseek-r1-qwen": ("qwen2", False, False, False),
+    "megrez": ("qwen2", True, False, False),
+    "stablelm2": ("qwen2", True, False, False),
+}
+
+# Token texts that llama.cpp treats as end of generation (and forces to control type).
+_EOG_TEXTS = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+}
+# Other token texts llama.cpp detects by name when the metadata gives no id; all become control,
+# and the fim pad/repo/sep ones also end generation.
+_DETECTED_TEXTS = {
+    "eot": {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+            "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"},
+    "eom": {"<|eom_id|>"},
+    "fim_pre": {"<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"},
+    "fim_suf": {"<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"},
+    "fim_mid": {"<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"},
+    "fim_pad": {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"},
+    "fim_rep": {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"},
+    "fim_sep": {"<|file_sep|>"},
+}
+_LEGACY_ID_KEYS = {"fim_pre": "prefix", "fim_suf": "suffix", "fim_mid": "middle"}
+_P = "tokenizer.ggml."
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte <-> printable character table."""
+    bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+_BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
+
+
+def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
+    """Every split of every token into two vocab tokens, best merged-token score first."""
+    merges = []
+    for text, tid in vocab.items():
+        score = scores[tid]
+        for k in range(1, len(text)):
+            left, right = text[:k], text[k:]
+            if left in vocab and right in vocab:
+                merges.append((-score, vocab[left], vocab[right], left, right))
+    merges.sort()
+    return [(m[3], m[4]) for m in merges]
+
+
+class Tokenizer:
+    """GGUF vocabulary tokenizer; ``encode`` gives the ids llama.cpp gives with parse_special=True."""
+
+    def __init__(self, metadata: dict, hf: HFTokenizer | None = None):
+        md = metadata
+        self.model = md.get(_P + "model")
+        if self.model not in ("llama", "gpt2"):
+            raise ValueError(f"unsupported {_P}model {self.model!r}: expected 'llama' (SentencePiece) or 'gpt2' (BPE)")
+        self.spm = self.model == "llama"
+        tokens = md.get(_P + "tokens")
+        if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
+            raise ValueError(f"{_P}tokens must be a non-empty list of strings, got {type(tokens).__name__}")
+        n = self.n_vocab = len(tokens)
+        # llama.cpp renames empty tokens so that every text is unique and non-empty
+        self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.types = self._array(md, "token_type", n, [NORMAL] * n)
+        self.scores = self._array(md, "scores", n, None if self.spm else [0.0] * n)
+
+        pre = md.get(_P + "pre") or "default"
+        regex_set = None
+        if self.spm:
+            self.clean_spaces, ignore_merges, default_bos = False, False, True
+        elif pre in _PRE_TYPES:
+            regex_set, self.clean_spaces, ignore_merges, default_bos = _PRE_TYPES[pre]
+        else:
+            raise ValueError(f"unsupported {_P}pre {pre!r} for a gpt2 vocab: expected one of {sorted(_PRE_TYPES)}")
+        self.add_space_prefix = bool(md.get(_P + "add_space_prefix", self.spm))
+        self.add_bos = bool(md.get(_P + "add_bos_token", default_bos))
+        self.add_eos = bool(md.get(_P + "add_eos_token", False))
+
+        # token id lookups; as in llama.cpp a duplicated text maps to its last id
+        self._ids = {t: i for i, t in enumerate(self.tokens)}
+        defaults = {"bos": 1, "eos": 2, "unk": 0} if self.spm else {"bos": 11, "eos": 11}
+        ids = {}
+        for name, key in [("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("eot", "eot"), ("eom", "eom"),
+                          ("fim_pre", "fim_pre"), ("fim_suf", "fim_suf"), ("fim_mid", "fim_mid"),
+                          ("fim_pad", "fim_pad"), ("fim_rep", "fim_rep"), ("fim_sep", "fim_sep")]:
+            value = md.get(f"{_P}{key}_token_id", md.get(f"{_P}{_LEGACY_ID_KEYS.get(name, key)}_token_id"))
+            if value is not None and not (isinstance(value, int) and 0 <= value < n):
+                if name in ("bos", "eos"):
+                    raise ValueError(f"{_P}{key}_token_id = {value!r} is not a token id (vocab has {n} tokens)")
+                value = None  # llama.cpp ignores an out-of-range optional id
+            if value is None and defaults.get(name, n) < n:
+                value = defaults[name]
+            ids[name] = value
+        self.bos_id, self.eos_id, self.unk_id = ids["bos"], ids["eos"], ids["unk"]
+        if self.add_bos and self.bos_id is None:
+            raise ValueError(f"{_P}add_bos_token is true but the vocab has no {_P}bos_token_id")
+        if self.add_eos and self.eos_id is None:
+            raise ValueError(f"{_P}add_eos_token is true but the vocab has no {_P}eos_token_id")
+        self._find_special_tokens(ids)
+
+        # special-token partition order: longest UTF-8 text first (llama.cpp's cache_special_tokens)
+        special = [i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
+        self._special = sorted(((self.tokens[i], i) for i in special), key=lambda p: (-len(p[0].encode()), p[1]))
+        self._pieces: list[bytes | None] = [None] * n  # token_bytes cache
+        merges = None
+        if not self.spm:
+            merges = md.get(_P + "merges")
+            if not isinstance(merges, (list, tuple)):
+                raise ValueError(f"{_P}merges is {type(merges).__name__}: a gpt2 vocab needs a list of 'left right' merges")
+        self._hf = hf if hf is not None else self._build_hf(merges, ignore_merges, regex_set)
+
+    @staticmethod
+    def _array(md: dict, field: str, n: int, default: list | None) -> list:
+        value = md.get(_P + field)
+        if value is None:
+            if default is None:
+                raise ValueError(f"{_P}{field} is missing: expected a list of {n} values (one per token)")
+            return default
+        value = list(value)
+        if len(value) != n:
+            raise ValueError(f"{_P}{field} has {len(value)} entries: expected {n} (the length of {_P}tokens)")
+        return value
+
+    def _find_special_tokens(self, ids: dict) -> None:
+        """End-of-generation ids and token type fix-ups, as llama.cpp's load_vocab does them."""
+        types = self.types = list(self.types)
+        for name, texts in _DETECTED_TEXTS.items():
+            if ids.get(name) is None:
+                found = sorted(self._ids[t] for t in texts if t in self._ids)
+                if found:  # llama.cpp takes whichever its hash map yields first; take the lowest id
+                    ids[name] = found[0]
+                    types[found[0]] = CONTROL
+        for text in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"):  # gpt-oss
+            if text in self._ids:
+                types[self._ids[text]] = USER_DEFINED
+        eog = {ids[k] for k in ("fim_pad", "fim_rep", "fim_sep", "eos", "eot", "eom") if ids.get(k) is not None}
+        for text in _EOG_TEXTS & self._ids.keys():
+            eog.add(self._ids[text])
+            types[self._ids[text]] = CONTROL
+        texts = {self.tokens[i] for i in eog}
+        has_call = bool(texts & {"<|call|>", "<|calls|>"})
+        if "<|end|>" in texts and has_call and texts & {"<|return|>", "<|flush|>"}:
+            eog.discard(self._ids["<|end|>"])  # o200k_harmony / solar-open: <|end|> does not end generation
+            types[self._ids["<|end|>"]] = USER_DEFINED
+        if "</s>" in texts and texts & {"<|tool_response>", "<|plamo:eos|>"}:
+            eog.discard(self._ids["</s>"])
+            types[self._ids["</s>"]] = NORMAL
+        self.eog_ids: set[int] = eog
+
+    # ------------------------------------------------------------------ building
+    def _build_hf(self, gguf_merges: list | None, ignore_merges: bool, regex_set: str | None) -> HFTokenizer:
+        vocab = dict(self._ids)
+        if self.spm:
+            merges = _spm_merges(vocab, self.scores)
+            unk = self.tokens[self.unk_id] if self.unk_id is not None else None
+            hf = HFTokenizer(BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=False))
+            # no pre-tokenizer: SPM merges across spaces; the optional leading space is added in encode()
+            hf.normalizer = normalizers.Replace(" ", "▁")
+            hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        else:
+            merges = []
+            for i, m in enumerate(gguf_merges):
+                # llama.cpp splits at the first space after position 0
+                pos = m.find(" ", 1) if isinstance(m, str) else -1
+                if pos < 0:
+                    raise ValueError(f"{_P}merges[{i}] = {m!r}: expected 'left right'")
+                merges.append((m[:pos], m[pos + 1:]))
+            hf = HFTokenizer(BPE(vocab, merges, ignore_merges=ignore_merges))
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_REGEXES[regex_set]]
+                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            hf.decoder = decoders.ByteLevel()
+        # Make the serialized tokenizer usable on its own; encode() partitions special tokens itself.
+        hf.add_special_tokens([AddedToken(t, special=self.types[i] != USER_DEFINED, normalized=False)
+                               for t, i in sorted(self._special, key=lambda p: p[1])])
+        return hf
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, cache_key: str | None = None) -> "Tokenizer":
+        """Build from GGUF metadata; with ``cache_key`` the HF tokenizer JSON is cached on disk."""
+        if cache_key is None:
+            return cls(metadata)
+        from wgpu_llm import zoo
+
+        path = zoo.cache_dir() / "tokenizers" / f"{cache_key}.json"
+        if path.exists():
+            try:
+                tok = cls(metadata, hf=HFTokenizer.from_file(str(path)))
+                if tok._cache_matches():
+                    return tok
+            except Exception:  # corrupt or stale cache file: rebuild it below
+                pass
+        tok = cls(metadata)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            tok._hf.save(tmp)
+            os.replace(tmp, path)  # atomic, so concurrent readers never see half a file
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return tok
+
+    def _cache_matches(self) -> bool:
+        hf = self._hf
+        if hf.get_vocab_size(with_added_tokens=True) != len(self._ids):
+            return False
+        step = max(1, self.n_vocab // 97)
+        return all(hf.id_to_token(i) == self.tokens[i] for i in range(0, self.n_vocab, step)
+                   if self._ids[self.tokens[i]] == i)
+
+    # ------------------------------------------------------------------ encoding
+    def token_id(self, text: str) -> int | None:
+        """Id of the token whose text is exactly ``text`` (e.g. "<end_of_turn>"), or None."""
+        return self._ids.get(text)
+
+    def _partition(self, text: str) -> list[str | int]:
+        """Split text around special tokens (llama.cpp tokenizer_st_partition, parse_special=True)."""
+        parts: list[str | int] = [text]
+        for special, tid in self._special:
+            if special not in text:
+                continue
+            out: list[str | int] = []
+            for part in parts:
+                if isinstance(part, int) or special not in part:
+                    out.append(part)
+                    continue
+                for k, piece in enumerate(part.split(special)):
+                    if k:
+                        out.append(tid)
+                    if piece:
+                        out.append(piece)
+            parts = out
+        return parts
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        ids: list[int] = []
+        if add_special and self.add_bos:
+            ids.append(self.bos_id)
+        parts = self._partition(text) if text else []
+        if self.spm and self.add_space_prefix:
+            # llama.cpp prefixes a space to a text fragment at the start or right after a special token
+            parts = [(" " + p if (k == 0 or isinstance(parts[k - 1], int)) else p) if isinstance(p, str) else p
+                     for k, p in enumerate(parts)]
+        texts = [p for p in parts if isinstance(p, str)]
+        encoded = iter(self._hf.encode_batch(texts, add_special_tokens=False)) if texts else iter(())
+        for part in parts:
+            ids.extend([part] if isinstance(part, int) else next(encoded).ids)
+        if add_special and self.add_eos:
+            ids.append(self.eos_id)
+        return ids
+
+    # ------------------------------------------------------------------ decoding
+    def _piece(self, token_id: int, special: bool) -> bytes:
+        """llama.cpp token_to_piece: the bytes a token stands for."""
+        if not (isinstance(token_id, int) and 0 <= token_id < self.n_vocab):
+            raise ValueError(f"token id {token_id!r} out of range: expected 0 <= id < {self.n_vocab}")
+        kind = self.types[token_id]
+        if kind in (CONTROL, UNKNOWN):
+            return self.tokens[token_id].encode() if special else b""
+        piece = self._pieces[token_id]
+        if piece is None:
+            text = self.tokens[token_id]
+            if kind == USER_DEFINED:
+                piece = text.encode()
+            elif kind == BYTE:
+                piece = bytes([int(text[3:5], 16)])
+            elif kind == NORMAL and self.spm:
+                piece = text.replace("▁", " ").encode()
+            elif kind == NORMAL:
+                # byte-level characters back to bytes (a character outside the table keeps its UTF-8)
+                piece = b"".join(bytes([_BYTE_DECODER[c]]) if c in _BYTE_DECODER else c.encode() for c in text)
+            else:  # unused / undefined types produce nothing
+                piece = b""
+            self._pieces[token_id] = piece
+        return piece
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """Raw bytes of one token's text, for byte-exact streaming (control tokens give b"")."""
+        return self._piece(token_id, special=False)
+
+    def decode_bytes(self, ids: list[int], skip_special: bool = True) -> bytes:
+        """llama.cpp detokenize(remove_special=skip_special, unparse_special=not skip_special)."""
+        ids = list(ids)
+        remove_space = self.add_space_prefix
+        if skip_special and self.add_bos and ids and ids[0] == self.bos_id:
+            remove_space = False
+            ids = ids[1:]
+        if skip_special and self.add_eos and ids and ids[-1] == self.eos_id:
+            ids = ids[:-1]
+        out = []
+        for k, tid in enumerate(ids):
+            piece = self._piece(tid, special=not skip_special)
+            if k == 0 and remove_space and piece.startswith(b" "):
+                piece = piece[1:]
+            out.append(piece)
+        text = b"".join(out)
+        if self.clean_spaces:  # clean_up_tokenization_spaces, as llama.cpp's three passes
+            text = re.sub(rb" ([?!.,])", rb"\1", text)
+            text = re.sub(rb" ' ", rb"'", text)
+            text = re.sub(rb" '(?=[sm]|re|ve)", rb"'", text)
+        return text
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return self.decode_bytes(ids, skip_special).decode("utf-8", errors="replace")
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(model={self.model!r}, n_vocab={self.n_vocab}, bos={self.bos_id}, eos={self.eos_id})"
