@@ -1,0 +1,8 @@
+"""wgpu-llm: run GGUF language models on any GPU through WebGPU, with a numpy reference backend."""
+
+from .api import LLM, Completion, ContextOverflow
+from .backends import BackendUnavailable
+from .gguf_file import GGUFError, GGUFFile
+
+__all__ = ["LLM", "Completion", "ContextOverflow", "BackendUnavailable", "GGUFError", "GGUFFile"]
+__version__ = "0.1.0"

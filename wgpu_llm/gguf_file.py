@@ -235,6 +235,9 @@ class GGUFFile:
         info = self.tensor(name)
         return self._data[info.offset:info.offset + info.n_bytes]
 
+    def raw_bytes(self, start: int, end: int) -> bytes:
+        return self._data[start:end].tobytes()
+
     def dequantize(self, name: str) -> np.ndarray:
         """float32 array of the tensor's numpy shape, via gguf-py's dequantizers."""
         from gguf.constants import GGMLQuantizationType

@@ -1,0 +1,140 @@
+"""Tiny random-weight GGUF models (llama and gemma3) written with gguf-py's GGUFWriter.
+
+Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
+small but real: a byte-level BPE (gpt2-style) for llama, a SentencePiece-style one with byte
+fallback for gemma3, so the whole LLM API runs on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+from gguf.quants import quantize
+
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
+         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "Q2_K": 256, "Q3_K": 256}
+
+
+def _bytes_to_unicode() -> list[str]:
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def gpt2_vocab():
+    """tokens, token_types, merges: 256 byte tokens, a few merges, <|endoftext|> (id 0) and <|im_end|>."""
+    merges = ["Ġ t", "h e", "Ġt he", "Ġ a", "i n", "e r", "o n", "Ġ s"]
+    tokens = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + _bytes_to_unicode()
+    tokens += ["".join(m.split(" ")) for m in merges]
+    types = [3, 3, 3] + [1] * (len(tokens) - 3)
+    return tokens, types, merges
+
+
+def spm_vocab():
+    """tokens, scores, token_types: <pad> <eos> <bos> <unk>, 256 byte tokens, some pieces with scores."""
+    pieces = ["▁", "▁the", "▁a", "e", "t", "a", "o", "n", "▁t", "he", "in", "er", "s", "▁s", "i", "r", "h",
+              "<start_of_turn>", "<end_of_turn>"]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
+    types = [3, 3, 3, 2] + [6] * 256 + [1] * (len(pieces) - 2) + [3, 3]
+    scores = [0.0] * 260 + [-float(i) for i in range(len(pieces))]
+    return tokens, scores, types
+
+
+def _add_weight(w: GGUFWriter, rng, name: str, rows: int, cols: int, qtype: str, scale: float = 0.2) -> None:
+    data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+    if qtype == "F32":
+        w.add_tensor(name, data)
+    elif qtype == "F16":
+        w.add_tensor(name, data.astype(np.float16))
+    else:
+        t = GGMLQuantizationType[qtype]
+        w.add_tensor(name, quantize(data, t), raw_dtype=t)
+
+
+def _add_norm(w: GGUFWriter, rng, name: str, n: int) -> None:
+    w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+
+
+def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
+                     n_layer: int = 2, d_model: int = 64, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16,
+                     d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True) -> Path:
+    """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block."""
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    w = GGUFWriter(path, arch)
+    w.add_name(f"tiny-{arch}-{qtype}")
+    w.add_uint32(f"{arch}.context_length", n_ctx)
+    w.add_uint32(f"{arch}.embedding_length", d_model)
+    w.add_uint32(f"{arch}.block_count", n_layer)
+    w.add_uint32(f"{arch}.feed_forward_length", d_ff)
+    w.add_uint32(f"{arch}.attention.head_count", n_head)
+    w.add_uint32(f"{arch}.attention.head_count_kv", n_kv_head)
+    w.add_uint32(f"{arch}.attention.key_length", head_dim)
+    w.add_uint32(f"{arch}.attention.value_length", head_dim)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    if arch == "llama":
+        w.add_float32(f"{arch}.rope.freq_base", 10000.0)
+        w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
+        tokens, types, merges = gpt2_vocab()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_bos_token_id(0)
+        w.add_eos_token_id(0)
+        w.add_add_bos_token(False)
+        w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                            "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    elif arch == "gemma3":
+        w.add_float32(f"{arch}.rope.freq_base", 1000000.0)
+        w.add_uint32(f"{arch}.attention.sliding_window", sliding_window)
+        tokens, scores, types = spm_vocab()
+        w.add_tokenizer_model("llama")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(2)
+        w.add_eos_token_id(1)
+        w.add_unk_token_id(3)
+        w.add_add_bos_token(True)
+        w.add_add_space_prefix(False)
+    else:
+        raise ValueError(arch)
+    n_vocab = len(tokens)
+    q, kv = n_head * head_dim, n_kv_head * head_dim
+    embd_type = "F32" if qtype in ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K") and d_model % 256 else qtype
+    _add_weight(w, rng, "token_embd.weight", n_vocab, d_model, embd_type, 1.0)
+    _add_norm(w, rng, "output_norm.weight", d_model)
+    if not tied_output:
+        _add_weight(w, rng, "output.weight", n_vocab, d_model, qtype)
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
+        _add_weight(w, rng, f"{b}.attn_q.weight", q, d_model, qtype)
+        _add_weight(w, rng, f"{b}.attn_k.weight", kv, d_model, qtype)
+        _add_weight(w, rng, f"{b}.attn_v.weight", kv, d_model, qtype)
+        _add_weight(w, rng, f"{b}.attn_output.weight", d_model, q, qtype)
+        _add_norm(w, rng, f"{b}.ffn_norm.weight", d_model)
+        _add_weight(w, rng, f"{b}.ffn_gate.weight", d_ff, d_model, qtype)
+        _add_weight(w, rng, f"{b}.ffn_up.weight", d_ff, d_model, qtype)
+        _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, qtype)
+        if arch == "gemma3":
+            _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
+            _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
+            _add_norm(w, rng, f"{b}.post_attention_norm.weight", d_model)
+            _add_norm(w, rng, f"{b}.post_ffw_norm.weight", d_model)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -1,0 +1,233 @@
+"""The library: `LLM` loads a GGUF model onto a backend and tokenizes, scores and generates."""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import models, zoo
+from .backends import open_backend
+from .gguf_file import GGUFFile
+from .sampling import Sampler, SamplingParams
+from .tokenizer import Tokenizer
+
+DEFAULT_N_CTX = 4096
+DEFAULT_N_BATCH = 512
+
+
+class ContextOverflow(ValueError):
+    """The prompt (plus what must follow it) does not fit the context window."""
+
+
+@dataclass
+class Completion:
+    text: str  # the generated part only
+    tokens: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    stats: dict = field(default_factory=dict)
+
+
+class LLM:
+    """A GGUF model on a backend.
+
+    model: path of a GGUF file, a known model name (see `wgpu_llm.zoo`), or None for the default.
+    backend: "auto" (a hardware GPU when there is one, else the CPU), "gpu" or "cpu".
+    n_ctx: context size in tokens (default: min(4096, the model's training context)).
+    n_batch: prompt tokens per prefill step.
+    adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
+    """
+
+    def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
+                 n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None):
+        if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
+            path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
+        else:
+            path = Path(model)
+        self.file = GGUFFile(path)
+        self.arch = models.architecture(self.file)
+        self.config = self.arch.Config.from_gguf(self.file)
+        self._graphs = {all_rows: self.arch.build_graph(self.file, all_logits=all_rows) for all_rows in (True, False)}
+        self.tokenizer = Tokenizer.from_metadata(self.file.metadata, cache_key=_header_digest(self.file))
+        if self.tokenizer.n_vocab != self.config.n_vocab:
+            raise ValueError(f"{path}: tokenizer has {self.tokenizer.n_vocab} tokens, token_embd.weight "
+                             f"has {self.config.n_vocab} rows")
+        train_ctx = self.config.n_ctx_train
+        self.n_ctx = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
+        if not 1 <= self.n_ctx <= train_ctx:
+            raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
+        if n_batch < 1:
+            raise ValueError(f"n_batch={n_batch} must be >= 1")
+        self.n_batch = n_batch
+        self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
+        self._steps: dict[tuple[int, bool], object] = {}
+        self._step(1, False)  # load the weights and build the decode step now, not in the first request
+
+    def __repr__(self) -> str:
+        return f"LLM({self.file.path.name!r}, arch={self.file.architecture}, backend={self.backend.describe()!r})"
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.n_vocab
+
+    # ---- tokens ----
+    def tokenize(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of text; BOS is added exactly when the model's metadata says so."""
+        return self.tokenizer.encode(text, add_special=add_special)
+
+    def detokenize(self, ids: list[int]) -> str:
+        self._check_ids(ids, allow_empty=True)
+        return self.tokenizer.decode(list(ids))
+
+    def _check_ids(self, ids, allow_empty: bool = False) -> None:
+        if not allow_empty and len(ids) == 0:
+            raise ValueError("no tokens given")
+        bad = [t for t in ids if not 0 <= int(t) < self.n_vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} out of range 0..{self.n_vocab - 1}")
+
+    # ---- forward ----
+    def _step(self, n_tokens: int, all_rows: bool):
+        key = (n_tokens, all_rows)
+        if key not in self._steps:
+            self._steps[key] = self.backend.compile(self._graphs[all_rows], n_tokens)
+        return self._steps[key]
+
+    def _prefill(self, ids: list[int], all_rows: bool) -> np.ndarray:
+        """Run ids from position 0 in chunks of n_batch; logits of every row or of the last."""
+        if len(ids) > self.n_ctx:
+            raise ContextOverflow(f"{len(ids)} tokens do not fit the context of {self.n_ctx} tokens "
+                                  f"(pass a larger n_ctx, up to {self.config.n_ctx_train})")
+        out = []
+        for start in range(0, len(ids), self.n_batch):
+            chunk = np.asarray(ids[start:start + self.n_batch], dtype=np.int32)
+            out.append(self._step(len(chunk), all_rows)(chunk, start))
+        return np.concatenate(out) if all_rows else out[-1]
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """float32 logits of shape (len(ids), n_vocab) for every position, in a fresh context."""
+        ids = [int(t) for t in ids]
+        self._check_ids(ids)
+        return np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
+
+    # ---- generation ----
+    def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict) -> Iterator[int]:
+        """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
+        t0 = time.perf_counter()
+        logits = self._prefill(prompt_ids, all_rows=False)[-1]
+        history = list(prompt_ids)
+        pos = len(prompt_ids)
+        t_first = None
+        for i in range(max_tokens):
+            token = sampler(logits, history)
+            if t_first is None:
+                t_first = time.perf_counter()
+                stats["ttft_s"] = t_first - t0
+                stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
+            if token in self.tokenizer.eog_ids:
+                stats["finish_reason"] = "stop"
+                return
+            stats["generated_tokens"] = i + 1
+            if i > 0:
+                stats["decode_tokens_per_s"] = i / (time.perf_counter() - t_first)
+            yield token
+            history.append(token)
+            if i + 1 == max_tokens or pos >= self.n_ctx:
+                break
+            logits = self._step(1, False)(np.asarray([token], dtype=np.int32), pos)[-1]
+            pos += 1
+        stats["finish_reason"] = "length"
+
+    def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        self._check_ids(ids)
+        if len(ids) >= self.n_ctx:
+            raise ContextOverflow(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx} "
+                                  f"and needs room for at least one generated token")
+        return ids
+
+    def stream(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
+               stats: dict | None = None, **sampling) -> Iterator[str]:
+        """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
+
+        sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
+        stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
+        """
+        if max_tokens < 0:
+            raise ValueError(f"max_tokens={max_tokens} must be >= 0")
+        stops = [s for s in (stop or []) if s]
+        sampler = Sampler(SamplingParams(**sampling))
+        ids = self._prompt_ids(prompt)
+        stats = {} if stats is None else stats
+        stats.update(prompt_tokens=len(ids), generated_tokens=0, ttft_s=0.0, prefill_tokens_per_s=0.0,
+                     decode_tokens_per_s=0.0, finish_reason="length", tokens=[], backend=self.backend.name)
+        max_tokens = min(max_tokens, self.n_ctx - len(ids))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text, emitted = "", 0
+        for token in self._tokens(ids, max_tokens, sampler, stats):
+            stats["tokens"].append(token)
+            text += decoder.decode(self.tokenizer.token_bytes(token))
+            cut = _find_stop(text, stops, emitted)
+            if cut is not None:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                stats["finish_reason"] = "stop"
+                return
+            safe = len(text) - _stop_prefix_len(text, stops)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        text += decoder.decode(b"", final=True)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
+                 **sampling) -> Completion:
+        """Generate a completion: `.text` and `.tokens` (generated part only), `.stats`, `.finish_reason`."""
+        stats: dict = {}
+        text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling))
+        tokens = stats.pop("tokens")
+        return Completion(text, tokens, stats.pop("finish_reason"), stats)
+
+    def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
+        """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
+        return self.generate(self.chat_prompt(messages), max_tokens, **kwargs)
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        """Token ids of messages formatted by the model's chat template, ready for the assistant's turn."""
+        from .chat import render_chat
+
+        text = render_chat(self.file.metadata, self.tokenizer, messages)
+        bos = self.tokenizer.bos_id
+        ids = self.tokenize(text)
+        if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+            ids = ids[1:]  # the template wrote BOS itself
+        return ids
+
+
+def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
+    """Index where the first stop string starts in text (searching from what may still be cut)."""
+    hits = [i for s in stops if (i := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of text that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _header_digest(gf: GGUFFile) -> str:
+    """Identity of the file's metadata (everything before the tensor data): the tokenizer cache key."""
+    end = min((t.offset for t in gf.tensors.values()), default=gf.file_size)
+    return hashlib.sha256(gf.raw_bytes(0, end)).hexdigest()[:32]

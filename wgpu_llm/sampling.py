@@ -1,0 +1,101 @@
+"""Sampling: llama.cpp's default chain -- repetition penalty, top-k, top-p, min-p, temperature.
+
+Each step is a plain function over a float32 logits vector; `Sampler` chains them and owns the
+random generator, so the same seed gives the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    seed: int | None = None
+
+    def __post_init__(self):
+        checks = [
+            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("top_k", self.top_k >= 0, "must be >= 0 (0 = off)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
+            ("min_p", 0 <= self.min_p < 1, "must be in [0, 1)"),
+            ("repeat_penalty", self.repeat_penalty > 0, "must be > 0 (1 = off)"),
+            ("repeat_last_n", self.repeat_last_n >= 0, "must be >= 0"),
+        ]
+        for name, ok, why in checks:
+            if not ok:
+                raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} {why}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:
+    """llama.cpp's rule: a recently seen token's logit is divided by penalty if > 0, else multiplied."""
+    if penalty == 1.0 or not recent:
+        return logits
+    ids = np.unique(np.asarray(recent))
+    out = logits.copy()
+    vals = out[ids]
+    out[ids] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return out
+
+
+def top_k_filter(ids: np.ndarray, logits: np.ndarray, k: int):
+    """Keep the k largest (ids and logits sorted by descending logit on return)."""
+    if 0 < k < len(ids):
+        part = np.argpartition(-logits, k - 1)[:k]
+        ids, logits = ids[part], logits[part]
+    order = np.argsort(-logits, kind="stable")
+    return ids[order], logits[order]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def top_p_filter(ids: np.ndarray, logits: np.ndarray, p: float):
+    """Smallest prefix (of descending-sorted candidates) whose probability mass reaches p."""
+    if p >= 1.0:
+        return ids, logits
+    cum = np.cumsum(softmax(logits))
+    keep = int(np.searchsorted(cum, p) + 1)
+    return ids[:keep], logits[:keep]
+
+
+def min_p_filter(ids: np.ndarray, logits: np.ndarray, min_p: float):
+    """Drop candidates whose probability is below min_p times the top candidate's."""
+    if min_p <= 0.0:
+        return ids, logits
+    keep = logits >= logits.max() + np.log(min_p)
+    return ids[keep], logits[keep]
+
+
+class Sampler:
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
+        p = self.params
+        logits = np.asarray(logits, dtype=np.float32)
+        if p.repeat_last_n:
+            logits = apply_repeat_penalty(logits, history[-p.repeat_last_n:], p.repeat_penalty)
+        if p.greedy:
+            return int(np.argmax(logits))
+        ids = np.arange(len(logits))
+        ids, cand = top_k_filter(ids, logits, p.top_k)
+        ids, cand = top_p_filter(ids, cand, p.top_p)
+        ids, cand = min_p_filter(ids, cand, p.min_p)
+        probs = softmax(cand.astype(np.float64) / p.temperature)
+        return int(ids[self.rng.choice(len(ids), p=probs)])
