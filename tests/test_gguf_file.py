@@ -1,0 +1,173 @@
+"""GGUF validation: every malformed file gives a GGUFError naming the problem, quickly."""
+
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from tiny_models import write_tiny_model
+from wgpu_llm import LLM, GGUFError, GGUFFile
+
+
+def _s(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack("<Q", len(data)) + data
+
+
+def _kv_u32(key: str, value: int) -> bytes:
+    return _s(key) + struct.pack("<II", 4, value)
+
+
+def _kv_str(key: str, value: str) -> bytes:
+    return _s(key) + struct.pack("<I", 8) + _s(value)
+
+
+def _tensor_info(name: str, dims, type_id: int, offset: int) -> bytes:
+    return _s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims) + \
+        struct.pack("<IQ", type_id, offset)
+
+
+def _file(tmp_path, kvs=(), tensors=(), data=b"", version=3, n_kv=None, n_tensors=None, magic=b"GGUF"):
+    header = magic + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
+                                 len(kvs) if n_kv is None else n_kv)
+    body = header + b"".join(kvs) + b"".join(tensors)
+    body += b"\0" * (-len(body) % 32) + data
+    path = tmp_path / "crafted.gguf"
+    path.write_bytes(body)
+    return path
+
+
+def _expect(path, *fragments):
+    t0 = time.perf_counter()
+    with pytest.raises(GGUFError) as err:
+        GGUFFile(path)
+    assert time.perf_counter() - t0 < 2.0
+    message = str(err.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_valid_crafted_file(tmp_path):
+    path = _file(tmp_path, [_kv_str("general.architecture", "llama"), _kv_u32("llama.block_count", 1)],
+                 [_tensor_info("w", [32, 2], 0, 0)], np.arange(64, dtype=np.float32).tobytes())
+    gf = GGUFFile(path)
+    assert gf.metadata["llama.block_count"] == 1
+    assert gf.tensors["w"].shape == (2, 32)
+    assert np.array_equal(gf.dequantize("w").ravel(), np.arange(64, dtype=np.float32))
+
+
+def test_not_a_file(tmp_path):
+    _expect(tmp_path / "missing.gguf", "no such file")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    _expect(tmp_path / "empty.gguf", "empty")
+
+
+def test_bad_magic(tmp_path):
+    _expect(_file(tmp_path, magic=b"GGML"), "bad magic")
+
+
+def test_bad_version(tmp_path):
+    _expect(_file(tmp_path, version=7), "version 7")
+
+
+def test_truncated_header(tmp_path):
+    path = tmp_path / "short.gguf"
+    path.write_bytes(b"GGUF\x03\x00")
+    _expect(path, "too small")
+
+
+def test_bogus_counts_fail_fast(tmp_path):
+    _expect(_file(tmp_path, n_kv=2**62), "kv_count")
+    _expect(_file(tmp_path, n_tensors=2**40), "tensor_count")
+
+
+def test_huge_array_and_string_lengths(tmp_path):
+    huge_array = _s("tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, 2**50)
+    _expect(_file(tmp_path, [huge_array]), "tokenizer.ggml.tokens", "cannot fit")
+    huge_string = _s("general.name") + struct.pack("<IQ", 8, 2**60)
+    _expect(_file(tmp_path, [huge_string]), "general.name", "truncated")
+
+
+def test_unknown_value_type(tmp_path):
+    _expect(_file(tmp_path, [_s("general.x") + struct.pack("<I", 99)]), "general.x", "unknown value type 99")
+
+
+def test_duplicate_key(tmp_path):
+    kv = _kv_u32("general.alignment", 32)
+    _expect(_file(tmp_path, [kv, kv]), "appears twice")
+
+
+def test_bad_alignment(tmp_path):
+    _expect(_file(tmp_path, [_kv_u32("general.alignment", 48)]), "general.alignment", "power of two")
+
+
+def test_unknown_tensor_type(tmp_path):
+    _expect(_file(tmp_path, [_kv_str("general.architecture", "llama")], [_tensor_info("w", [32], 77, 0)],
+                  b"\0" * 128), "'w'", "unknown GGML type id 77")
+
+
+def test_tensor_dims(tmp_path):
+    kvs = [_kv_str("general.architecture", "llama")]
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [], 0, 0)]), "n_dims 0")
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [32, 0], 0, 0)]), "dims")
+    # Q8_0 rows must be a whole number of 32-element blocks
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [40, 2], 8, 0)], b"\0" * 256), "not a multiple", "Q8_0")
+
+
+def test_tensor_beyond_end_of_file(tmp_path):
+    kvs = [_kv_str("general.architecture", "llama")]
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [32, 4], 0, 0)], b"\0" * 100), "'w'", "beyond the end")
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [32], 0, 2**62)], b"\0" * 128), "beyond the end")
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [2**39, 2**39], 0, 0)], b"\0" * 128), "'w'")
+
+
+def test_misaligned_tensor_offset(tmp_path):
+    kvs = [_kv_str("general.architecture", "llama")]
+    _expect(_file(tmp_path, kvs, [_tensor_info("w", [8], 0, 4)], b"\0" * 64), "not aligned")
+
+
+def test_truncated_real_file_at_many_points(tmp_path):
+    src = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    data = src.read_bytes()
+    for cut in [3, 10, 24, 100, 1000, 5000, len(data) // 2, len(data) - 1]:
+        path = tmp_path / "cut.gguf"
+        path.write_bytes(data[:cut])
+        _expect(path)
+
+
+def test_missing_architecture(tmp_path):
+    _expect(_file(tmp_path, [_kv_u32("general.alignment", 32)]), "general.architecture", "missing")
+
+
+def test_unknown_architecture_lists_supported(tmp_path):
+    path = _file(tmp_path, [_kv_str("general.architecture", "mamba")])
+    with pytest.raises(GGUFError, match=r"'mamba' is not supported \(supported: gemma3, llama\)"):
+        LLM(path, backend="cpu")
+
+
+def test_missing_hyperparameter_and_tensor(tmp_path):
+    src = write_tiny_model(tmp_path / "tiny.gguf", "gemma3", "F32")
+    gf = GGUFFile(src)
+    assert gf.require("gemma3.block_count", int) == 2
+    with pytest.raises(GGUFError, match="'gemma3.nope' is missing"):
+        gf.require("gemma3.nope", int)
+    with pytest.raises(GGUFError, match="expected str"):
+        gf.require("gemma3.block_count", str)
+    with pytest.raises(GGUFError, match="'blk.9.attn_q.weight' is missing"):
+        gf.tensor("blk.9.attn_q.weight")
+
+
+def test_wrong_tensor_shape_is_named(tmp_path):
+    path = write_tiny_model(tmp_path / "tiny.gguf", "llama", "F32", d_ff=64)
+    # claim a different feed_forward_length than the tensors have: rewrite the u32 in place
+    data = bytearray(path.read_bytes())
+    key = b"llama.feed_forward_length"
+    at = data.index(key) + len(key) + 4
+    assert struct.unpack_from("<I", data, at)[0] == 64
+    struct.pack_into("<I", data, at, 96)
+    path.write_bytes(bytes(data))
+    with pytest.raises(GGUFError, match=r"'blk.0.ffn_gate.weight' has shape \(64, 64\), expected \(96, 64\)"):
+        LLM(path, backend="cpu")

@@ -1,0 +1,235 @@
+"""Tokenizer tests: llama.cpp parity on real vocabularies, round trips, the disk cache, and errors."""
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from wgpu_llm import tokenizer as tokenizer_mod
+from wgpu_llm.tokenizer import Tokenizer
+
+GOLDEN = Path(__file__).parent / "golden"
+MODEL_FIXTURES = {"gemma3-270m": "gemma_path", "smollm2-135m": "smollm_path"}
+
+
+def _read_metadata(path) -> dict:
+    try:
+        from wgpu_llm.gguf_file import GGUFFile
+    except ImportError:  # fall back to gguf-py (much slower on a 262144-token vocabulary)
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+    return GGUFFile(path).metadata
+
+
+@pytest.fixture(scope="module", params=list(MODEL_FIXTURES))
+def model(request):
+    """(name, metadata, Tokenizer) for each real model."""
+    metadata = _read_metadata(request.getfixturevalue(MODEL_FIXTURES[request.param]))
+    return request.param, metadata, Tokenizer.from_metadata(metadata)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    texts = json.loads((GOLDEN / "corpus.json").read_text(encoding="utf-8"))
+    assert isinstance(texts, list) and all(isinstance(t, str) for t in texts)
+    return texts
+
+
+def test_corpus_is_varied(corpus):
+    assert len(corpus) >= 40
+    assert "" in corpus and " " in corpus
+    assert any("<|im_start|>" in t for t in corpus) and any("<start_of_turn>" in t for t in corpus)
+
+
+# ---------------------------------------------------------------- llama.cpp parity
+def test_ids_match_llama_cpp(model):
+    name, _, tok = model
+    golden_path = GOLDEN / f"{name}.json"
+    if not golden_path.exists():
+        pytest.skip(f"{golden_path.name} not generated yet (tests/golden/make_golden.py writes llama.cpp's ids)")
+    entries = json.loads(golden_path.read_text(encoding="utf-8"))["tokenize"]
+    assert entries, f"{golden_path.name} has no tokenize entries"
+    mismatches = []
+    for entry in entries:  # made by llama.cpp with add_bos=True, special=True
+        ours = tok.encode(entry["text"], add_special=True)
+        if ours != entry["ids"]:
+            mismatches.append(f"{entry['text']!r}:\n  llama.cpp {entry['ids']}\n  ours      {ours}")
+    assert not mismatches, f"{len(mismatches)}/{len(entries)} texts differ:\n" + "\n".join(mismatches)
+
+
+def test_known_ids_gemma(gemma_path):
+    tok = Tokenizer.from_metadata(_read_metadata(gemma_path))
+    assert (tok.n_vocab, tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (262144, 2, 1, True, False)
+    end_of_turn = tok.token_id("<end_of_turn>")
+    assert {tok.eos_id, end_of_turn} <= tok.eog_ids
+    assert tok.encode("<start_of_turn>user") == [2, tok.token_id("<start_of_turn>"), tok.token_id("user")]
+    assert tok.encode("", add_special=True) == [2] and tok.encode("", add_special=False) == []
+    # Gemma's user-defined whitespace tokens are cut out before merging, as llama.cpp does
+    assert tok.encode("a  b", add_special=False)[1] == tok.token_id("  ")
+    assert tok.encode("\n\n\n", add_special=False) == [tok.token_id("\n\n\n")]
+    assert tok.token_bytes(tok.token_id("<0x0A>")) == b"\n"
+    assert tok.token_bytes(tok.token_id("▁the")) == b" the"
+    assert tok.token_bytes(end_of_turn) == b"" and tok.token_bytes(tok.bos_id) == b""
+
+
+def test_known_ids_smollm(smollm_path):
+    tok = Tokenizer.from_metadata(_read_metadata(smollm_path))
+    assert (tok.n_vocab, tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (49152, 1, 2, False, False)
+    assert {tok.token_id("<|im_end|>"), tok.token_id("<|endoftext|>")} <= tok.eog_ids
+    ids = tok.encode("<|im_start|>user\nhi<|im_end|>")
+    assert ids[0] == tok.token_id("<|im_start|>") and ids[-1] == tok.token_id("<|im_end|>")
+    assert tok.encode("2024", add_special=False) == [tok.token_id(d) for d in "2024"]  # digits split singly
+    assert tok.token_bytes(tok.token_id("Ġthe")) == b" the"
+    assert tok.token_bytes(tok.token_id("Ċ")) == b"\n"
+
+
+# ---------------------------------------------------------------- decoding
+def test_decode_round_trip(model, corpus):
+    _, _, tok = model
+    for text in corpus:
+        ids = tok.encode(text, add_special=False)
+        # special tokens written in the text come back only when they are rendered
+        assert tok.decode(ids, skip_special=False) == text, repr(text)
+        if all(tok.token_bytes(i) for i in ids):  # no control tokens in the text
+            assert tok.decode(ids) == text, repr(text)
+            assert tok.decode(tok.encode(text)) == text, repr(text)  # the added BOS is dropped
+
+
+def test_token_bytes_stream_matches_decode(model, corpus):
+    _, _, tok = model
+    for text in corpus:
+        ids = tok.encode(text, add_special=True)
+        streamed = b"".join(tok.token_bytes(i) for i in ids)
+        assert streamed == tok.decode_bytes(ids)
+        assert streamed.decode("utf-8") == tok.decode(ids)
+
+
+def test_decode_rejects_bad_ids(model):
+    _, _, tok = model
+    for bad in (-1, tok.n_vocab):
+        with pytest.raises(ValueError, match="out of range"):
+            tok.decode([bad])
+
+
+# ---------------------------------------------------------------- cache
+def test_cache_is_written_and_reused(model, corpus, tmp_path, monkeypatch):
+    name, metadata, tok = model
+    monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path))
+    t0 = time.perf_counter()
+    cold = Tokenizer.from_metadata(metadata, cache_key=f"test-{name}")
+    t_cold = time.perf_counter() - t0
+    path = tmp_path / "tokenizers" / f"test-{name}.json"
+    assert path.is_file()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached tokenizer should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(Tokenizer, "_build_hf", no_rebuild)
+    t0 = time.perf_counter()
+    warm = Tokenizer.from_metadata(metadata, cache_key=f"test-{name}")
+    t_warm = time.perf_counter() - t0
+    for text in corpus:
+        assert warm.encode(text) == cold.encode(text) == tok.encode(text), repr(text)
+    print(f"{name}: cold build {t_cold:.2f}s, cached load {t_warm:.2f}s")
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path))
+    path = tmp_path / "tokenizers" / "tiny.json"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    tok = Tokenizer.from_metadata(_tiny_spm(), cache_key="tiny")
+    assert tok.encode("ab") == [1, 9]
+    assert json.loads(path.read_text())["model"]["type"] == "BPE"
+    # a cache file of another vocabulary is not used either
+    other = _tiny_spm()
+    other["tokenizer.ggml.tokens"] = other["tokenizer.ggml.tokens"][:-1] + ["▁ba"]
+    Tokenizer.from_metadata(other, cache_key="tiny")
+    assert json.loads(path.read_text())["model"]["vocab"]["▁ba"] == 10
+
+
+# ---------------------------------------------------------------- small hand-made vocabularies
+def _tiny_spm() -> dict:
+    tokens = ["<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>", "▁", "a", "b", "▁ab", "ab"]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0],
+        "tokenizer.ggml.token_type": [2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1],
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+
+
+def _tiny_gpt2() -> dict:
+    tokens = ["<|endoftext|>", "<|im_end|>", "a", "b", "Ġ", "ab", "Ġab", "1", "2"]
+    return {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "smollm",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": [3, 1, 1, 1, 1, 1, 1, 1, 1],
+        "tokenizer.ggml.merges": ["a b", "Ġ ab"],
+        "tokenizer.ggml.bos_token_id": 0,
+        "tokenizer.ggml.eos_token_id": 0,
+    }
+
+
+def test_tiny_spm():
+    tok = Tokenizer.from_metadata(_tiny_spm())
+    # llama defaults: BOS added, a space prefixed; "▁ab" wins over "ab" + "▁" by score order
+    assert tok.add_bos and not tok.add_eos
+    assert tok.encode("ab") == [1, 9]
+    assert tok.encode("ab", add_special=False) == [9]
+    # unknown characters fall back to their UTF-8 bytes
+    assert tok.encode("é", add_special=False) == [6, 4, 5]
+    # llama.cpp's detokenize drops the prefixed space, except after a BOS it removes
+    assert tok.decode(tok.encode("ab é", add_special=False)) == "ab é"
+    assert tok.decode(tok.encode("ab é")) == " ab é"
+    assert tok.decode([1, 9], skip_special=False) == "<s> ab"
+
+
+def test_tiny_gpt2_and_eog_detection():
+    tok = Tokenizer.from_metadata(_tiny_gpt2())
+    assert not tok.add_bos
+    assert tok.encode(" ab12<|im_end|>") == [6, 7, 8, 1]
+    # "<|im_end|>" is typed normal in this vocab; llama.cpp makes it a control token that ends generation
+    assert tok.eog_ids == {0, 1}
+    assert tok.token_bytes(1) == b"" and tok.decode([6, 1]) == " ab"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tokenizer.ggml.model": "bert"}, r"tokenizer\.ggml\.model 'bert'.*expected 'llama'"),
+    ({"tokenizer.ggml.model": None}, r"tokenizer\.ggml\.model None"),
+    ({"tokenizer.ggml.tokens": None}, r"tokenizer\.ggml\.tokens must be a non-empty list"),
+    ({"tokenizer.ggml.tokens": []}, r"tokenizer\.ggml\.tokens must be a non-empty list"),
+    ({"tokenizer.ggml.scores": [0.0] * 3}, r"tokenizer\.ggml\.scores has 3 entries: expected 11"),
+    ({"tokenizer.ggml.scores": None}, r"tokenizer\.ggml\.scores is missing"),
+    ({"tokenizer.ggml.token_type": [1] * 12}, r"tokenizer\.ggml\.token_type has 12 entries: expected 11"),
+    ({"tokenizer.ggml.bos_token_id": 11}, r"tokenizer\.ggml\.bos_token_id = 11: expected a token id in \[0, 11\)"),
+    ({"tokenizer.ggml.eos_token_id": "2"}, r"tokenizer\.ggml\.eos_token_id = '2'"),
+])
+def test_bad_spm_metadata(change, message):
+    metadata = {**_tiny_spm(), **change}
+    with pytest.raises(ValueError, match=message):
+        Tokenizer.from_metadata(metadata)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"tokenizer.ggml.merges": None}, r"tokenizer\.ggml\.merges is NoneType"),
+    ({"tokenizer.ggml.merges": ["a b", "ab"]}, r"tokenizer\.ggml\.merges\[1\] = 'ab': expected 'left right'"),
+    ({"tokenizer.ggml.pre": "no-such-pre"}, r"tokenizer\.ggml\.pre 'no-such-pre'.*expected one of"),
+])
+def test_bad_gpt2_metadata(change, message):
+    metadata = {**_tiny_gpt2(), **change}
+    with pytest.raises(ValueError, match=message):
+        Tokenizer.from_metadata(metadata)
+
+
+def test_other_pre_tokenizers_build():
+    for pre in ("default", "gpt2", "llama3", "llama-bpe", "qwen2"):
+        tok = Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": pre})
+        assert tok.decode(tok.encode(" ab ab12")) == " ab ab12"
+    assert Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": "llama3"}).add_bos  # llama.cpp default
