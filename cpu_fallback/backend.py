@@ -3,13 +3,17 @@
 Weights are dequantized once at load with gguf-py's dequantizers; the weights of a multi-weight
 `linear` (QKV, gate+up) are concatenated into one matrix so the step does one matmul for them.
 The KV cache is preallocated for the whole context: (n_ctx, n_kv_head*head_dim) per layer.
+
+`compile` turns the graph into a list of small closures over buffers allocated once, so a step
+writes every activation in place (matmuls with `out=`); only attention's score matrix, whose size
+grows with the position, is a temporary.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from wgpu_llm.graph import Graph
+from wgpu_llm.graph import Graph, Op
 
 from . import ops
 
@@ -23,6 +27,7 @@ class CpuBackend:
         self.weights: dict[tuple[str, ...], np.ndarray] = {}  # (names...) -> float32 matrix
         self.k_cache: dict[int, np.ndarray] = {}  # layer -> (n_ctx, kv_width)
         self.v_cache: dict[int, np.ndarray] = {}
+        self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def describe(self) -> str:
         return "numpy (CPU)"
@@ -47,6 +52,13 @@ class CpuBackend:
                 self.k_cache[layer] = np.zeros((self.n_ctx, n_kv * head_dim), np.float32)
                 self.v_cache[layer] = np.zeros((self.n_ctx, n_kv * head_dim), np.float32)
 
+    def rope_table(self, n_rot: int, base: float, freq_scale: float):
+        """cos, sin for every position of the context: (n_ctx, n_rot/2) each, computed once."""
+        key = (n_rot, base, freq_scale)
+        if key not in self._rope_tables:
+            self._rope_tables[key] = ops.rope_tables(np.arange(self.n_ctx), n_rot, base, freq_scale)
+        return self._rope_tables[key]
+
     # ---- compile / run ----
     def compile(self, graph: Graph, n_tokens: int):
         """A callable step(token_ids (n_tokens,), pos0) -> output activation (rows, width)."""
@@ -57,44 +69,123 @@ class CpuBackend:
 class _CpuStep:
     def __init__(self, backend: CpuBackend, graph: Graph, n_tokens: int):
         self.backend, self.graph, self.n_tokens = backend, graph, n_tokens
+        self.env: dict[str, np.ndarray] = {}  # activation name -> its buffer (or a view of one)
+        self.program = [self._compile_op(op) for op in graph.ops]
+
+    def _buffer(self, op: Op, rows: int) -> np.ndarray:
+        buf = np.empty((rows, self.graph.widths[op.out]), np.float32)
+        self.env[op.out] = buf
+        return buf
+
+    def _compile_op(self, op: Op):
+        """A closure run(token_ids, pos0) that computes op into its preallocated buffer."""
+        b, p = self.backend, op.p
+        args = [self.env[i] for i in op.inputs]
+        rows = args[0].shape[0] if args else self.n_tokens
+        if op.kind == "slice":  # a view: no work at run time
+            self.env[op.out] = args[0][:, p["start"]:p["start"] + self.graph.widths[op.out]]
+            return None
+        if op.kind == "last_row":
+            self.env[op.out] = args[0][-1:]
+            return None
+        out = self._buffer(op, rows)
+        if op.kind == "embed":
+            table, scale = b._weight(op.weights), np.float32(p["scale"])
+
+            def run(ids, pos0):
+                np.take(table, ids, axis=0, out=out)
+                if scale != 1:
+                    np.multiply(out, scale, out=out)
+        elif op.kind == "rms_norm":
+            weight = b._weight(op.weights).reshape(-1)
+            x = args[0]
+            group = weight.shape[0]
+            xg, og = x.reshape(rows, -1, group), out.reshape(rows, -1, group)
+            mean_sq = np.empty((rows, xg.shape[1], 1), np.float32)
+            eps, inv_group = np.float32(p["eps"]), np.float32(1.0 / group)
+
+            def run(ids, pos0):
+                np.einsum("rgi,rgi->rg", xg, xg, out=mean_sq[..., 0])
+                mean_sq[...] = mean_sq * inv_group + eps
+                np.sqrt(mean_sq, out=mean_sq)
+                np.divide(xg, mean_sq, out=og)
+                np.multiply(og, weight, out=og)
+        elif op.kind == "linear":
+            weight_t, x = b._weight(op.weights).T, args[0]
+
+            def run(ids, pos0):
+                np.matmul(x, weight_t, out=out)
+        elif op.kind == "rope":
+            run = self._rope(op, args[0], out)
+        elif op.kind == "attention":
+            run = self._attention(op, args, out)
+        elif op.kind == "glu":
+            x, act = args[0], p["activation"]
+            half = x.shape[1] // 2
+
+            def run(ids, pos0):
+                out[...] = ops.silu(x[:, :half]) if act == "silu" else ops.gelu_tanh(x[:, :half])
+                np.multiply(out, x[:, half:], out=out)
+        elif op.kind == "add":
+            x, y = args
+
+            def run(ids, pos0):
+                np.add(x, y, out=out)
+        elif op.kind == "scale":
+            x, factor = args[0], np.float32(p["factor"])
+
+            def run(ids, pos0):
+                np.multiply(x, factor, out=out)
+        else:
+            raise NotImplementedError(f"cpu backend: op {op.kind!r}")
+        return run
+
+    def _rope(self, op: Op, x: np.ndarray, out: np.ndarray):
+        p = op.p
+        head_dim, n_rot = p["head_dim"], p["n_rot"]
+        cos_all, sin_all = self.backend.rope_table(n_rot, p["base"], p["freq_scale"])
+        rows = x.shape[0]
+        xh, oh = x.reshape(rows, -1, head_dim), out.reshape(rows, -1, head_dim)
+        half = n_rot // 2
+        if p["neox"]:
+            a, b, oa, ob = xh[..., :half], xh[..., half:n_rot], oh[..., :half], oh[..., half:n_rot]
+        else:
+            a, b, oa, ob = xh[..., 0:n_rot:2], xh[..., 1:n_rot:2], oh[..., 0:n_rot:2], oh[..., 1:n_rot:2]
+        tmp = np.empty_like(oa)
+
+        def run(ids, pos0):
+            cos, sin = cos_all[pos0:pos0 + rows, None], sin_all[pos0:pos0 + rows, None]
+            np.multiply(a, cos, out=oa)
+            np.multiply(b, sin, out=tmp)
+            np.subtract(oa, tmp, out=oa)
+            np.multiply(a, sin, out=ob)
+            np.multiply(b, cos, out=tmp)
+            np.add(ob, tmp, out=ob)
+            if n_rot < head_dim:
+                oh[..., n_rot:] = xh[..., n_rot:]
+        return run
+
+    def _attention(self, op: Op, args, out: np.ndarray):
+        p, b = op.p, self.backend
+        q, k, v = args
+        k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
+        rows = q.shape[0]
+
+        def run(ids, pos0):
+            k_cache[pos0:pos0 + rows] = k
+            v_cache[pos0:pos0 + rows] = v
+            out[...] = ops.attention(q, k_cache, v_cache, pos0, p["n_head"], p["n_kv_head"], p["head_dim"],
+                                     p["scale"], p["window"])
+        return run
 
     def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
-        b, n = self.backend, self.n_tokens
+        n = self.n_tokens
         if len(token_ids) != n:
             raise ValueError(f"step compiled for {n} tokens got {len(token_ids)}")
-        if pos0 + n > b.n_ctx:
-            raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {b.n_ctx}")
-        positions = np.arange(pos0, pos0 + n)
-        env: dict[str, np.ndarray] = {}
-        for op in self.graph.ops:
-            p = op.p
-            args = [env[i] for i in op.inputs]
-            if op.kind == "embed":
-                y = ops.embed(b._weight(op.weights), token_ids, p["scale"])
-            elif op.kind == "rms_norm":
-                y = ops.rms_norm(args[0], b._weight(op.weights), p["eps"])
-            elif op.kind == "linear":
-                y = ops.linear(args[0], b._weight(op.weights))
-            elif op.kind == "slice":
-                y = args[0][:, p["start"]:p["start"] + self.graph.widths[op.out]]
-            elif op.kind == "rope":
-                y = ops.rope(args[0], positions, p["head_dim"], p["n_rot"], p["base"], p["neox"], p["freq_scale"])
-            elif op.kind == "attention":
-                q, k, v = args
-                layer = p["layer"]
-                b.k_cache[layer][pos0:pos0 + n] = k
-                b.v_cache[layer][pos0:pos0 + n] = v
-                y = ops.attention(q, b.k_cache[layer], b.v_cache[layer], pos0, p["n_head"], p["n_kv_head"],
-                                  p["head_dim"], p["scale"], p["window"])
-            elif op.kind == "glu":
-                y = ops.glu(args[0], p["activation"])
-            elif op.kind == "add":
-                y = args[0] + args[1]
-            elif op.kind == "scale":
-                y = args[0] * np.float32(p["factor"])
-            elif op.kind == "last_row":
-                y = args[0][-1:]
-            else:
-                raise NotImplementedError(f"cpu backend: op {op.kind!r}")
-            env[op.out] = y
-        return env[self.graph.output]
+        if pos0 < 0 or pos0 + n > self.backend.n_ctx:
+            raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {self.backend.n_ctx}")
+        ids = np.asarray(token_ids, dtype=np.intp)
+        for run in self.program:
+            if run is not None:
+                run(ids, pos0)
+        return self.env[self.graph.output]

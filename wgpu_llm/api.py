@@ -106,7 +106,8 @@ class LLM:
         out = []
         for start in range(0, len(ids), self.n_batch):
             chunk = np.asarray(ids[start:start + self.n_batch], dtype=np.int32)
-            out.append(self._step(len(chunk), all_rows)(chunk, start))
+            logits = self._step(len(chunk), all_rows)(chunk, start)
+            out.append(logits.copy() if all_rows else logits)  # a step reuses its output buffer
         return np.concatenate(out) if all_rows else out[-1]
 
     def logits(self, ids: list[int]) -> np.ndarray:
@@ -116,7 +117,8 @@ class LLM:
         return np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
 
     # ---- generation ----
-    def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict) -> Iterator[int]:
+    def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict,
+                ignore_eos: bool = False) -> Iterator[int]:
         """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
         t0 = time.perf_counter()
         logits = self._prefill(prompt_ids, all_rows=False)[-1]
@@ -129,7 +131,7 @@ class LLM:
                 t_first = time.perf_counter()
                 stats["ttft_s"] = t_first - t0
                 stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
-            if token in self.tokenizer.eog_ids:
+            if token in self.tokenizer.eog_ids and not ignore_eos:
                 stats["finish_reason"] = "stop"
                 return
             stats["generated_tokens"] = i + 1
@@ -152,11 +154,12 @@ class LLM:
         return ids
 
     def stream(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
-               stats: dict | None = None, **sampling) -> Iterator[str]:
+               stats: dict | None = None, ignore_eos: bool = False, **sampling) -> Iterator[str]:
         """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
 
         sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
         stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
+        ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
         """
         if max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens} must be >= 0")
@@ -169,7 +172,7 @@ class LLM:
         max_tokens = min(max_tokens, self.n_ctx - len(ids))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, emitted = "", 0
-        for token in self._tokens(ids, max_tokens, sampler, stats):
+        for token in self._tokens(ids, max_tokens, sampler, stats, ignore_eos):
             stats["tokens"].append(token)
             text += decoder.decode(self.tokenizer.token_bytes(token))
             cut = _find_stop(text, stops, emitted)
@@ -187,10 +190,10 @@ class LLM:
             yield text[emitted:]
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
-                 **sampling) -> Completion:
+                 ignore_eos: bool = False, **sampling) -> Completion:
         """Generate a completion: `.text` and `.tokens` (generated part only), `.stats`, `.finish_reason`."""
         stats: dict = {}
-        text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling))
+        text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, ignore_eos=ignore_eos, **sampling))
         tokens = stats.pop("tokens")
         return Completion(text, tokens, stats.pop("finish_reason"), stats)
 
