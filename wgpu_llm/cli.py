@@ -126,11 +126,32 @@ def inspect(model, all_tensors):
 @main.command()
 def devices():
     """Every GPU adapter wgpu sees, its limits and features, and which one `auto` picks."""
+    from rich.console import Console
+    from rich.table import Table
+
     try:
-        from .gpu.device import print_devices
+        from .gpu import device
     except ImportError as e:
         _fail(f"the gpu backend cannot be loaded: {e}")
-    print_devices()
+    adapters = device.list_adapters()
+    table = Table(title="GPU adapters (select one with --adapter or WGPU_LLM_ADAPTER=<index|name>)")
+    for col in ("#", "name", "backend", "type", "max binding", "max buffer", "subgroups", "f16", "timestamps"):
+        table.add_column(col)
+    mib = 1 << 20
+    for a in adapters:
+        sizes = f" {a.subgroup_sizes[0]}-{a.subgroup_sizes[1]}" if a.subgroups and a.subgroup_sizes else ""
+        table.add_row(str(a.index), a.name + (" (software)" if a.is_software else ""), a.backend, a.type,
+                      f"{a.max_storage_binding // mib} MiB", f"{a.max_buffer // mib} MiB",
+                      ("yes" + sizes) if a.subgroups else "no", "yes" if a.shader_f16 else "no",
+                      "yes" if a.timestamp_query else "no")
+    console = Console()
+    console.print(table)
+    for mode, allow in (("auto", False), ("gpu", True)):
+        try:
+            _, why = device.choose_adapter(allow_software=allow)
+            console.print(f"--backend {mode}: {why}")
+        except device.GpuUnavailable as e:
+            console.print(f"--backend {mode}: {'cpu (numpy): ' if mode == 'auto' else 'error: '}{e}")
 
 
 if __name__ == "__main__":
