@@ -1,5 +1,6 @@
 """Tokenizer tests: llama.cpp parity on real vocabularies, round trips, the disk cache, and errors."""
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -7,28 +8,28 @@ from pathlib import Path
 import pytest
 
 from wgpu_llm import tokenizer as tokenizer_mod
+from wgpu_llm.gguf_file import GGUFFile
 from wgpu_llm.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
 MODEL_FIXTURES = {"gemma3-270m": "gemma_path", "smollm2-135m": "smollm_path"}
 
 
+@functools.cache
 def _read_metadata(path) -> dict:
-    try:
-        from wgpu_llm.gguf_file import GGUFFile
-    except ImportError:  # fall back to gguf-py (much slower on a 262144-token vocabulary)
-        from gguf import GGUFReader
-
-        reader = GGUFReader(path)
-        return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
     return GGUFFile(path).metadata
+
+
+@functools.cache
+def _tokenizer(path) -> Tokenizer:
+    return Tokenizer.from_metadata(_read_metadata(path))
 
 
 @pytest.fixture(scope="module", params=list(MODEL_FIXTURES))
 def model(request):
     """(name, metadata, Tokenizer) for each real model."""
-    metadata = _read_metadata(request.getfixturevalue(MODEL_FIXTURES[request.param]))
-    return request.param, metadata, Tokenizer.from_metadata(metadata)
+    path = request.getfixturevalue(MODEL_FIXTURES[request.param])
+    return request.param, _read_metadata(path), _tokenizer(path)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_ids_match_llama_cpp(model):
 
 
 def test_known_ids_gemma(gemma_path):
-    tok = Tokenizer.from_metadata(_read_metadata(gemma_path))
+    tok = _tokenizer(gemma_path)
     assert (tok.n_vocab, tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (262144, 2, 1, True, False)
     end_of_turn = tok.token_id("<end_of_turn>")
     assert {tok.eos_id, end_of_turn} <= tok.eog_ids
@@ -76,7 +77,7 @@ def test_known_ids_gemma(gemma_path):
 
 
 def test_known_ids_smollm(smollm_path):
-    tok = Tokenizer.from_metadata(_read_metadata(smollm_path))
+    tok = _tokenizer(smollm_path)
     assert (tok.n_vocab, tok.bos_id, tok.eos_id, tok.add_bos, tok.add_eos) == (49152, 1, 2, False, False)
     assert {tok.token_id("<|im_end|>"), tok.token_id("<|endoftext|>")} <= tok.eog_ids
     ids = tok.encode("<|im_start|>user\nhi<|im_end|>")
@@ -149,6 +150,12 @@ def test_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
     other["tokenizer.ggml.tokens"] = other["tokenizer.ggml.tokens"][:-1] + ["▁ba"]
     Tokenizer.from_metadata(other, cache_key="tiny")
     assert json.loads(path.read_text())["model"]["vocab"]["▁ba"] == 10
+    # nor one built with another pre-tokenizer
+    Tokenizer.from_metadata(_tiny_gpt2(), cache_key="tiny-gpt2")
+    qwen2 = Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": "qwen2"}, cache_key="tiny-gpt2")
+    assert qwen2.encode("12") == [7, 8]
+    cached = json.loads((path.parent / "tiny-gpt2.json").read_text())
+    assert cached["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == tokenizer_mod._QWEN2_RE
 
 
 # ---------------------------------------------------------------- small hand-made vocabularies

@@ -19,11 +19,10 @@ specific to llama.cpp are reproduced here in Python:
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import tempfile
-from pathlib import Path
-from typing import Any
 
 from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -106,7 +105,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return {b: chr(c) for b, c in zip(bs, cs)}
+    return {b: chr(c) for b, c in zip(bs, cs, strict=True)}
 
 
 _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
@@ -121,6 +120,8 @@ def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, s
             left, right = text[:k], text[k:]
             if left in vocab and right in vocab:
                 merges.append((-score, vocab[left], vocab[right], left, right))
+    # Equal scores (llama.cpp then prefers the leftmost pair) fall back to id order here; real SPM
+    # vocabularies give their normal tokens distinct scores, so this only orders control/byte tokens.
     merges.sort()
     return [(m[3], m[4]) for m in merges]
 
@@ -163,10 +164,13 @@ class Tokenizer:
                           ("fim_pre", "fim_pre"), ("fim_suf", "fim_suf"), ("fim_mid", "fim_mid"),
                           ("fim_pad", "fim_pad"), ("fim_rep", "fim_rep"), ("fim_sep", "fim_sep")]:
             value = md.get(f"{_P}{key}_token_id", md.get(f"{_P}{_LEGACY_ID_KEYS.get(name, key)}_token_id"))
-            if value is not None and not (isinstance(value, int) and 0 <= value < n):
-                if name in ("bos", "eos"):
-                    raise ValueError(f"{_P}{key}_token_id = {value!r} is not a token id (vocab has {n} tokens)")
-                value = None  # llama.cpp ignores an out-of-range optional id
+            if value is not None:
+                if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < n):
+                    if name in ("bos", "eos"):
+                        raise ValueError(f"{_P}{key}_token_id = {value!r}: expected a token id in [0, {n})")
+                    value = None  # llama.cpp ignores an out-of-range optional id
+                else:
+                    value = int(value)
             if value is None and defaults.get(name, n) < n:
                 value = defaults[name]
             ids[name] = value
@@ -185,8 +189,10 @@ class Tokenizer:
         if not self.spm:
             merges = md.get(_P + "merges")
             if not isinstance(merges, (list, tuple)):
-                raise ValueError(f"{_P}merges is {type(merges).__name__}: a gpt2 vocab needs a list of 'left right' merges")
-        self._hf = hf if hf is not None else self._build_hf(merges, ignore_merges, regex_set)
+                raise ValueError(f"{_P}merges is {type(merges).__name__}: "
+                                 "a gpt2 vocab needs a list of 'left right' merges")
+        self._regex_set, self._ignore_merges = regex_set, ignore_merges
+        self._hf = hf if hf is not None else self._build_hf(merges)
 
     @staticmethod
     def _array(md: dict, field: str, n: int, default: list | None) -> list:
@@ -227,35 +233,57 @@ class Tokenizer:
         self.eog_ids: set[int] = eog
 
     # ------------------------------------------------------------------ building
-    def _build_hf(self, gguf_merges: list | None, ignore_merges: bool, regex_set: str | None) -> HFTokenizer:
-        vocab = dict(self._ids)
+    def _pipeline(self, hf: HFTokenizer) -> None:
+        """Set the text-processing stages around the BPE model."""
         if self.spm:
-            merges = _spm_merges(vocab, self.scores)
-            unk = self.tokens[self.unk_id] if self.unk_id is not None else None
-            hf = HFTokenizer(BPE(vocab, merges, unk_token=unk, byte_fallback=True, fuse_unk=False))
             # no pre-tokenizer: SPM merges across spaces; the optional leading space is added in encode()
             hf.normalizer = normalizers.Replace(" ", "▁")
             hf.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
         else:
+            hf.pre_tokenizer = pre_tokenizers.Sequence(
+                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_REGEXES[self._regex_set]]
+                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+            hf.decoder = decoders.ByteLevel()
+
+    def _build_hf(self, gguf_merges: list | None) -> HFTokenizer:
+        vocab = dict(self._ids)
+        if self.spm:
+            unk = self.tokens[self.unk_id] if self.unk_id is not None else None
+            model = BPE(vocab, _spm_merges(vocab, self.scores), unk_token=unk, byte_fallback=True)
+        else:
             merges = []
             for i, m in enumerate(gguf_merges):
-                # llama.cpp splits at the first space after position 0
-                pos = m.find(" ", 1) if isinstance(m, str) else -1
+                pos = m.find(" ", 1) if isinstance(m, str) else -1  # as llama.cpp: first space after position 0
                 if pos < 0:
                     raise ValueError(f"{_P}merges[{i}] = {m!r}: expected 'left right'")
                 merges.append((m[:pos], m[pos + 1:]))
-            hf = HFTokenizer(BPE(vocab, merges, ignore_merges=ignore_merges))
-            hf.pre_tokenizer = pre_tokenizers.Sequence(
-                [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in _PRE_REGEXES[regex_set]]
-                + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-            hf.decoder = decoders.ByteLevel()
+            model = BPE(vocab, merges, ignore_merges=self._ignore_merges)
+        hf = HFTokenizer(model)
+        self._pipeline(hf)
         # Make the serialized tokenizer usable on its own; encode() partitions special tokens itself.
         hf.add_special_tokens([AddedToken(t, special=self.types[i] != USER_DEFINED, normalized=False)
                                for t, i in sorted(self._special, key=lambda p: p[1])])
         return hf
 
+    def _cache_matches(self) -> bool:
+        """Whether a tokenizer loaded from the cache was built for this vocabulary by this code."""
+        hf, expected = self._hf, HFTokenizer(BPE())
+        self._pipeline(expected)
+        for stage in ("normalizer", "pre_tokenizer", "decoder"):
+            got, want = getattr(hf, stage), getattr(expected, stage)
+            if (got is None) != (want is None) or (got is not None and got.__getstate__() != want.__getstate__()):
+                return False
+        model = hf.model
+        if not isinstance(model, BPE) or (model.byte_fallback, model.ignore_merges) != (self.spm, self._ignore_merges):
+            return False
+        if hf.get_vocab_size(with_added_tokens=True) != len(self._ids):
+            return False
+        step = max(1, self.n_vocab // 97)
+        return all(hf.id_to_token(i) == self.tokens[i] for i in range(0, self.n_vocab, step)
+                   if self._ids[self.tokens[i]] == i)
+
     @classmethod
-    def from_metadata(cls, metadata: dict, cache_key: str | None = None) -> "Tokenizer":
+    def from_metadata(cls, metadata: dict, cache_key: str | None = None) -> Tokenizer:
         """Build from GGUF metadata; with ``cache_key`` the HF tokenizer JSON is cached on disk."""
         if cache_key is None:
             return cls(metadata)
@@ -275,19 +303,12 @@ class Tokenizer:
         os.close(fd)
         try:
             tok._hf.save(tmp)
+            os.chmod(tmp, 0o644)  # mkstemp creates it private
             os.replace(tmp, path)  # atomic, so concurrent readers never see half a file
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return tok
-
-    def _cache_matches(self) -> bool:
-        hf = self._hf
-        if hf.get_vocab_size(with_added_tokens=True) != len(self._ids):
-            return False
-        step = max(1, self.n_vocab // 97)
-        return all(hf.id_to_token(i) == self.tokens[i] for i in range(0, self.n_vocab, step)
-                   if self._ids[self.tokens[i]] == i)
 
     # ------------------------------------------------------------------ encoding
     def token_id(self, text: str) -> int | None:
@@ -296,8 +317,13 @@ class Tokenizer:
 
     def _partition(self, text: str) -> list[str | int]:
         """Split text around special tokens (llama.cpp tokenizer_st_partition, parse_special=True)."""
+        specials = self._special
+        if len(text) > 1024:
+            # skip the ~6k `in` scans of a long text for tokens whose first 4 characters never occur
+            grams = {text[i:i + 4] for i in range(len(text) - 3)}
+            specials = [(s, i) for s, i in specials if len(s) < 4 or s[:4] in grams]
         parts: list[str | int] = [text]
-        for special, tid in self._special:
+        for special, tid in specials:
             if special not in text:
                 continue
             out: list[str | int] = []
@@ -317,15 +343,17 @@ class Tokenizer:
         ids: list[int] = []
         if add_special and self.add_bos:
             ids.append(self.bos_id)
-        parts = self._partition(text) if text else []
-        if self.spm and self.add_space_prefix:
-            # llama.cpp prefixes a space to a text fragment at the start or right after a special token
-            parts = [(" " + p if (k == 0 or isinstance(parts[k - 1], int)) else p) if isinstance(p, str) else p
-                     for k, p in enumerate(parts)]
-        texts = [p for p in parts if isinstance(p, str)]
-        encoded = iter(self._hf.encode_batch(texts, add_special_tokens=False)) if texts else iter(())
-        for part in parts:
-            ids.extend([part] if isinstance(part, int) else next(encoded).ids)
+        prev_special = True
+        for part in self._partition(text) if text else []:
+            if isinstance(part, int):
+                ids.append(part)
+                prev_special = True
+                continue
+            if self.spm and self.add_space_prefix and prev_special:
+                part = " " + part  # llama.cpp prefixes a space at the start and after each special token
+            # (encode_batch would be no faster on these fragments and starts a thread pool)
+            ids.extend(self._hf.encode(part, add_special_tokens=False).ids)
+            prev_special = False
         if add_special and self.add_eos:
             ids.append(self.eos_id)
         return ids
@@ -333,8 +361,9 @@ class Tokenizer:
     # ------------------------------------------------------------------ decoding
     def _piece(self, token_id: int, special: bool) -> bytes:
         """llama.cpp token_to_piece: the bytes a token stands for."""
-        if not (isinstance(token_id, int) and 0 <= token_id < self.n_vocab):
+        if not (isinstance(token_id, numbers.Integral) and 0 <= token_id < self.n_vocab):
             raise ValueError(f"token id {token_id!r} out of range: expected 0 <= id < {self.n_vocab}")
+        token_id = int(token_id)
         kind = self.types[token_id]
         if kind in (CONTROL, UNKNOWN):
             return self.tokens[token_id].encode() if special else b""
