@@ -1,0 +1,142 @@
+// Causal attention over the KV cache, one workgroup per (query row, head).
+//
+// First the step's own keys and values go into the cache at positions pos0 + row (done by the
+// workgroups of the first head of each KV group). Keys and values of the step's positions are
+// read from the k / v inputs themselves, not from the cache, so no workgroup waits on another.
+// Then an online softmax runs over the visible positions in chunks of WG: each thread scores one
+// position (q was scaled and put in shared memory), the chunk's max and sum are tree-reduced,
+// and each thread keeps DPT output columns, rescaled whenever the running max grows.
+// GQA: head h reads KV head h / group. window > 0: a query at p sees keys in (p - window, p].
+// q may share its buffer with y (in place): a workgroup reads its q slice before writing y there.
+
+const WG: u32 = {{WG}};
+const HD: u32 = {{HD}};
+const DPT: u32 = {{DPT}};
+const NEG: f32 = -3.0e38;
+
+var<workgroup> q_sh: array<f32, HD>;
+var<workgroup> p_sh: array<f32, WG>;
+var<workgroup> red: array<f32, WG>;
+
+fn score(p: u32, kvh: u32) -> f32 {
+    var s = 0.0;
+    if (p < S.pos0) {
+        let base = p * P.kv_width + kvh * HD;
+        for (var d = 0u; d < HD; d++) {
+            s += q_sh[d] * ld_kc(base + d);
+        }
+    } else {
+        let base = P.k_off + (p - S.pos0) * P.k_stride + kvh * HD;
+        for (var d = 0u; d < HD; d++) {
+            s += q_sh[d] * ld_k(base + d);
+        }
+    }
+    return s;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let job = flat_id(wid, nwg);
+    if (job >= P.rows * P.n_head) {
+        return;
+    }
+    let row = job / P.n_head;
+    let h = job % P.n_head;
+    let kvh = h / P.group;
+
+    // the step's k and v rows of this KV head -> cache
+    if (h % P.group == 0u) {
+        let dst = (S.pos0 + row) * P.kv_width + kvh * HD;
+        let ks = P.k_off + row * P.k_stride + kvh * HD;
+        let vs = P.v_off + row * P.v_stride + kvh * HD;
+        for (var d = tid; d < HD; d += WG) {
+            st_kc(dst + d, ld_k(ks + d));
+            st_vc(dst + d, ld_v(vs + d));
+        }
+    }
+    let qb = P.q_off + row * P.q_stride + h * HD;
+    for (var d = tid; d < HD; d += WG) {
+        q_sh[d] = ld_q(qb + d) * P.scale;
+    }
+    workgroupBarrier();
+
+    let hi = S.pos0 + row;  // last visible position
+    var lo = 0u;
+    if (P.window > 0u && hi + 1u > P.window) {
+        lo = hi + 1u - P.window;
+    }
+    var m = NEG;  // running max
+    var l = 0.0;  // running sum of exp(score - m)
+    var acc: array<f32, DPT>;
+    for (var i = 0u; i < DPT; i++) {
+        acc[i] = 0.0;
+    }
+    for (var base = lo; base <= hi; base += WG) {
+        let p = base + tid;
+        var s = NEG;
+        if (p <= hi) {
+            s = score(p, kvh);
+        }
+        red[tid] = s;
+        workgroupBarrier();
+        for (var w = WG / 2u; w > 0u; w >>= 1u) {
+            if (tid < w) {
+                red[tid] = max(red[tid], red[tid + w]);
+            }
+            workgroupBarrier();
+        }
+        let m_new = max(m, red[0]);
+        workgroupBarrier();
+        var e = 0.0;
+        if (p <= hi) {
+            e = exp(s - m_new);
+        }
+        p_sh[tid] = e;
+        red[tid] = e;
+        workgroupBarrier();
+        for (var w = WG / 2u; w > 0u; w >>= 1u) {
+            if (tid < w) {
+                red[tid] += red[tid + w];
+            }
+            workgroupBarrier();
+        }
+        let alpha = exp(m - m_new);
+        l = l * alpha + red[0];
+        m = m_new;
+        let count = min(WG, hi + 1u - base);
+        for (var i = 0u; i < DPT; i++) {
+            acc[i] *= alpha;
+        }
+        for (var j = 0u; j < count; j++) {
+            let pj = base + j;
+            let pw = p_sh[j];
+            var vb: u32;
+            if (pj < S.pos0) {
+                vb = pj * P.kv_width + kvh * HD;
+                for (var i = 0u; i < DPT; i++) {
+                    let d = tid + i * WG;
+                    if (d < HD) {
+                        acc[i] += pw * ld_vc(vb + d);
+                    }
+                }
+            } else {
+                vb = P.v_off + (pj - S.pos0) * P.v_stride + kvh * HD;
+                for (var i = 0u; i < DPT; i++) {
+                    let d = tid + i * WG;
+                    if (d < HD) {
+                        acc[i] += pw * ld_v(vb + d);
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    let yb = P.y_off + row * P.y_stride + h * HD;
+    for (var i = 0u; i < DPT; i++) {
+        let d = tid + i * WG;
+        if (d < HD) {
+            st_y(yb + d, acc[i] / l);
+        }
+    }
+}

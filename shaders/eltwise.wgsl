@@ -1,0 +1,24 @@
+// Elementwise kernels over a (rows, width) view, one thread per element:
+// ADD: y = a + b;  SCALE: y = a * factor;  otherwise a strided copy y = a.
+// The output may share its buffer (and place) with an input.
+
+const WG: u32 = {{WG}};
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let id = flat_id(wid, nwg) * WG + tid;
+    if (id >= P.total) {
+        return;
+    }
+    let r = id / P.width;
+    let c = id % P.width;
+    var v = ld_a(P.a_off + r * P.a_stride + c);
+#if ADD
+    v += ld_b(P.b_off + r * P.b_stride + c);
+#endif
+#if SCALE
+    v *= P.factor;
+#endif
+    st_y(P.y_off + r * P.y_stride + c, v);
+}

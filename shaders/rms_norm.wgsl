@@ -1,0 +1,99 @@
+// RMS norm over groups of P.group columns: y = x / sqrt(mean(x^2) + eps) * w.
+// One workgroup per (row, group); WG threads stride over the group and tree-reduce in shared memory.
+// RESIDUAL: y = res + norm(x) * w  (the residual add fused in; res may be y itself)
+// ROPE:     the normalised group is one head (GROUP = head_dim) and gets the rotary embedding at
+//           position pos0 + row before it is written (Gemma's q/k norms)
+// x may be y itself (in place): a group is read completely before any of it is written.
+
+const WG: u32 = {{WG}};
+var<workgroup> red: array<f32, WG>;
+#if ROPE
+var<workgroup> nx: array<f32, {{GROUP}}>;
+
+// sin and cos of t >= 0 to full f32 accuracy on every driver: Cody-Waite reduction by pi/2,
+// then minimax polynomials on [-pi/4, pi/4] (Vulkan only promises 2^-11 for sin/cos).
+fn sincos(t: f32) -> vec2<f32> {
+    let q = round(t * 0.636619772367581343);
+    let r = ((t - q * 1.5703125) - q * 4.837512969970703125e-4) - q * 7.54978995489188216e-8;
+    let z = r * r;
+    let s = r + r * z * (-1.6666654611e-1 + z * (8.3321608736e-3 + z * -1.9515295891e-4));
+    let c = 1.0 - 0.5 * z + z * z * (4.166664568298827e-2 + z * (-1.388731625493765e-3 + z * 2.443315711809948e-5));
+    switch (i32(q) & 3) {
+        case 0: { return vec2<f32>(s, c); }
+        case 1: { return vec2<f32>(c, -s); }
+        case 2: { return vec2<f32>(-s, -c); }
+        default: { return vec2<f32>(-c, s); }
+    }
+}
+#endif
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) tid: u32) {
+    let job = flat_id(wid, nwg);
+    if (job >= P.rows * P.n_groups) {
+        return;
+    }
+    let row = job / P.n_groups;
+    let g = job % P.n_groups;
+    let xb = P.x_off + row * P.x_stride + g * P.group;
+    let yb = P.y_off + row * P.y_stride + g * P.group;
+
+    var ss = 0.0;
+    for (var i = tid; i < P.group; i += WG) {
+        let v = ld_x(xb + i);
+        ss += v * v;
+    }
+    red[tid] = ss;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red[tid] += red[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let rms = sqrt(red[0] / f32(P.group) + P.eps);
+
+#if !ROPE
+    for (var i = tid; i < P.group; i += WG) {
+        var v = ld_x(xb + i) / rms * ld_w(i);
+#if RESIDUAL
+        v = ld_res(P.r_off + row * P.r_stride + g * P.group + i) + v;
+#endif
+        st_y(yb + i, v);
+    }
+#else
+    for (var i = tid; i < P.group; i += WG) {
+        nx[i] = ld_x(xb + i) / rms * ld_w(i);
+    }
+    workgroupBarrier();
+    let pos = f32(S.pos0 + row);
+    let half = P.n_rot / 2u;
+    for (var i = tid; i < P.group; i += WG) {
+        var v = nx[i];
+        if (i < P.n_rot) {
+            var j: u32;       // frequency index
+            var a: f32;       // first element of the pair
+            var b: f32;       // second element
+            var second: bool; // is i the second element of its pair
+            if (P.neox != 0u) {
+                second = i >= half;
+                j = select(i, i - half, second);
+                a = nx[j];
+                b = nx[j + half];
+            } else {
+                second = (i & 1u) == 1u;
+                j = i / 2u;
+                a = nx[2u * j];
+                b = nx[2u * j + 1u];
+            }
+            let cs = sincos(pos * ld_freq(j));
+            v = select(a * cs.y - b * cs.x, a * cs.x + b * cs.y, second);
+        }
+#if RESIDUAL
+        v = ld_res(P.r_off + row * P.r_stride + g * P.group + i) + v;
+#endif
+        st_y(yb + i, v);
+    }
+#endif
+}

@@ -1,0 +1,307 @@
+"""Every WGSL kernel of ours vs its numpy twin in cpu_fallback/ops.py.
+
+Fresh random inputs, odd sizes, outputs poisoned with NaN before each run (an element the kernel
+forgets to write fails), NMSE = sum((gpu - ref)^2) / sum(ref^2) within 1e-7 for elementwise
+kernels and 5e-4 for reductions / attention; NaN never passes. Skipped only without an adapter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cpu_fallback import ops
+from wgpu_llm.gpu import kernels as K
+from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
+
+ELTWISE_TOL = 1e-7
+REDUCE_TOL = 5e-4
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def rt():
+    try:
+        adapter, _ = choose_adapter(allow_software=True)
+    except GpuUnavailable as e:
+        pytest.skip(f"no GPU adapter: {e}")
+    from wgpu_llm.gpu.runtime import Runtime
+
+    return Runtime(adapter)
+
+
+@pytest.fixture(scope="module")
+def cfg(rt):
+    return K.choose_config(rt.caps)
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng(abs(hash(request.node.name)) % (1 << 32))
+
+
+def nmse(got: np.ndarray, ref: np.ndarray) -> float:
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.all(np.isfinite(got)), f"{np.sum(~np.isfinite(got))} non-finite values"
+    return float(np.sum((got.astype(np.float64) - ref) ** 2) / max(np.sum(ref.astype(np.float64) ** 2), 1e-30))
+
+
+class Bufs:
+    """Upload inputs, poison outputs, run kernels, read buffers back."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.shapes = {}
+
+    def up(self, array: np.ndarray):
+        buf = self.rt.upload(np.ascontiguousarray(array))
+        self.shapes[id(buf)] = (array.shape, array.dtype)
+        return buf
+
+    def out(self, shape, dtype=np.float32):
+        poison = np.full(shape, np.nan, np.float32) if dtype == np.float32 else np.full(shape, 0xDEADBEEF, np.uint32)
+        return self.up(poison)
+
+    def run(self, kernels, pos0=0, n_tokens=0, read=()):
+        from wgpu_llm.gpu.runtime import Program
+
+        outs = [(b, 0, int(np.prod(self.shapes[id(b)][0])) * 4) for b in read]
+        prog = Program(self.rt, list(kernels), "test", outs)
+        got = prog.run(pos0, n_tokens)
+        return [g.view(self.shapes[id(b)][1]).reshape(self.shapes[id(b)][0]) for g, b in zip(got, read)]
+
+
+def view(buf, offset=0, stride=None, width=None):
+    return K.View(buf, offset, stride if stride is not None else width)
+
+
+# ---- rms_norm ----
+@pytest.mark.parametrize("n,width,group", [(5, 300, 300), (3, 4 * 64, 64), (1, 2048, 2048), (2, 9 * 33, 33)])
+def test_rms_norm(rt, cfg, rng, n, width, group):
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width)).astype(np.float32) * 3
+    w = rng.standard_normal(group).astype(np.float32)
+    bx, bw, by = b.up(x), b.up(w), b.out((n, width))
+    k = K.rms_norm(cfg, n, width, group, 1e-6, view(bx, width=width), bw, view(by, width=width))
+    (got,) = b.run([k], read=[by])
+    assert nmse(got, ops.rms_norm(x, w, 1e-6)) <= REDUCE_TOL / 100
+
+
+def test_rms_norm_residual_in_place_and_strided(rt, cfg, rng):
+    """y = res + norm(x) * w written over res; x read from a column slice of a wider buffer."""
+    n, width, off = 4, 129, 7
+    b = Bufs(rt)
+    big = rng.standard_normal((n, width + 20)).astype(np.float32)
+    res = rng.standard_normal((n, width)).astype(np.float32)
+    w = rng.standard_normal(width).astype(np.float32)
+    bbig, bw, bres = b.up(big), b.up(w), b.up(res)
+    k = K.rms_norm(cfg, n, width, width, 1e-5, K.View(bbig, off, width + 20), bw, view(bres, width=width),
+                   residual=view(bres, width=width))
+    (got,) = b.run([k], read=[bres])
+    ref = res + ops.rms_norm(np.ascontiguousarray(big[:, off:off + width]), w, 1e-5)
+    assert nmse(got, ref) <= REDUCE_TOL / 100
+
+
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_rms_norm_rope(rt, cfg, rng, neox, in_place):
+    n, heads, hd, n_rot, pos0 = 3, 3, 64, 48, 37
+    width = heads * hd
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    w = rng.standard_normal(hd).astype(np.float32)
+    bx, bw = b.up(x), b.up(w)
+    by = bx if in_place else b.out((n, width))
+    freqs = b.up(K.rope_freqs(n_rot, 10000.0, 0.5))
+    k = K.rms_norm(cfg, n, width, hd, 1e-6, view(bx, width=width), bw, view(by, width=width),
+                   rope={"n_rot": n_rot, "neox": neox}, rope_freqs=freqs)
+    (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[by])
+    ref = ops.rope(ops.rms_norm(x, w, 1e-6), np.arange(pos0, pos0 + n), hd, n_rot, 10000.0, neox, 0.5)
+    assert nmse(got, ref) <= REDUCE_TOL / 100
+
+
+# ---- rope ----
+@pytest.mark.parametrize("neox", [True, False])
+@pytest.mark.parametrize("hd,n_rot,pos0", [(64, 64, 0), (64, 32, 1000), (256, 256, 4093), (10, 6, 3)])
+def test_rope(rt, cfg, rng, neox, hd, n_rot, pos0):
+    n, heads = 5, 3
+    width = heads * hd
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    bx, by = b.up(x), b.out((n, width))
+    freqs = b.up(K.rope_freqs(n_rot, 1e6 if hd == 256 else 10000.0))
+    k = K.rope(cfg, n, width, hd, n_rot, neox, freqs, view(bx, width=width), view(by, width=width))
+    (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[by])
+    ref = ops.rope(x, np.arange(pos0, pos0 + n), hd, n_rot, 1e6 if hd == 256 else 10000.0, neox)
+    assert nmse(got, ref) <= ELTWISE_TOL
+
+
+def test_rope_in_place_on_slice(rt, cfg, rng):
+    """q and k roped in place inside a fused qkv buffer; the v columns stay untouched."""
+    n, hd, nq, nkv = 3, 64, 9, 3
+    width = (nq + 2 * nkv) * hd
+    b = Bufs(rt)
+    qkv = rng.standard_normal((n, width)).astype(np.float32)
+    bqkv = b.up(qkv)
+    freqs = b.up(K.rope_freqs(hd, 1e5))
+    kq = K.rope(cfg, n, (nq + nkv) * hd, hd, hd, False, freqs, K.View(bqkv, 0, width), K.View(bqkv, 0, width))
+    (got,) = b.run([kq], pos0=11, n_tokens=n, read=[bqkv])
+    pos = np.arange(11, 11 + n)
+    ref = qkv.copy()
+    ref[:, :(nq + nkv) * hd] = ops.rope(np.ascontiguousarray(qkv[:, :(nq + nkv) * hd]), pos, hd, hd, 1e5, False)
+    assert nmse(got, ref) <= ELTWISE_TOL
+    assert np.array_equal(got[:, (nq + nkv) * hd:], qkv[:, (nq + nkv) * hd:])
+
+
+# ---- attention ----
+def _attention_case(rt, cfg, rng, n, pos0, n_head, n_kv, hd, window, n_ctx=None, in_place=False):
+    n_ctx = n_ctx or pos0 + n + 3
+    kvw = n_kv * hd
+    b = Bufs(rt)
+    # q | k | v side by side in one buffer, as the fused QKV projection leaves them
+    qkv = rng.standard_normal((n, (n_head + 2 * n_kv) * hd)).astype(np.float32)
+    stride = qkv.shape[1]
+    kc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
+    vc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
+    kc[pos0:] = np.nan  # the kernel must write the step's rows before anyone could read them
+    vc[pos0:] = np.nan
+    bqkv, bkc, bvc = b.up(qkv), b.up(kc), b.up(vc)
+    by = bqkv if in_place else b.out((n, n_head * hd))
+    ystride = stride if in_place else n_head * hd
+    scale = 1.0 / np.sqrt(hd)
+    k = K.attention(cfg, n, n_head, n_kv, hd, scale, window, K.View(bqkv, 0, stride),
+                    K.View(bqkv, n_head * hd, stride), K.View(bqkv, n_head * hd + kvw, stride), bkc, bvc,
+                    K.View(by, 0, ystride))
+    got_y, got_kc, got_vc = b.run([k], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
+    q = qkv[:, :n_head * hd]
+    kc[pos0:pos0 + n] = qkv[:, n_head * hd:n_head * hd + kvw]
+    vc[pos0:pos0 + n] = qkv[:, n_head * hd + kvw:]
+    ref = ops.attention(q, kc, vc, pos0, n_head, n_kv, hd, scale, window)
+    got = got_y[:, :n_head * hd]
+    assert nmse(got, ref) <= REDUCE_TOL
+    assert np.array_equal(got_kc[:pos0 + n], kc[:pos0 + n])
+    assert np.array_equal(got_vc[:pos0 + n], vc[:pos0 + n])
+    return nmse(got, ref)
+
+
+@pytest.mark.parametrize("n,pos0,n_head,n_kv,hd,window", [
+    (7, 0, 4, 1, 64, 0),  # prefill from the start, GQA 4:1
+    (7, 5, 9, 3, 64, 0),  # prefill continuing a context, GQA 9:3
+    (1, 300, 9, 3, 64, 0),  # decode
+    (1, 300, 4, 1, 256, 0),  # decode, Gemma-sized heads
+    (7, 40, 4, 1, 256, 16),  # prefill with a sliding window smaller than the context
+    (1, 200, 4, 1, 64, 16),  # decode with a window
+    (3, 2, 2, 2, 32, 100),  # window larger than the context
+])
+def test_attention(rt, cfg, rng, n, pos0, n_head, n_kv, hd, window):
+    _attention_case(rt, cfg, rng, n, pos0, n_head, n_kv, hd, window)
+
+
+def test_attention_in_place_output(rt, cfg, rng):
+    _attention_case(rt, cfg, rng, 5, 9, 9, 3, 64, 0, in_place=True)
+
+
+def test_attention_long_context(rt, cfg, rng):
+    """A few thousand positions: the online softmax runs over many chunks."""
+    _attention_case(rt, cfg, rng, 1, 3000, 4, 1, 64, 0, n_ctx=3072)
+    _attention_case(rt, cfg, rng, 2, 2999, 4, 1, 64, 512, n_ctx=3072)
+
+
+# ---- glu, add, scale, copy ----
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+def test_glu(rt, cfg, rng, activation):
+    n, half = 3, 333
+    b = Bufs(rt)
+    x = rng.standard_normal((n, 2 * half)).astype(np.float32) * 4
+    x[0, :4] = [-200.0, 200.0, -90.0, 90.0]  # saturating arguments must not give NaN
+    bx, by = b.up(x), b.out((n, half))
+    k = K.glu(cfg, n, half, activation, view(bx, width=2 * half), view(by, width=half))
+    (got,) = b.run([k], read=[by])
+    with np.errstate(over="ignore"):
+        ref = ops.glu(x, activation)
+    assert nmse(got, ref) <= ELTWISE_TOL
+
+
+def test_eltwise_add_scale_copy(rt, cfg, rng):
+    n, width = 5, 777
+    b = Bufs(rt)
+    a = rng.standard_normal((n, width)).astype(np.float32)
+    c = rng.standard_normal((n, width + 10)).astype(np.float32)
+    ba, bc = b.up(a), b.up(c)
+    b_add, b_scale, b_copy = b.out((n, width)), b.out((n, width)), b.out((n, 9))
+    ks = [K.add(cfg, n, width, view(ba, width=width), K.View(bc, 3, width + 10), view(b_add, width=width)),
+          K.scale(cfg, n, width, 0.37, view(ba, width=width), view(b_scale, width=width)),
+          K.copy(cfg, n, 9, K.View(bc, 100, width + 10), view(b_copy, width=9))]
+    got_add, got_scale, got_copy = b.run(ks, read=[b_add, b_scale, b_copy])
+    assert nmse(got_add, a + c[:, 3:3 + width]) <= ELTWISE_TOL
+    assert nmse(got_scale, a * np.float32(0.37)) <= ELTWISE_TOL
+    assert np.array_equal(got_copy, c[:, 100:109])
+
+
+def test_add_in_place_and_2d_grid(rt, cfg, rng):
+    """Output over an input, with the grid folded into 2-D (max_per_dim forced small)."""
+    small = dataclasses.replace(cfg, max_per_dim=8)
+    n, width = 3, 5000  # 15000 elements / 256 per workgroup = 59 workgroups -> an 8 x 8 grid
+    b = Bufs(rt)
+    a = rng.standard_normal((n, width)).astype(np.float32)
+    c = rng.standard_normal((n, width)).astype(np.float32)
+    ba, bc = b.up(a), b.up(c)
+    k = K.add(small, n, width, view(ba, width=width), view(bc, width=width), view(ba, width=width))
+    assert k.grid[1] > 1
+    (got,) = b.run([k], read=[ba])
+    assert nmse(got, a + c) <= ELTWISE_TOL
+
+
+def test_fold_grid():
+    assert K.fold_grid(10) == (10, 1, 1)
+    x, y, z = K.fold_grid(262144 * 7)
+    assert x <= 65535 and y <= 65535 and x * y >= 262144 * 7 and z == 1
+
+
+# ---- argmax ----
+def test_argmax(rt, cfg, rng):
+    n, width = 4, 50001
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    x[1, 17] = x[1, 40000] = 50.0  # tie: the lower index wins
+    x[2, -1] = 60.0
+    x[3, 0] = 70.0
+    bx, bout = b.up(x), b.out((n,), np.uint32)
+    k = K.argmax(cfg, n, width, view(bx, width=width), bout)
+    (got,) = b.run([k], read=[bout])
+    assert got.tolist() == ops.argmax(x).tolist()
+
+
+# ---- errors ----
+def test_shader_error_names_the_kernel(rt):
+    from wgpu_llm.gpu.runtime import GpuError
+
+    with pytest.raises(GpuError, match="my_broken_kernel"):
+        rt.pipeline("@compute @workgroup_size(1) fn main() { let x: u32 = 1.0; }", "main", "my_broken_kernel")
+
+
+def test_binding_error_names_the_kernel(rt, cfg):
+    """A kernel whose buffer is not a storage buffer fails at compile, naming the kernel."""
+    from wgpu_llm.gpu.runtime import GpuError, Program
+
+    u = rt.wgpu.BufferUsage
+    not_storage = rt.buffer(64, u.UNIFORM | u.COPY_DST, "not storage")
+    good = rt.storage(64)
+    k = K.copy(cfg, 1, 4, K.View(good, 0, 4), K.View(not_storage, 0, 4), label="copy_into_uniform")
+    with pytest.raises(GpuError, match="copy_into_uniform"):
+        Program(rt, [k], "bad program")
+
+
+def test_logged_errors_are_raised(rt):
+    """Errors wgpu only logs (device lost, errors found while the queue runs) surface at the next check."""
+    import logging
+
+    from wgpu_llm.gpu.runtime import GpuError
+
+    rt.check("before")
+    logging.getLogger("wgpu").error("simulated: the device was lost")
+    with pytest.raises(GpuError, match="device was lost"):
+        rt.check("after a step")
+    rt.check("the error was reported once")

@@ -1,0 +1,564 @@
+"""The wgpu backend: compiles a model graph (wgpu_llm/graph.py) into one fixed list of GPU dispatches.
+
+Same interface as cpu_fallback.backend.CpuBackend: `compile(graph, n_tokens)` returns a step,
+`step(token_ids, pos0)` returns the graph's output as float32 (rows, width), and the KV cache
+semantics are the same (the attention op stores k, v of positions pos0.. then attends causally).
+
+What happens once, at compile:
+- weights are uploaded once per backend, still quantized (quant.pack / split_rows: a table larger
+  than one storage binding is split by rows); norm weights as float32;
+- the graph is planned: slices and last_row become views (an offset and a row stride into a
+  buffer, which every kernel takes), ops write in place over inputs that die there, and a few
+  fusions remove dispatches: a residual `add` of a linear becomes that linear accumulating into
+  the residual, a residual `add` of an rms_norm becomes the norm's epilogue, a rope of an rms_norm
+  (Gemma's q/k norms) runs inside the norm, two ropes over adjacent columns (q and k of a fused
+  QKV) become one dispatch, and the KV-cache store happens inside the attention kernel;
+- activations get buffers by liveness from a pool shared by all compiled steps of the backend;
+- pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
+What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
+compute pass, one submit, and only the output is read back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from wgpu_llm.graph import Graph, Op
+
+from . import kernels as K
+from .device import choose_adapter
+from .runtime import GpuError, Program, Runtime
+
+
+@dataclass
+class _Act:
+    """Where an activation lives: element (r, c) at slot[offset + r * stride + c]."""
+
+    slot: int
+    offset: int
+    stride: int
+    rows: int
+    width: int
+
+    def overlaps(self, other: _Act) -> bool:
+        if self.slot != other.slot:
+            return False
+        if self.stride != other.stride:  # conservative: assume they may touch
+            return True
+        a0, b0 = self.offset, other.offset
+        ar = (a0 // self.stride, a0 // self.stride + self.rows)
+        br = (b0 // other.stride, b0 // other.stride + other.rows)
+        if ar[1] <= br[0] or br[1] <= ar[0]:
+            return False
+        ac, bc = a0 % self.stride, b0 % other.stride
+        return ac < bc + other.width and bc < ac + self.width
+
+
+@dataclass
+class _Piece:
+    first_row: int
+    weight: object  # quant.PackedWeight
+    planes: list  # GPU buffers
+
+
+class GpuBackend:
+    name = "gpu"
+
+    def __init__(self, gguf_file, n_ctx: int, adapter=None):
+        from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
+
+        t0 = time.perf_counter()
+        if adapter is None:
+            adapter, self.adapter_reason = choose_adapter(allow_software=True)
+        else:
+            self.adapter_reason = "adapter given by the caller"
+            adapter = getattr(adapter, "adapter", None) or adapter  # an AdapterInfo from list_adapters()
+        self.gf = gguf_file
+        self.n_ctx = n_ctx
+        self.rt = Runtime(adapter)
+        self.cfg = K.choose_config(self.rt.caps)
+        self._matrices: dict[str, list[_Piece]] = {}  # GGUF name -> row pieces
+        self._vectors: dict[str, object] = {}  # GGUF name -> float32 buffer
+        self._rope: dict[tuple, object] = {}  # (n_rot, base, freq_scale) -> float32 buffer
+        self.k_cache: dict[int, object] = {}  # layer -> (n_ctx, n_kv_head * head_dim) float32 buffer
+        self.v_cache: dict[int, object] = {}
+        self.weight_bytes = 0  # bytes of weights on the device
+        self.timings = {"device_s": time.perf_counter() - t0, "weights_s": 0.0, "compile_s": 0.0}
+
+    def describe(self) -> str:
+        return self.rt.info.describe()
+
+    @property
+    def allocated_bytes(self) -> int:
+        """Device memory in buffers: weights, KV caches, activations, per-step parameters."""
+        return self.rt.allocated_bytes
+
+    def compile(self, graph: Graph, n_tokens: int):
+        """A callable step(token_ids (n_tokens,), pos0) -> output activation (rows, width) float32."""
+        per_step = self.max_tokens_per_step(graph)
+        if n_tokens > per_step:
+            return _ChunkedStep(self, graph, n_tokens, per_step)
+        t0 = time.perf_counter()
+        step = _Compiler(self, graph, n_tokens).build()
+        self.timings["compile_s"] += time.perf_counter() - t0
+        return step
+
+    def max_tokens_per_step(self, graph: Graph) -> int:
+        """How many tokens one step may hold: every activation must fit one storage binding
+        (all-position logits of a 262144-token vocabulary take 1 MiB per token)."""
+        return max(1, self.rt.caps.max_binding // (4 * max(graph.widths.values())))
+
+    # ---- weights (uploaded once per backend) ----
+    def matrix(self, name: str) -> list[_Piece]:
+        if name not in self._matrices:
+            from . import quant
+
+            t0 = time.perf_counter()
+            info = self.gf.tensor(name)
+            rows, cols = (1, info.shape[0]) if len(info.shape) == 1 else (int(np.prod(info.shape[:-1])), info.shape[-1])
+            if info.type_name in quant.SUPPORTED_TYPES:
+                packed = quant.pack(info.type_name, np.asarray(self.gf.raw(name)), rows, cols)
+            else:  # a type without a GPU kernel: float32 on the device
+                data = self.gf.dequantize(name).reshape(-1)
+                packed = quant.pack("F32", data.view(np.uint8), rows, cols)
+            pieces = []
+            for first, piece in quant.split_rows(packed, self.rt.caps.max_binding):
+                planes = [self.rt.upload(p, f"{name}[{first}:] plane {i}") for i, p in enumerate(piece.planes)]
+                self.weight_bytes += piece.nbytes()
+                pieces.append(_Piece(first, piece, planes))
+            self._matrices[name] = pieces
+            self.timings["weights_s"] += time.perf_counter() - t0
+        return self._matrices[name]
+
+    def vector(self, name: str):
+        if name not in self._vectors:
+            data = self.gf.dequantize(name).reshape(-1).astype(np.float32)
+            self._vectors[name] = self.rt.upload(data, name)
+            self.weight_bytes += data.nbytes
+        return self._vectors[name]
+
+    def rope_freqs(self, n_rot: int, base: float, freq_scale: float):
+        key = (n_rot, base, freq_scale)
+        if key not in self._rope:
+            self._rope[key] = self.rt.upload(K.rope_freqs(n_rot, base, freq_scale), f"rope freqs {key}")
+        return self._rope[key]
+
+    def kv_cache(self, layer: int, width: int):
+        if layer not in self.k_cache:
+            nbytes = self.n_ctx * width * 4
+            if nbytes > self.rt.caps.max_binding:
+                raise GpuError(f"layer {layer}: a KV cache of {self.n_ctx} x {width} floats ({nbytes} bytes) exceeds "
+                               f"the device's storage binding limit of {self.rt.caps.max_binding} bytes; "
+                               f"use a smaller n_ctx")
+            self.k_cache[layer] = self.rt.storage(nbytes, f"k cache {layer}")
+            self.v_cache[layer] = self.rt.storage(nbytes, f"v cache {layer}")
+        return self.k_cache[layer], self.v_cache[layer]
+
+
+class _Compiler:
+    """Plans one graph for one token count: views, fusions, in-place ops, buffer slots, kernels."""
+
+    def __init__(self, be: GpuBackend, graph: Graph, n_tokens: int):
+        if n_tokens < 1:
+            raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        if graph.output is None:
+            raise ValueError("graph has no output")
+        self.be, self.g, self.n = be, graph, n_tokens
+        self.cfg = be.cfg
+        ops = graph.ops
+        self.uses: dict[str, list[int]] = defaultdict(list)
+        for i, op in enumerate(ops):
+            for name in op.inputs:
+                self.uses[name].append(i)
+        end = len(ops)
+        self.last_use = {op.out: max(self.uses[op.out], default=i) for i, op in enumerate(ops)}
+        self.last_use[graph.output] = end
+        self.acts: dict[str, _Act] = {}
+        self.slot_size: list[int] = []  # floats
+        self.slot_refs: list[int] = []
+        self.free_slots: list[int] = []
+        self.intents: list = []  # callables(resolve) -> Kernel, in execution order
+        self.absorbed: dict[int, str] = {}  # op index -> how it was fused away
+        self.temps: list[int] = []  # slots of copies made for the op being planned
+        self.ids = be.rt.storage(4 * n_tokens, "token ids")
+
+    # ---- slots and views ----
+    def _new(self, rows: int, width: int) -> _Act:
+        need = rows * width
+        fitting = [s for s in self.free_slots if self.slot_size[s] >= need]
+        if fitting:
+            slot = min(fitting, key=lambda s: self.slot_size[s])
+        elif self.free_slots:  # grow the largest free slot rather than add one
+            slot = max(self.free_slots, key=lambda s: self.slot_size[s])
+            self.slot_size[slot] = need
+        else:
+            slot = len(self.slot_size)
+            self.slot_size.append(need)
+            self.slot_refs.append(0)
+        if slot in self.free_slots:
+            self.free_slots.remove(slot)
+        if need * 4 > self.be.rt.caps.max_binding:
+            raise GpuError(f"an activation of {rows} x {width} floats exceeds the device's storage binding limit "
+                           f"({self.be.rt.caps.max_binding} bytes); run fewer tokens per step")
+        return _Act(slot, 0, width, rows, width)
+
+    def _define(self, name: str, act: _Act) -> _Act:
+        self.acts[name] = act
+        self.slot_refs[act.slot] += 1
+        return act
+
+    def _release_dead(self, i: int, names) -> None:
+        for name in names:
+            if name in self.acts and self.last_use.get(name, -1) <= i:
+                self._unref(self.acts.pop(name).slot)
+
+    def _unref(self, slot: int) -> None:
+        self.slot_refs[slot] -= 1
+        if self.slot_refs[slot] == 0:
+            self.free_slots.append(slot)
+
+    def _others_overlap(self, name: str, i: int, ignore=()) -> bool:
+        """Does any other activation still read at or after op i share `name`'s place?"""
+        me = self.acts[name]
+        return any(other != name and other not in ignore and self.last_use.get(other, -1) >= i and act.overlaps(me)
+                   for other, act in self.acts.items())
+
+    def _can_overwrite(self, name: str, i: int, ignore=()) -> bool:
+        """Op i may write over `name`: op i is its last reader and nothing else lives in its place."""
+        return name != self.g.output and self.last_use[name] <= i and not self._others_overlap(name, i, ignore)
+
+    def _can_fold_into(self, name: str, i: int, j: int) -> bool:
+        """Op i may write (its result added in) over `name`, whose last reader is the absorbed op
+        j > i: nothing reads `name` between i and j, and nothing else lives in its place."""
+        return (name != self.g.output and self.last_use[name] == j
+                and all(u < i or u == j for u in self.uses[name]) and not self._others_overlap(name, i))
+
+    # ---- planning ----
+    def plan(self) -> None:
+        for i, op in enumerate(self.g.ops):
+            if i not in self.absorbed:
+                handler = getattr(self, f"_op_{op.kind}", None)
+                if handler is None:
+                    raise NotImplementedError(f"gpu backend: op {op.kind!r}")
+                handler(i, op)
+                for slot in self.temps:
+                    self._unref(slot)
+                self.temps = []
+            self._release_dead(i, op.inputs + (op.out,))
+
+    def _consumer(self, i: int, kind: str) -> tuple[int, Op] | None:
+        """(j, op j) when op i's output has exactly one reader, op j of this kind."""
+        out = self.g.ops[i].out
+        if out == self.g.output or len(self.uses[out]) != 1:
+            return None
+        j = self.uses[out][0]
+        return (j, self.g.ops[j]) if self.g.ops[j].kind == kind else None
+
+    def _residual_of(self, i: int, rows: int) -> tuple[int, Op, str] | None:
+        """(j, add op, residual name) when op i's only reader is add(residual, op i) and the residual
+        already exists with the same rows."""
+        found = self._consumer(i, "add")
+        if found is None:
+            return None
+        j, add = found
+        out = self.g.ops[i].out
+        r_name = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+        if r_name == out or r_name not in self.acts or self.acts[r_name].rows != rows:
+            return None
+        return j, add, r_name
+
+    def _op_embed(self, i, op):
+        from . import quant
+
+        be, n = self.be, self.n
+        (table,) = op.weights
+        y = self._define(op.out, self._new(n, self.g.widths[op.out]))
+        scale_bits = int(np.array([op.param("scale")], np.float32).view(np.uint32)[0])
+        for pc in be.matrix(table):
+            w = pc.weight
+            params = np.array([n, w.rows, w.cols, pc.first_row, y.stride, scale_bits, 0, 0], np.uint32).tobytes()
+
+            def make(res, pc=pc, w=w, params=params):
+                return K.foreign(f"{op.out}: embed {table}[{pc.first_row}:]", quant.embed_shader(w.type_name), params,
+                                 [(self.ids, True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
+                                 quant.embed_dispatch(w.type_name, w.cols, n))
+            self.intents.append(make)
+
+    def _op_slice(self, i, op):
+        x = self.acts[op.inputs[0]]
+        self._define(op.out, _Act(x.slot, x.offset + op.param("start"), x.stride, x.rows, self.g.widths[op.out]))
+
+    def _op_last_row(self, i, op):
+        x = self.acts[op.inputs[0]]
+        self._define(op.out, _Act(x.slot, x.offset + (x.rows - 1) * x.stride, x.stride, 1, x.width))
+
+    def _op_linear(self, i, op):
+        x = self.acts[op.inputs[0]]
+        fused = self._residual_of(i, x.rows)
+        if fused is not None:
+            j, add, r_name = fused
+            a = self.acts[r_name]
+            if a.slot != x.slot and self._can_fold_into(r_name, i, j):
+                # residual + linear: the linear accumulates into the residual's place
+                self.absorbed[j] = "residual add fused into linear"
+                x = self._contiguous(op.inputs[0], x)
+                self._define(op.out, _Act(a.slot, a.offset, a.stride, a.rows, a.width))
+                self._define(add.out, _Act(a.slot, a.offset, a.stride, a.rows, a.width))
+                self._emit_linear(op, x, a, accumulate=True)
+                return
+        x = self._contiguous(op.inputs[0], x)
+        y = self._define(op.out, self._new(x.rows, self.g.widths[op.out]))
+        self._emit_linear(op, x, y, accumulate=False)
+
+    def _emit_linear(self, op: Op, x: _Act, y: _Act, accumulate: bool) -> None:
+        from . import quant
+
+        cfg, base = self.cfg, 0
+        wg = cfg.linear_wg if x.rows == 1 else cfg.linear_wg_tokens
+        for wname in op.weights:
+            for pc in self.be.matrix(wname):
+                w = pc.weight
+                params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
+                                   int(accumulate), 0], np.uint32).tobytes()
+                grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, workgroup_size=wg, max_per_dim=cfg.max_per_dim)
+
+                def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname):
+                    src = quant.linear_shader(w.type_name, workgroup_size=wg, subgroup_size=cfg.linear_subgroup)
+                    return K.foreign(f"{op.out}: linear {wname}[{pc.first_row}:]", src, params,
+                                     [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
+                                     grid)
+                self.intents.append(make)
+            base += self.g.weight_shapes[wname][0]
+
+    def _contiguous(self, name: str, x: _Act) -> _Act:
+        """x itself when it starts at offset 0 (the quantized kernels take a row stride but no
+        offset), else a copy in a temporary slot freed once the consumer is planned."""
+        if x.offset == 0:
+            return x
+        y = self._new(x.rows, x.width)
+        self.slot_refs[y.slot] += 1
+        self.temps.append(y.slot)
+        self.intents.append(lambda res: K.copy(self.cfg, x.rows, x.width, self._view(res, x), self._view(res, y),
+                                               f"{name}: copy"))
+        return y
+
+    def _view(self, res, act: _Act) -> K.View:
+        return K.View(res(act.slot), act.offset, act.stride)
+
+    def _out_place(self, i: int, out_name: str, candidates, rows: int, width: int) -> _Act:
+        """Define out_name over an input that dies at op i (same shape), else in a new slot --
+        also when the input sits at an offset and a linear reads the result (it would need a copy)."""
+        feeds_linear = any(self.g.ops[u].kind == "linear" for u in self.uses[out_name])
+        for name in candidates:
+            a = self.acts[name]
+            if a.offset and feeds_linear:
+                continue
+            if a.width == width and a.rows == rows and self._can_overwrite(name, i):
+                return self._define(out_name, _Act(a.slot, a.offset, a.stride, rows, width))
+        return self._define(out_name, self._new(rows, width))
+
+    def _op_rms_norm(self, i, op):
+        x = self.acts[op.inputs[0]]
+        w = self.be.vector(op.weights[0])
+        group = self.g.weight_shapes[op.weights[0]][1]
+        residual = rope = None
+        fused = self._residual_of(i, x.rows)
+        if fused is not None:
+            # residual + rms_norm(x): the add is the norm's epilogue, in place over the residual
+            # when it dies there
+            j, add, r_name = fused
+            residual = self.acts[r_name]
+            self.absorbed[j] = "residual add fused into rms_norm"
+            out_name = add.out
+            if self._can_fold_into(r_name, i, j):
+                y = self._define(out_name, _Act(residual.slot, residual.offset, residual.stride, x.rows, x.width))
+            else:
+                y = self._define(out_name, self._new(x.rows, x.width))
+        else:
+            out_name = op.out
+            found = self._consumer(i, "rope")
+            if found is not None and found[1].param("head_dim") == group and group <= 1024:  # head in shared memory
+                # rope(rms_norm(x)) per head: the rotation runs on the normalised head in the norm
+                j, rope = found
+                self.absorbed[j] = "rope fused into rms_norm"
+                out_name = rope.out
+            y = self._out_place(i, out_name, [op.inputs[0]], x.rows, x.width)
+        eps = op.param("eps")
+        rope_args = freqs = None
+        if rope is not None:
+            p = rope.p
+            rope_args = {"n_rot": p["n_rot"], "neox": p["neox"]}
+            freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
+
+        def make(res):
+            return K.rms_norm(self.cfg, x.rows, x.width, group, eps, self._view(res, x), w, self._view(res, y),
+                              residual=self._view(res, residual) if residual is not None else None,
+                              rope=rope_args, rope_freqs=freqs, label=f"{out_name}: rms_norm")
+        self.intents.append(make)
+
+    def _op_rope(self, i, op):
+        xname = op.inputs[0]
+        x = self.acts[xname]
+        ops = self.g.ops
+        # q and k of a fused QKV projection: one dispatch when the second rope is the next op,
+        # has the same parameters and reads the columns right after the first one's
+        nxt = ops[i + 1] if i + 1 < len(ops) else None
+        if nxt is not None and nxt.kind == "rope" and nxt.params == op.params and nxt.inputs[0] in self.acts:
+            k_name = nxt.inputs[0]
+            k = self.acts[k_name]
+            if (k.slot == x.slot and k.stride == x.stride and k.rows == x.rows and k.offset == x.offset + x.width
+                    and self._can_overwrite(xname, i) and self._can_overwrite(k_name, i + 1, ignore=(xname,))):
+                self.absorbed[i + 1] = "rope merged with the previous rope"
+                self._define(op.out, _Act(x.slot, x.offset, x.stride, x.rows, x.width))
+                self._define(nxt.out, _Act(k.slot, k.offset, k.stride, k.rows, k.width))
+                both = _Act(x.slot, x.offset, x.stride, x.rows, x.width + k.width)
+                self._emit_rope(op, both, both)
+                return
+        y = self._out_place(i, op.out, [xname], x.rows, x.width)
+        self._emit_rope(op, x, y)
+
+    def _emit_rope(self, op: Op, x: _Act, y: _Act) -> None:
+        p = op.p
+        freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
+        self.intents.append(lambda res: K.rope(self.cfg, x.rows, x.width, p["head_dim"], p["n_rot"], p["neox"], freqs,
+                                               self._view(res, x), self._view(res, y), f"{op.out}: rope"))
+
+    def _op_attention(self, i, op):
+        p = op.p
+        qn, kn, vn = op.inputs
+        q, k, v = self.acts[qn], self.acts[kn], self.acts[vn]
+        kc, vc = self.be.kv_cache(p["layer"], p["n_kv_head"] * p["head_dim"])
+        y = self._out_place(i, op.out, [qn], q.rows, q.width)
+
+        def make(res):
+            return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
+                               self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
+                               self._view(res, y), f"{op.out}: attention layer {p['layer']}")
+        self.intents.append(make)
+
+    def _op_glu(self, i, op):
+        x = self.acts[op.inputs[0]]
+        half = x.width // 2
+        feeds_linear = any(self.g.ops[u].kind == "linear" for u in self.uses[op.out])
+        if self._can_overwrite(op.inputs[0], i) and not (x.offset and feeds_linear):
+            # act(gate) * up over the gate columns, keeping the input's row stride
+            y = self._define(op.out, _Act(x.slot, x.offset, x.stride, x.rows, half))
+        else:
+            y = self._define(op.out, self._new(x.rows, half))
+        act = op.param("activation")
+        self.intents.append(lambda res: K.glu(self.cfg, x.rows, half, act, self._view(res, x), self._view(res, y),
+                                              f"{op.out}: glu {act}"))
+
+    def _op_add(self, i, op):
+        an, bn = op.inputs
+        a, b = self.acts[an], self.acts[bn]
+        y = self._out_place(i, op.out, [an, bn], a.rows, a.width)
+        self.intents.append(lambda res: K.add(self.cfg, a.rows, a.width, self._view(res, a), self._view(res, b),
+                                              self._view(res, y), f"{op.out}: add"))
+
+    def _op_scale(self, i, op):
+        x = self.acts[op.inputs[0]]
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        f = op.param("factor")
+        self.intents.append(lambda res: K.scale(self.cfg, x.rows, x.width, f, self._view(res, x), self._view(res, y),
+                                                f"{op.out}: scale"))
+
+    # ---- assembly ----
+    def build(self) -> _GpuStep:
+        self.plan()
+        rt = self.be.rt
+        buffers = rt.pool.assign([4 * s for s in self.slot_size], "activations")
+        res = buffers.__getitem__
+        kernel_list = [make(res) for make in self.intents]
+        out = self.acts[self.g.output]
+        width = self.g.widths[self.g.output]
+        if out.stride == width:
+            outputs = [(res(out.slot), 4 * out.offset, 4 * out.rows * width)]
+        else:
+            outputs = [(res(out.slot), 4 * (out.offset + r * out.stride), 4 * width) for r in range(out.rows)]
+        label = f"step of {self.n} tokens"
+        program = Program(rt, kernel_list, label, outputs)
+
+        def greedy_program() -> Program:
+            """The same step plus an argmax per output row; reads back only the token ids."""
+            ids_out = rt.storage(4 * out.rows, "argmax")
+            k = K.argmax(self.cfg, out.rows, width, self._view(res, out), ids_out, label=f"{self.g.output}: argmax")
+            return Program(rt, [*kernel_list, k], f"{label}, greedy", [(ids_out, 0, 4 * out.rows)])
+
+        vocab = [self.g.weight_shapes[op.weights[0]][0] for op in self.g.ops if op.kind == "embed"]
+        return _GpuStep(self.be, program, greedy_program, self.ids, self.n, (out.rows, width), self.absorbed,
+                        min(vocab, default=None))
+
+
+class _GpuStep:
+    """A compiled step: `step(token_ids, pos0)` -> output (rows, width) float32, like the CPU's;
+    `step.greedy(token_ids, pos0)` -> the argmax of each output row, computed on the GPU (only
+    the ids are read back)."""
+
+    def __init__(self, backend: GpuBackend, program: Program, greedy_program, ids_buffer, n_tokens: int, out_shape,
+                 fused: dict, n_vocab: int | None):
+        self.backend, self.program, self.ids_buffer = backend, program, ids_buffer
+        self.n_tokens, self.out_shape = n_tokens, out_shape
+        self.n_dispatches = program.n_dispatches
+        self.fused = dict(fused)  # op index -> what it was fused into (for inspection)
+        self._n_vocab = n_vocab
+        self._make_greedy = greedy_program
+        self._greedy: Program | None = None
+
+    def _inputs(self, token_ids, pos0: int) -> list:
+        b, n = self.backend, self.n_tokens
+        ids = np.asarray(token_ids)
+        if ids.shape != (n,):
+            raise ValueError(f"step compiled for {n} tokens got {ids.shape[0] if ids.ndim else 'a scalar'}")
+        if pos0 < 0 or pos0 + n > b.n_ctx:
+            raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {b.n_ctx}")
+        if self._n_vocab is not None and (ids.min() < 0 or ids.max() >= self._n_vocab):
+            raise ValueError(f"token ids must lie in [0, {self._n_vocab}), got {ids.min()}..{ids.max()}")
+        return [(self.ids_buffer, ids.astype(np.uint32))]
+
+    def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
+        parts = self.program.run(pos0, self.n_tokens, self._inputs(token_ids, pos0))
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a strided output comes back row by row
+        return data.view(np.float32).reshape(self.out_shape)
+
+    def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
+        """Run the step; the index of the largest value of each output row (lowest on ties), int64."""
+        if self._greedy is None:
+            self._greedy = self._make_greedy()
+        (data,) = self._greedy.run(pos0, self.n_tokens, self._inputs(token_ids, pos0))
+        return data.view(np.uint32).astype(np.int64)
+
+
+class _ChunkedStep:
+    """A step of more tokens than fit the device's bindings, run as consecutive smaller steps
+    (the same result: each chunk's attention sees the KV cache the previous chunks wrote)."""
+
+    def __init__(self, backend: GpuBackend, graph: Graph, n_tokens: int, per_step: int):
+        self.n_tokens = n_tokens
+        sizes = [per_step] * (n_tokens // per_step) + ([n_tokens % per_step] if n_tokens % per_step else [])
+        steps = {n: backend.compile(graph, n) for n in set(sizes)}
+        self.chunks = [steps[n] for n in sizes]
+        self.n_dispatches = sum(s.n_dispatches for s in self.chunks)
+        self.fused = self.chunks[0].fused
+        self.all_rows = self.chunks[0].out_shape[0] == sizes[0]  # False: the graph keeps the last row only
+
+    def _run(self, token_ids, pos0: int, greedy: bool) -> np.ndarray:
+        ids = np.asarray(token_ids)
+        if ids.shape != (self.n_tokens,):
+            raise ValueError(f"step compiled for {self.n_tokens} tokens got {ids.shape[0] if ids.ndim else 'a scalar'}")
+        outs, start = [], 0
+        for step in self.chunks:
+            chunk = ids[start:start + step.n_tokens]
+            outs.append(step.greedy(chunk, pos0 + start) if greedy else step(chunk, pos0 + start))
+            start += step.n_tokens
+        return np.concatenate(outs) if self.all_rows else outs[-1]
+
+    def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
+        return self._run(token_ids, pos0, greedy=False)
+
+    def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
+        return self._run(token_ids, pos0, greedy=True)

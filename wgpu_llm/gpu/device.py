@@ -1,0 +1,162 @@
+"""Which GPU to run on: list what wgpu sees, pick the best adapter, request a device from it.
+
+`choose_adapter` prefers real hardware (discrete > integrated > anything else; Vulkan, Metal and
+D3D12 over OpenGL). Software rasterizers (Mesa lavapipe/llvmpipe, SwiftShader, Microsoft WARP, any
+adapter that calls itself a CPU) are taken only when the caller allows them -- i.e. when the user
+asked for the GPU backend explicitly -- or when a selector names one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+ENV_SELECTOR = "WGPU_LLM_ADAPTER"
+
+# features the runtime uses when the adapter has them
+OPTIONAL_FEATURES = ("subgroup", "shader-f16", "timestamp-query")
+# limits requested at the adapter's own maximum (the WebGPU defaults are far lower)
+RAISED_LIMITS = (
+    "max-storage-buffer-binding-size",
+    "max-buffer-size",
+    "max-compute-workgroup-storage-size",
+    "max-compute-invocations-per-workgroup",
+    "max-storage-buffers-per-shader-stage",
+)
+
+_SOFTWARE_NAMES = ("llvmpipe", "lavapipe", "swiftshader", "softpipe", "microsoft basic render", "warp")
+_TYPE_RANK = {"discretegpu": 0, "discrete": 0, "integratedgpu": 1, "integrated": 1}
+_BACKEND_RANK = {"vulkan": 0, "metal": 0, "d3d12": 0}  # anything else (OpenGL, ...) ranks 1
+
+
+class GpuUnavailable(RuntimeError):
+    """No usable GPU adapter (or the one asked for does not exist / cannot give a device)."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    index: int  # position in wgpu's enumeration: what a numeric selector refers to
+    name: str
+    vendor: str
+    backend: str  # Vulkan / Metal / D3D12 / OpenGL
+    type: str  # discrete / integrated / cpu / virtual / unknown
+    is_software: bool
+    max_storage_binding: int  # bytes
+    max_buffer: int  # bytes
+    subgroups: bool
+    subgroup_sizes: tuple[int, int] | None  # (min, max) when the driver reports it, else None
+    shader_f16: bool
+    timestamp_query: bool
+    adapter: object = field(repr=False, compare=False, default=None)
+
+    def describe(self) -> str:
+        return f"wgpu {self.backend}: {self.name} ({self.type}{', software' if self.is_software else ''})"
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "adapter"}
+
+
+def _norm_type(adapter_type: str) -> str:
+    t = adapter_type.lower().replace("_", "").replace("-", "")
+    return {"discretegpu": "discrete", "integratedgpu": "integrated", "virtualgpu": "virtual"}.get(t, t or "unknown")
+
+
+def _norm_backend(backend: str) -> str:
+    return {"opengl": "OpenGL", "gl": "OpenGL", "vulkan": "Vulkan", "metal": "Metal", "d3d12": "D3D12"}.get(
+        backend.lower(), backend)
+
+
+def adapter_info(adapter, index: int = -1) -> AdapterInfo:
+    """Describe one wgpu adapter."""
+    info = adapter.info
+    name = info.get("device") or info.get("description") or "unknown adapter"
+    vendor = info.get("vendor") or f"0x{info.get('vendor_id', 0):04x}"
+    kind = _norm_type(str(info.get("adapter_type", "unknown")))
+    lowered = f"{name} {vendor} {info.get('description', '')}".lower()
+    software = kind == "cpu" or any(s in lowered for s in _SOFTWARE_NAMES)
+    features = set(adapter.features)
+    limits = adapter.limits
+    lo = info.get("subgroup_min_size")
+    hi = info.get("subgroup_max_size")
+    return AdapterInfo(
+        index=index,
+        name=name,
+        vendor=vendor,
+        backend=_norm_backend(str(info.get("backend_type", "unknown"))),
+        type=kind,
+        is_software=software,
+        max_storage_binding=int(limits["max-storage-buffer-binding-size"]),
+        max_buffer=int(limits["max-buffer-size"]),
+        subgroups="subgroup" in features or "subgroups" in features,
+        subgroup_sizes=(int(lo), int(hi)) if lo and hi else None,
+        shader_f16="shader-f16" in features,
+        timestamp_query="timestamp-query" in features,
+        adapter=adapter,
+    )
+
+
+def list_adapters() -> list[AdapterInfo]:
+    """Every adapter wgpu can see (an empty list when there is none or wgpu cannot load)."""
+    try:
+        import wgpu
+
+        adapters = wgpu.gpu.enumerate_adapters_sync()
+    except (ImportError, OSError, RuntimeError):  # no wgpu-native library / no driver: nothing to list
+        return []
+    return [adapter_info(a, i) for i, a in enumerate(adapters)]
+
+
+def _rank(a: AdapterInfo) -> tuple:
+    return (a.is_software, _TYPE_RANK.get(a.type, 2), _BACKEND_RANK.get(a.backend.lower(), 1), a.index)
+
+
+def choose_adapter(allow_software: bool, selector: str | None = None):
+    """Pick an adapter: (wgpu adapter, one-line reason). Raises GpuUnavailable.
+
+    selector: an index into `list_adapters()` or a case-insensitive substring of the adapter's
+    name / vendor / backend; defaults to the environment variable WGPU_LLM_ADAPTER. A selected
+    adapter is used even if it is a software one.
+    """
+    adapters = list_adapters()
+    if selector is None:
+        selector = os.environ.get(ENV_SELECTOR) or None
+    if not adapters:
+        raise GpuUnavailable("no GPU adapter found: wgpu sees no Vulkan/Metal/D3D12/OpenGL device "
+                             "(install a GPU driver, or Mesa's lavapipe for a software Vulkan device)")
+    listing = "; ".join(f"[{a.index}] {a.describe()}" for a in adapters)
+    if selector is not None:
+        sel = str(selector).strip()
+        if sel.isdigit():
+            idx = int(sel)
+            if idx >= len(adapters):
+                raise GpuUnavailable(f"adapter index {idx} out of range; adapters: {listing}")
+            picked = adapters[idx]
+        else:
+            matches = [a for a in adapters
+                       if sel.lower() in f"{a.name} {a.vendor} {a.backend}".lower()]
+            if not matches:
+                raise GpuUnavailable(f"no adapter matches {sel!r}; adapters: {listing}")
+            picked = min(matches, key=_rank)
+        return picked.adapter, f"selected {picked.describe()} by {sel!r}"
+    usable = [a for a in adapters if allow_software or not a.is_software]
+    if not usable:
+        raise GpuUnavailable(f"only software adapters found ({listing}); they are used only when the GPU "
+                             f"backend is asked for explicitly or selected with {ENV_SELECTOR}")
+    best = min(usable, key=_rank)
+    why = "software adapter (no hardware GPU found)" if best.is_software else f"best {best.type} adapter"
+    return best.adapter, f"{best.describe()}: {why}"
+
+
+def request_device(adapter):
+    """A device with the adapter's own limits for what LLM kernels need, and the optional features
+    (subgroups, shader-f16, timestamp queries) that the adapter has."""
+    features = set(adapter.features)
+    wanted = []
+    for f in OPTIONAL_FEATURES:
+        if f in features or (f == "subgroup" and "subgroups" in features):
+            wanted.append(f if f in features else "subgroups")
+    limits = {k: adapter.limits[k] for k in RAISED_LIMITS if k in adapter.limits}
+    try:
+        return adapter.request_device_sync(label="wgpu-llm", required_features=wanted, required_limits=limits)
+    except Exception as e:  # whatever the driver raises, the caller gets "no GPU"
+        raise GpuUnavailable(f"{adapter_info(adapter).describe()}: device request failed: {e}") from e

@@ -1,0 +1,308 @@
+"""Our WGSL kernels (shaders/*.wgsl, one family per file) and how each is specialised and bound.
+
+A shader file holds a kernel body. The loader prepends a generated header -- the `Params` struct
+(static per dispatch), the `Step` uniform (pos0, n_tokens: written once per step), the storage
+bindings and an accessor per buffer role (`ld_x(i)`, `st_y(i, v)`) -- and specialises the body:
+lines between `#if FLAG` / `#else` / `#endif` are kept or dropped, `{{NAME}}` becomes a constant.
+Roles that name the same GPU buffer share one binding (read_write when any of them writes), so a
+kernel can run in place without binding a buffer twice, which WebGPU forbids.
+
+Every builder returns a `Kernel`: the WGSL text, its parameter bytes, its buffers and its grid;
+runtime.Program turns a list of them into pipelines and bind groups once. Grids over 65535
+workgroups fold into 2-D; kernels rebuild the flat workgroup index from `num_workgroups`.
+Each kernel's numpy twin is in cpu_fallback/ops.py.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+
+def _shader_dir() -> Path:
+    """wgpu_llm/shaders in an installed wheel, shaders/ at the top of a source tree."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "shaders", package.parent / "shaders"):
+        if (candidate / "attention.wgsl").is_file():
+            return candidate
+    raise FileNotFoundError(f"WGSL shaders not found in {package / 'shaders'} or {package.parent / 'shaders'}")
+
+
+# ---- per-adapter choices ----
+@dataclass(frozen=True)
+class KernelConfig:
+    """Kernel variants and workgroup sizes for one adapter (all powers of two)."""
+
+    linear_wg: int = 64  # quant.linear_shader workgroup size, one token (decode)
+    linear_wg_tokens: int = 64  # the same for steps of several tokens (prefill)
+    linear_subgroup: int = 0  # subgroup size handed to quant.linear_shader (0: shared-memory reduction)
+    norm_wg: int = 64  # rms_norm over groups up to 256 columns
+    norm_wg_wide: int = 256  # rms_norm over wider groups (whole rows)
+    attn_wg: int = 64  # attention: positions per chunk = threads per workgroup
+    elt_wg: int = 256  # elementwise kernels
+    argmax_wg: int = 256
+    max_per_dim: int = 65535
+
+
+def choose_config(caps) -> KernelConfig:
+    """The one place where kernel variants are picked from the adapter (a tuning pass may replace it).
+
+    The quantized linear kernels reduce with subgroupAdd where the device has subgroups (they read
+    the subgroup size and count at run time, so drivers that vary it per pipeline are fine)."""
+    subgroup = caps.subgroup_size if caps.subgroups and caps.subgroup_size >= 4 else 0
+    wide = 256 if caps.max_invocations >= 256 else 64
+    # a software adapter runs each workgroup's invocations in a loop on one CPU core, so
+    # several-token linears go faster with small workgroups there (measured on lavapipe:
+    # 16 threads 1.6x faster than 64 for 12 tokens; 64 stays best for one token)
+    tokens_wg = 16 if caps.info.is_software else 64
+    return KernelConfig(linear_subgroup=subgroup, linear_wg_tokens=tokens_wg, norm_wg_wide=wide, elt_wg=wide,
+                        argmax_wg=wide, max_per_dim=caps.max_per_dim)
+
+
+# ---- the dispatch description ----
+@dataclass(frozen=True)
+class Role:
+    """A buffer as a kernel sees it: accessor names ld_<name> / st_<name>, element type."""
+
+    name: str
+    buffer: object
+    write: bool = False
+    elem: str = "f32"
+
+
+@dataclass
+class Kernel:
+    label: str
+    source: str
+    entry: str
+    params: bytes  # contents of the binding-0 uniform
+    uses_step: bool  # binding 1 = the step uniform (pos0, n_tokens)
+    buffers: list  # [(binding, buffer, read_only)] for bindings >= 2 (or >= 1 for foreign kernels)
+    grid: tuple[int, int, int]
+    explicit_layout: bool = True  # False: let wgpu derive the layout (kernels written elsewhere)
+
+
+def fold_grid(n: int, max_per_dim: int = 65535) -> tuple[int, int, int]:
+    """n workgroups as an (x, y, 1) grid with x, y <= max_per_dim; kernels skip flat ids >= n."""
+    n = max(1, int(n))
+    if n <= max_per_dim:
+        return (n, 1, 1)
+    y = -(-n // max_per_dim)
+    x = -(-n // y)
+    if y > max_per_dim:
+        raise ValueError(f"{n} workgroups do not fit a {max_per_dim}^2 grid")
+    return (x, y, 1)
+
+
+def _pack_params(fields: list[tuple[str, str, float]]) -> tuple[str, bytes]:
+    """(WGSL struct text, bytes) for [(name, 'u32'|'i32'|'f32', value)], padded to 16 bytes."""
+    fields = list(fields)
+    while len(fields) % 4:
+        fields.append((f"_pad{len(fields)}", "u32", 0))
+    fmt = {"u32": "I", "i32": "i", "f32": "f"}
+    data = b"".join(struct.pack("<" + fmt[t], (float(v) if t == "f32" else int(v))) for _, t, v in fields)
+    body = "\n".join(f"    {n}: {t}," for n, t, _ in fields)
+    return f"struct Params {{\n{body}\n}}\n", data
+
+
+@cache
+def _shader_text(name: str) -> str:
+    return (_shader_dir() / f"{name}.wgsl").read_text()
+
+
+def specialise(text: str, flags: dict[str, bool], consts: dict[str, object]) -> str:
+    """Apply #if/#else/#endif on FLAGS and replace {{NAME}} with constants."""
+    out, stack = [], []
+    for line in text.splitlines():
+        s = line.strip()
+        if s.startswith("#if "):
+            name = s[4:].strip()
+            neg = name.startswith("!")
+            value = bool(flags.get(name.lstrip("!"), False))
+            stack.append(value != neg)
+            continue
+        if s == "#else":
+            stack[-1] = not stack[-1]
+            continue
+        if s == "#endif":
+            stack.pop()
+            continue
+        if all(stack):
+            out.append(line)
+    if stack:
+        raise ValueError("unbalanced #if in shader")
+    text = "\n".join(out)
+
+    def sub(m):
+        key = m.group(1)
+        if key not in consts:
+            raise KeyError(f"shader constant {{{{{key}}}}} not given")
+        v = consts[key]
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return f"{v}u"
+        return repr(float(v))
+
+    return re.sub(r"\{\{(\w+)\}\}", sub, text)
+
+
+def build(family: str, label: str, params: list, roles: list[Role], grid, *, flags=None, consts=None,
+          uses_step: bool = False, entry: str = "main") -> Kernel:
+    """Specialise shaders/<family>.wgsl and describe one dispatch of it."""
+    struct_text, pbytes = _pack_params(params)
+    header = [struct_text, "@group(0) @binding(0) var<uniform> P: Params;"]
+    if uses_step:
+        header += ["struct Step { pos0: u32, n_tokens: u32, _pad0: u32, _pad1: u32, }",
+                   "@group(0) @binding(1) var<uniform> S: Step;"]
+    groups: list[list[Role]] = []
+    for r in roles:
+        for g in groups:
+            if g[0].buffer is r.buffer:
+                if g[0].elem != r.elem:
+                    raise ValueError(f"{label}: buffer bound as {g[0].elem} and {r.elem}")
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    buffers = []
+    for i, g in enumerate(groups):
+        binding = 2 + i
+        write = any(r.write for r in g)
+        access = "read_write" if write else "read"
+        elem = g[0].elem
+        header.append(f"@group(0) @binding({binding}) var<storage, {access}> buf{binding}: array<{elem}>;")
+        for r in g:
+            header.append(f"fn ld_{r.name}(i: u32) -> {elem} {{ return buf{binding}[i]; }}")
+            if r.write:
+                header.append(f"fn st_{r.name}(i: u32, v: {elem}) {{ buf{binding}[i] = v; }}")
+        buffers.append((binding, g[0].buffer, not write))
+    header.append("fn flat_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }")
+    body = specialise(_shader_text(family), flags or {}, consts or {})
+    source = "\n".join(header) + "\n\n" + body
+    return Kernel(label, source, entry, pbytes, uses_step, buffers, tuple(grid), True)
+
+
+@dataclass(frozen=True)
+class View:
+    """Rows of an activation inside a buffer: element (r, c) is at offset + r * stride + c."""
+
+    buffer: object
+    offset: int
+    stride: int
+
+
+# ---- kernels ----
+def rms_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x: View, w, y: View,
+             residual: View | None = None, rope: dict | None = None, rope_freqs=None, label="rms_norm") -> Kernel:
+    """y = x / rms(x) * w per group of `group` columns [+ residual] [then rope per group]."""
+    n_groups = width // group
+    wg = cfg.norm_wg if group <= 256 else cfg.norm_wg_wide
+    params = [("rows", "u32", rows), ("n_groups", "u32", n_groups), ("group", "u32", group),
+              ("eps", "f32", eps), ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("x", x.buffer), Role("w", w)]
+    if residual is not None:
+        params += [("r_off", "u32", residual.offset), ("r_stride", "u32", residual.stride)]
+        roles.append(Role("res", residual.buffer))
+    if rope is not None:
+        params += [("n_rot", "u32", rope["n_rot"]), ("neox", "u32", int(rope["neox"]))]
+        roles.append(Role("freq", rope_freqs))
+    roles.append(Role("y", y.buffer, write=True))
+    return build("rms_norm", label, params, roles, fold_grid(rows * n_groups, cfg.max_per_dim),
+                 flags={"RESIDUAL": residual is not None, "ROPE": rope is not None},
+                 consts={"WG": wg, "GROUP": group}, uses_step=rope is not None)
+
+
+def rope(cfg: KernelConfig, rows: int, width: int, head_dim: int, n_rot: int, neox: bool, freqs, x: View, y: View,
+         label="rope") -> Kernel:
+    """Rotary embedding per head at positions pos0 + row; freqs: (n_rot/2,) f32 buffer."""
+    if head_dim % 2 or n_rot % 2 or n_rot > head_dim:
+        raise ValueError(f"rope: head_dim {head_dim} / n_rot {n_rot}")
+    n_heads = width // head_dim
+    total = rows * n_heads * (head_dim // 2)
+    params = [("rows", "u32", rows), ("n_heads", "u32", n_heads), ("head_dim", "u32", head_dim),
+              ("n_rot", "u32", n_rot), ("neox", "u32", int(neox)), ("total", "u32", total),
+              ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("x", x.buffer), Role("freq", freqs), Role("y", y.buffer, write=True)]
+    return build("rope", label, params, roles, fold_grid(-(-total // cfg.elt_wg), cfg.max_per_dim),
+                 consts={"WG": cfg.elt_wg}, uses_step=True)
+
+
+def attention(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
+              window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, label="attention") -> Kernel:
+    """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention."""
+    wg = cfg.attn_wg
+    params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", n_head // n_kv_head),
+              ("kv_width", "u32", n_kv_head * head_dim), ("window", "u32", window), ("scale", "f32", scale),
+              ("q_off", "u32", q.offset), ("q_stride", "u32", q.stride),
+              ("k_off", "u32", k.offset), ("k_stride", "u32", k.stride),
+              ("v_off", "u32", v.offset), ("v_stride", "u32", v.stride),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
+             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("y", y.buffer, write=True)]
+    return build("attention", label, params, roles, fold_grid(rows * n_head, cfg.max_per_dim),
+                 consts={"WG": wg, "HD": head_dim, "DPT": -(-head_dim // wg)}, uses_step=True)
+
+
+def glu(cfg: KernelConfig, rows: int, half: int, activation: str, x: View, y: View, label="glu") -> Kernel:
+    """y = act(x[:, :half]) * x[:, half:] with act silu or gelu_tanh."""
+    if activation not in ("silu", "gelu_tanh"):
+        raise ValueError(f"glu: activation {activation!r}")
+    total = rows * half
+    params = [("rows", "u32", rows), ("half", "u32", half), ("total", "u32", total),
+              ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("x", x.buffer), Role("y", y.buffer, write=True)]
+    return build("glu", label, params, roles, fold_grid(-(-total // cfg.elt_wg), cfg.max_per_dim),
+                 flags={"GELU": activation == "gelu_tanh"}, consts={"WG": cfg.elt_wg})
+
+
+def _eltwise(cfg, op: str, rows: int, width: int, a: View, b: View | None, y: View, factor: float, label) -> Kernel:
+    total = rows * width
+    params = [("rows", "u32", rows), ("width", "u32", width), ("total", "u32", total), ("factor", "f32", factor),
+              ("a_off", "u32", a.offset), ("a_stride", "u32", a.stride),
+              ("b_off", "u32", b.offset if b else 0), ("b_stride", "u32", b.stride if b else 0),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("a", a.buffer)] + ([Role("b", b.buffer)] if b else []) + [Role("y", y.buffer, write=True)]
+    return build("eltwise", label, params, roles, fold_grid(-(-total // cfg.elt_wg), cfg.max_per_dim),
+                 flags={"ADD": op == "add", "SCALE": op == "scale"}, consts={"WG": cfg.elt_wg})
+
+
+def add(cfg, rows, width, a: View, b: View, y: View, label="add") -> Kernel:
+    return _eltwise(cfg, "add", rows, width, a, b, y, 1.0, label)
+
+
+def scale(cfg, rows, width, factor: float, x: View, y: View, label="scale") -> Kernel:
+    return _eltwise(cfg, "scale", rows, width, x, None, y, factor, label)
+
+
+def copy(cfg, rows, width, x: View, y: View, label="copy") -> Kernel:
+    """Strided copy (a slice or a row materialised for a consumer that cannot take an offset)."""
+    return _eltwise(cfg, "copy", rows, width, x, None, y, 1.0, label)
+
+
+def argmax(cfg, rows: int, width: int, x: View, out, out_offset: int = 0, label="argmax") -> Kernel:
+    """out[out_offset + r] = index of the largest x in row r (lowest index on ties), u32."""
+    params = [("rows", "u32", rows), ("width", "u32", width), ("x_off", "u32", x.offset),
+              ("x_stride", "u32", x.stride), ("out_off", "u32", out_offset)]
+    roles = [Role("x", x.buffer), Role("out", out, write=True, elem="u32")]
+    return build("argmax", label, params, roles, fold_grid(rows, cfg.max_per_dim), consts={"WG": cfg.argmax_wg})
+
+
+def rope_freqs(n_rot: int, base: float, freq_scale: float = 1.0) -> np.ndarray:
+    """freq_scale * base^(-2i/n_rot) for i < n_rot/2, computed in float64 like ops.rope_tables."""
+    inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    return (inv * freq_scale).astype(np.float32)
+
+
+def foreign(label: str, source: str, params: bytes, buffers: list, grid, entry: str = "main") -> Kernel:
+    """A kernel written elsewhere (quant.py): binding 0 = params uniform, then `buffers` from 1."""
+    return Kernel(label, source, entry, params, False, [(1 + i, b, ro) for i, (b, ro) in enumerate(buffers)],
+                  tuple(grid), explicit_layout=False)

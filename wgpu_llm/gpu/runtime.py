@@ -1,0 +1,353 @@
+"""The device-side plumbing: buffers, a buffer pool, a pipeline cache, and GPU error reporting.
+
+Errors: wgpu-py raises validation / out-of-memory / shader-compile errors from the call that
+caused them; `Runtime.guard(what)` turns them into `GpuError` naming the kernel or step. Errors
+that arrive outside a call (device lost, errors found while the queue runs) are only logged by
+wgpu-py, so a handler on its logger collects them and `Runtime.check(what)` raises them after
+every submit -- a failing step never returns silently wrong numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from .device import AdapterInfo, adapter_info, request_device
+
+
+class GpuError(RuntimeError):
+    """A GPU operation failed (validation, out of memory, shader compilation, device lost)."""
+
+
+class _ErrorLog(logging.Handler):
+    """Collects error records that wgpu-py logs instead of raising (device lost, queue errors)."""
+
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+        self._lock = threading.Lock()
+
+    def emit(self, record):
+        with self._lock:
+            self.messages.append(record.getMessage())
+
+    def take(self) -> list[str]:
+        with self._lock:
+            out, self.messages = self.messages, []
+        return out
+
+
+_WGPU_LOG = _ErrorLog()
+
+
+def _watch_wgpu_log() -> None:
+    """Attach the collector to wgpu's logger (after wgpu is imported: it installs its own logger class)."""
+    import wgpu  # noqa: F401
+
+    logger = logging.getLogger("wgpu")
+    if _WGPU_LOG not in logger.handlers:
+        logger.addHandler(_WGPU_LOG)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What kernels may assume about the device."""
+
+    info: AdapterInfo
+    subgroups: bool
+    subgroup_size: int  # measured on this device (0 without the subgroup feature)
+    shader_f16: bool
+    max_binding: int  # max storage buffer binding size, bytes
+    max_buffer: int
+    max_workgroup_storage: int
+    max_invocations: int
+    max_storage_buffers: int
+    max_per_dim: int
+    uniform_align: int
+
+
+class Runtime:
+    """One device with its queue, pools and caches."""
+
+    def __init__(self, adapter):
+        import wgpu
+
+        self.wgpu = wgpu
+        _watch_wgpu_log()
+        self.adapter = adapter
+        self.info = adapter_info(adapter)
+        _WGPU_LOG.take()
+        self.device = request_device(adapter)
+        self.queue = self.device.queue
+        lim = self.device.limits
+        features = set(self.device.features)
+        subgroups = "subgroup" in features or "subgroups" in features
+        self._pipelines: dict[tuple[str, str], tuple[object, object]] = {}
+        self.caps = Caps(
+            info=self.info,
+            subgroups=subgroups,
+            subgroup_size=0,
+            shader_f16="shader-f16" in features,
+            max_binding=int(lim["max-storage-buffer-binding-size"]),
+            max_buffer=int(lim["max-buffer-size"]),
+            max_workgroup_storage=int(lim["max-compute-workgroup-storage-size"]),
+            max_invocations=int(lim["max-compute-invocations-per-workgroup"]),
+            max_storage_buffers=int(lim["max-storage-buffers-per-shader-stage"]),
+            max_per_dim=int(lim["max-compute-workgroups-per-dimension"]),
+            uniform_align=max(16, int(lim["min-uniform-buffer-offset-alignment"])),
+        )
+        self.allocated_bytes = 0  # every buffer created on the device so far
+        self.bytes_uploaded = 0
+        self.pool = BufferPool(self)
+        if subgroups:
+            self.caps = Caps(**{**self.caps.__dict__, "subgroup_size": self._probe_subgroup_size()})
+
+    # ---- errors ----
+    @contextmanager
+    def guard(self, what: str):
+        """Run wgpu calls; any wgpu error becomes a GpuError that names `what`."""
+        wgpu = self.wgpu
+        try:
+            yield
+        except (wgpu.GPUError, wgpu.GPUPipelineError, MemoryError) as e:
+            # wgpu sometimes logs the error it raises as well: take those copies along
+            logged = [m for m in _WGPU_LOG.take() if m.strip() != str(e).strip()]
+            kind = "out of memory" if isinstance(e, MemoryError) else type(e).__name__
+            raise GpuError("\n".join([f"{what}: {kind}: {e}", *logged])) from e
+        self.check(what)
+
+    def check(self, what: str) -> None:
+        """Raise the errors wgpu logged since the last check (device lost, queue errors)."""
+        messages = _WGPU_LOG.take()
+        if messages:
+            raise GpuError(f"{what}: " + "\n".join(messages))
+
+    # ---- buffers ----
+    def buffer(self, nbytes: int, usage, label: str = ""):
+        nbytes = max(16, -(-int(nbytes) // 16) * 16)
+        if nbytes > self.caps.max_buffer:
+            raise GpuError(f"{label}: buffer of {nbytes} bytes exceeds the device's max buffer size "
+                           f"{self.caps.max_buffer}")
+        with self.guard(f"allocating {label} ({nbytes} bytes)"):
+            buf = self.device.create_buffer(label=label, size=nbytes, usage=usage)
+        self.allocated_bytes += nbytes
+        return buf
+
+    def storage(self, nbytes: int, label: str = ""):
+        u = self.wgpu.BufferUsage
+        return self.buffer(nbytes, u.STORAGE | u.COPY_SRC | u.COPY_DST, label)
+
+    def upload(self, array: np.ndarray, label: str = "", usage=None):
+        """A new storage buffer holding `array` (any dtype; bytes as they are)."""
+        data = np.ascontiguousarray(array)
+        nbytes = max(16, -(-data.nbytes // 16) * 16)
+        u = self.wgpu.BufferUsage
+        buf = self.buffer(nbytes, usage or (u.STORAGE | u.COPY_DST | u.COPY_SRC), label)
+        if data.nbytes:
+            flat = data.reshape(-1).view(np.uint8)
+            if data.nbytes % 4:
+                flat = np.concatenate([flat, np.zeros(4 - data.nbytes % 4, np.uint8)])
+            with self.guard(f"uploading {label}"):
+                self.queue.write_buffer(buf, 0, flat)
+        self.bytes_uploaded += data.nbytes
+        return buf
+
+    def read(self, buf, nbytes: int | None = None, offset: int = 0) -> np.ndarray:
+        """Copy a buffer back to the host (slow path for tests; steps use their own staging)."""
+        with self.guard("reading a buffer back"):
+            data = self.queue.read_buffer(buf, offset, nbytes)
+        return np.frombuffer(data, np.uint8).copy()
+
+    # ---- pipelines ----
+    def pipeline(self, source: str, entry: str, label: str, layout_entries: list | None = None):
+        """(compute pipeline, bind group layout), cached by (source, entry point).
+
+        layout_entries: explicit bind group layout entries, or None to let wgpu derive the layout
+        from the shader (used for kernels written elsewhere)."""
+        key = (source, entry)
+        if key not in self._pipelines:
+            with self.guard(f"compiling kernel {label}"):
+                module = self.device.create_shader_module(label=label, code=source)
+                if layout_entries is None:
+                    pipe = self.device.create_compute_pipeline(
+                        label=label, layout="auto", compute={"module": module, "entry_point": entry})
+                    bgl = pipe.get_bind_group_layout(0)
+                else:
+                    bgl = self.device.create_bind_group_layout(label=label, entries=layout_entries)
+                    layout = self.device.create_pipeline_layout(label=label, bind_group_layouts=[bgl])
+                    pipe = self.device.create_compute_pipeline(
+                        label=label, layout=layout, compute={"module": module, "entry_point": entry})
+            self._pipelines[key] = (pipe, bgl)
+        return self._pipelines[key]
+
+    @property
+    def n_pipelines(self) -> int:
+        return len(self._pipelines)
+
+    def bind_group(self, bgl, entries: list, label: str):
+        with self.guard(f"binding buffers of kernel {label}"):
+            return self.device.create_bind_group(label=label, layout=bgl, entries=entries)
+
+    # ---- probing ----
+    def _probe_subgroup_size(self) -> int:
+        """The subgroup size the driver uses for a 1-D compute workgroup (lavapipe 8, NVIDIA 32, ...)."""
+        src = """
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) li: u32, @builtin(subgroup_size) sg: u32) {
+    if (li == 0u) { out[0] = sg; }
+}
+"""
+        try:
+            pipe, bgl = self.pipeline(src, "main", "probe_subgroup_size")
+            buf = self.storage(16, "probe")
+            bg = self.bind_group(bgl, [{"binding": 0, "resource": {"buffer": buf}}], "probe")
+            with self.guard("probing the subgroup size"):
+                enc = self.device.create_command_encoder()
+                cp = enc.begin_compute_pass()
+                cp.set_pipeline(pipe)
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(1)
+                cp.end()
+                self.queue.submit([enc.finish()])
+            size = int(self.read(buf, 4).view(np.uint32)[0])
+        except GpuError:
+            return 0
+        return size if 1 <= size <= 256 else 0
+
+
+class BufferPool:
+    """Intermediate-activation buffers, shared by every compiled step of a backend.
+
+    Steps run one at a time and finish (output read back) before the next starts, so two compiled
+    graphs may use the same physical buffers. A compile asks for a list of slot sizes; slot i gets
+    the pool's i-th buffer by size rank, grown (replaced by a larger one) when too small -- a step
+    compiled earlier keeps the buffers it bound.
+    """
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+        self.buffers: list = []  # largest first
+
+    def assign(self, sizes: list[int], label: str) -> list:
+        order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+        out = [None] * len(sizes)
+        for rank, i in enumerate(order):
+            need = max(16, -(-sizes[i] // 256) * 256)
+            if rank < len(self.buffers) and self.buffers[rank].size >= need:
+                out[i] = self.buffers[rank]
+                continue
+            size = max(need, min(_round_size(need), self.rt.caps.max_binding))
+            buf = self.rt.storage(size, f"{label} pool[{rank}]")
+            if rank < len(self.buffers):
+                self.buffers[rank] = buf
+            else:
+                self.buffers.append(buf)
+            out[i] = buf
+        self.buffers.sort(key=lambda b: -b.size)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.size for b in self.buffers)
+
+
+def _round_size(n: int) -> int:
+    """Round up to 1/8 steps of a power of two so later, slightly larger graphs reuse buffers."""
+    if n <= 4096:
+        return 4096
+    step = 1 << (n.bit_length() - 4)
+    return -(-n // step) * step
+
+
+class Program:
+    """A fixed list of kernels, made ready once: pipelines, one uniform buffer holding every
+    kernel's parameters, bind groups, grids. `run` writes pos0 (and any given inputs), records
+    every dispatch into one compute pass, copies the wanted outputs to a staging buffer, submits
+    once and reads the staging buffer back."""
+
+    def __init__(self, rt: Runtime, kernels: list, label: str, outputs: list[tuple] = ()):
+        """outputs: [(buffer, byte offset, nbytes)] copied back after the pass, in order."""
+        u = rt.wgpu.BufferUsage
+        self.rt, self.label = rt, label
+        self.step_buffer = rt.buffer(16, u.UNIFORM | u.COPY_DST, f"{label} step")
+        align = rt.caps.uniform_align
+        offsets, total = [], 0
+        for k in kernels:
+            offsets.append(total)
+            total += -(-max(16, len(k.params)) // align) * align
+        blob = np.zeros(max(total, 16), np.uint8)
+        for k, off in zip(kernels, offsets):
+            blob[off:off + len(k.params)] = np.frombuffer(k.params, np.uint8)
+        self.param_buffer = rt.upload(blob, f"{label} params", usage=u.UNIFORM | u.COPY_DST)
+        self.calls = []
+        for k, off in zip(kernels, offsets):
+            entries = [{"binding": 0, "resource": {"buffer": self.param_buffer, "offset": off,
+                                                   "size": max(16, len(k.params))}}]
+            layout = None
+            if k.explicit_layout:
+                S = rt.wgpu.ShaderStage.COMPUTE
+                layout = [{"binding": 0, "visibility": S, "buffer": {"type": "uniform"}}]
+                if k.uses_step:
+                    layout.append({"binding": 1, "visibility": S, "buffer": {"type": "uniform"}})
+                for binding, _, read_only in k.buffers:
+                    layout.append({"binding": binding, "visibility": S,
+                                   "buffer": {"type": "read-only-storage" if read_only else "storage"}})
+            if k.uses_step:
+                entries.append({"binding": 1, "resource": {"buffer": self.step_buffer, "offset": 0, "size": 16}})
+            for binding, buf, _ in k.buffers:
+                if buf.size > rt.caps.max_binding:
+                    raise GpuError(f"kernel {k.label}: a {buf.size}-byte buffer exceeds the device's storage "
+                                   f"binding limit of {rt.caps.max_binding} bytes")
+                entries.append({"binding": binding, "resource": {"buffer": buf, "offset": 0, "size": buf.size}})
+            pipe, bgl = rt.pipeline(k.source, k.entry, k.label, layout)
+            bg = rt.bind_group(bgl, entries, k.label)
+            self.calls.append((pipe, bg, k.grid))
+        self.outputs = list(outputs)
+        self.out_bytes = sum(n for _, _, n in self.outputs)
+        self.staging = None
+        if self.out_bytes:
+            self.staging = rt.buffer(self.out_bytes, u.MAP_READ | u.COPY_DST, f"{label} staging")
+        self.n_dispatches = len(self.calls)
+        self.labels = [k.label for k in kernels]  # what each dispatch computes, in order
+
+    def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = ()) -> list[np.ndarray]:
+        """Run the kernels once; writes: [(buffer, numpy array)] uploaded first. Returns the
+        outputs as uint8 arrays (copies)."""
+        rt = self.rt
+        wgpu = rt.wgpu
+        with rt.guard(f"running {self.label}"):
+            rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, 0, 0], np.uint32))
+            for buf, data in writes:
+                rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
+            enc = rt.device.create_command_encoder()
+            cp = enc.begin_compute_pass()
+            last = None
+            for pipe, bg, grid in self.calls:
+                if pipe is not last:
+                    cp.set_pipeline(pipe)
+                    last = pipe
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(*grid)
+            cp.end()
+            at = 0
+            for buf, off, n in self.outputs:
+                enc.copy_buffer_to_buffer(buf, off, self.staging, at, n)
+                at += n
+            rt.queue.submit([enc.finish()])
+            if not self.out_bytes:
+                return []
+            self.staging.map_sync(wgpu.MapMode.READ, 0, self.out_bytes)
+            try:
+                data = np.frombuffer(self.staging.read_mapped(0, self.out_bytes, copy=False), np.uint8).copy()
+            finally:
+                self.staging.unmap()
+        out, at = [], 0
+        for _, _, n in self.outputs:
+            out.append(data[at:at + n])
+            at += n
+        return out
