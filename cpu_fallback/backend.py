@@ -34,19 +34,25 @@ class CpuBackend:
 
     # ---- load ----
     def _weight(self, names: tuple[str, ...]) -> np.ndarray:
+        """The float32 matrix of one tensor, or of several stacked by rows (a fused linear)."""
         if names not in self.weights:
-            parts = [self._weight((n,)) for n in names] if len(names) > 1 else [self.gf.dequantize(names[0])]
-            self.weights[names] = parts[0] if len(parts) == 1 else np.ascontiguousarray(np.concatenate(parts))
+            infos = [self.gf.tensor(n) for n in names]
+            if len(names) == 1:
+                self.weights[names] = self.gf.dequantize(names[0])
+            else:  # dequantize each part straight into its rows of the fused matrix
+                fused = np.empty((sum(i.shape[0] for i in infos), infos[0].shape[1]), np.float32)
+                start = 0
+                for info in infos:
+                    self.gf.dequantize(info.name, out=fused[start:start + info.shape[0]])
+                    start += info.shape[0]
+                self.weights[names] = fused
         return self.weights[names]
 
     def _prepare(self, graph: Graph) -> None:
-        """Dequantize what the graph reads; keep only fused matrices for multi-weight linears."""
-        wanted = {op.weights for op in graph.ops if op.weights}
-        for names in wanted:
+        """Dequantize what the graph reads, once; allocate the KV cache."""
+        for names in {op.weights for op in graph.ops if op.weights}:
             self._weight(names)
-        used_alone = {names for names in wanted if len(names) == 1}
-        for names in [k for k in self.weights if len(k) == 1 and k not in used_alone]:
-            del self.weights[names]  # only needed as a part of a fused matrix
+        self.gf.release_pages()
         for layer, (n_kv, head_dim) in graph.kv_layers().items():
             if layer not in self.k_cache:
                 self.k_cache[layer] = np.zeros((self.n_ctx, n_kv * head_dim), np.float32)

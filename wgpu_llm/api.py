@@ -67,6 +67,7 @@ class LLM:
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
         self._steps: dict[tuple[int, bool], object] = {}
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
+        self.file.release_pages()  # the weights now live in the backend: drop the file pages we touched
 
     def __repr__(self) -> str:
         return f"LLM({self.file.path.name!r}, arch={self.file.architecture}, backend={self.backend.describe()!r})"

@@ -10,6 +10,7 @@ Tensor data stays in a read-only memory map.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,21 +239,53 @@ class GGUFFile:
     def raw_bytes(self, start: int, end: int) -> bytes:
         return self._data[start:end].tobytes()
 
-    def dequantize(self, name: str) -> np.ndarray:
-        """float32 array of the tensor's numpy shape, via gguf-py's dequantizers."""
-        from gguf.constants import GGMLQuantizationType
+    def dequantize(self, name: str, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 array of the tensor's numpy shape, via gguf-py's dequantizers.
+
+        Works through the rows in chunks so the dequantizer's temporaries stay small; writes into
+        `out` (a float32 array of the tensor's shape, e.g. rows of a fused matrix) when given.
+        """
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
         from gguf.quants import dequantize
 
         info = self.tensor(name)
         qtype = GGMLQuantizationType(info.type_id)
-        if qtype == GGMLQuantizationType.F32:
-            return np.array(self.raw(name).view(np.float32).reshape(info.shape))
-        try:
-            out = dequantize(np.asarray(self.raw(name)), qtype)
-        except NotImplementedError:
-            raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type_name}, which this runtime "
-                            f"cannot dequantize") from None
-        return np.ascontiguousarray(out.reshape(info.shape), dtype=np.float32)
+        rows = info.shape[0] if len(info.shape) > 1 else 1
+        cols = info.n_elements // rows
+        if out is None:
+            out = np.empty(info.shape, np.float32)
+        flat = out.reshape(rows, cols)
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        row_bytes = cols // block * block_bytes
+        raw = self.raw(name).reshape(rows, row_bytes)
+        step = max(1, (1 << 24) // max(row_bytes, 1))  # ~16 MiB of input per chunk
+        for start in range(0, rows, step):
+            chunk = raw[start:start + step]
+            if qtype == GGMLQuantizationType.F32:
+                flat[start:start + step] = chunk.view(np.float32)
+                continue
+            try:
+                flat[start:start + step] = dequantize(np.asarray(chunk), qtype).reshape(-1, cols)
+            except NotImplementedError:
+                raise GGUFError(f"{self.path}: tensor {name!r} has type {info.type_name}, which this runtime "
+                                f"cannot dequantize") from None
+            chunk_at = info.offset + start * row_bytes
+            self.release_pages(chunk_at, chunk_at + len(chunk) * row_bytes)
+        return out
+
+    def release_pages(self, start: int = 0, end: int | None = None) -> None:
+        """Let the OS drop the file pages in [start, end) that this process touched (e.g. once a
+        tensor lives elsewhere as float32 or on the GPU), so they stop counting as its memory.
+
+        The mapping stays valid: a later read faults the pages back in from the page cache.
+        """
+        mm = getattr(self._data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        end = self.file_size if end is None else min(end, self.file_size)
+        start -= start % mmap.PAGESIZE
+        if end > start:
+            mm.madvise(mmap.MADV_DONTNEED, start, end - start)
 
     def __repr__(self) -> str:
         return f"GGUFFile({str(self.path)!r}, {self.architecture}, {len(self.tensors)} tensors)"
