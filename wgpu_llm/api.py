@@ -68,6 +68,7 @@ class LLM:
         self._steps: dict[tuple[int, bool], object] = {}
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.file.release_pages()  # the weights now live in the backend: drop the file pages we touched
+        _return_freed_memory()
 
     def __repr__(self) -> str:
         return f"LLM({self.file.path.name!r}, arch={self.file.architecture}, backend={self.backend.describe()!r})"
@@ -229,6 +230,17 @@ def _stop_prefix_len(text: str, stops: list[str]) -> int:
                 best = k
                 break
     return best
+
+
+def _return_freed_memory() -> None:
+    """Give the heap memory freed while loading back to the OS (glibc keeps it otherwise: building
+    Gemma 3's tokenizer alone leaves ~200 MB of freed-but-held heap)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _header_digest(gf: GGUFFile) -> str:
