@@ -63,7 +63,7 @@ PROMPTS = [
     "import numpy as np\n\nx = np.linspace(0, 1, 11)\nprint(",
     "<html>\n<head>\n  <title>My Page</title>\n</head>\n<body>\n  <h1>",
     "Here is a list of five fruits:\n1. Apple\n2.",
-    "Why is the sky blue?",
+    "Why is the sky blue? The main reason is",
     "Question: A farmer has 12 cows and buys 7 more. Then he sells 4 of them. "
     "How many cows does the farmer have now?\nAnswer:",
     "Q: What is 15 + 27?\nA:",
@@ -134,8 +134,9 @@ def llama_cpp_part(path: Path, corpus: list[str], prompts: list[str]) -> dict:
 
     llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, n_threads=N_THREADS,
                           n_threads_batch=N_THREADS, n_gpu_layers=0, seed=0, verbose=False)
-    eog = [t for t in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(llm._model.vocab, t)] \
-        if hasattr(llama_cpp, "llama_vocab_is_eog") else [llm.token_eos()]
+    n_vocab = llm.n_vocab()
+    vocab_ptr = llm._model.vocab
+    eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab_ptr, t)]
     greedy = []
     for ids in prompt_ids:
         assert len(ids) + N_NEW <= N_CTX
@@ -143,8 +144,9 @@ def llama_cpp_part(path: Path, corpus: list[str], prompts: list[str]) -> dict:
         llm.eval(ids)
         out: list[int] = []
         while len(out) < N_NEW:
-            # Greedy (top-k 1, no penalties) = argmax of the logits of the last evaluated position.
-            logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            # Greedy decoding (top-k 1, temperature 0, no penalties) is the argmax of the logits
+            # llama.cpp computed for the last evaluated position.
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(n_vocab,))
             tok = int(np.argmax(logits))
             out.append(tok)
             if tok in eog:
@@ -320,8 +322,16 @@ def make(model_name: str, corpus: list[str], show: bool = False) -> dict:
         a, b = e["llama_cpp_greedy"], e["transformers_greedy"]
         common = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
         if a != b:
+            note = ""
+            if common == 0:
+                v = e["transformers_last_logits"]["values"]
+                note = f"; transformers' top-2 logit margin there is only {v[0] - v[1]:.3f}"
             print(f"    prompt {i}: continuations agree on the first {common} tokens "
-                  f"(lengths {len(a)} / {len(b)})")
+                  f"(lengths {len(a)} / {len(b)}){note}")
+    # Informational only: the golden ids are llama.cpp's. (Known difference: the tokenizer that
+    # transformers builds from the Gemma 3 GGUF does not treat the user-defined whitespace-run
+    # tokens (ids 138-167, "  " .. 31 spaces) as longest-match specials the way SentencePiece and
+    # llama.cpp do, so runs of more than 31 spaces split differently.)
     if tok is None:
         print("  transformers tokenization: no tokenizer built from the GGUF")
     else:
@@ -333,7 +343,14 @@ def make(model_name: str, corpus: list[str], show: bool = False) -> dict:
             else:
                 print(f"    prompt {i}: transformers tokenization differs: {hf_ids} vs llama.cpp {e['ids']}")
         print(f"  transformers tokenization of the prompt == llama.cpp: {same}/{n}")
-        same_c = sum(tok(e["text"])["input_ids"] == e["ids"] for e in out["tokenize"])
+        same_c = 0
+        for e in out["tokenize"]:
+            hf_ids = tok(e["text"])["input_ids"]
+            if hf_ids == e["ids"]:
+                same_c += 1
+            else:
+                print(f"    corpus {e['text'][:40]!r}: transformers tokenization differs: "
+                      f"{hf_ids} vs llama.cpp {e['ids']}")
         print(f"  transformers tokenization of the corpus strings == llama.cpp: "
               f"{same_c}/{len(out['tokenize'])}")
         if show:
