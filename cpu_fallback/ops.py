@@ -70,24 +70,39 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     own keys included). window > 0: a query at position p sees keys in (p - window, p].
     Returns (n, n_head*head_dim).
     """
+    total = pos0 + q.shape[0]
+    k_heads = k_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
+    v_heads = v_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
+    return attention_heads(q, k_heads, v_heads, pos0, n_head, scale, window)
+
+
+def attention_heads(q: np.ndarray, k_heads: np.ndarray, v_heads: np.ndarray, pos0: int, n_head: int,
+                    scale: float, window: int = 0) -> np.ndarray:
+    """attention() over a cache already split by KV head: k_heads, v_heads (n_kv_head, total, head_dim).
+
+    The query heads sharing a KV head are stacked into one matrix so every product is a plain
+    batched GEMM over KV heads (numpy hands those to BLAS; broadcast batch dims it does not).
+    """
     n = q.shape[0]
-    total = pos0 + n
+    n_kv_head, total, head_dim = k_heads.shape
     group = n_head // n_kv_head
-    qh = q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3)  # (kv, g, n, d)
-    kh = k_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)  # (kv, t, d)
-    vh = v_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
-    scores = np.matmul(qh, kh[:, None].transpose(0, 1, 3, 2)) * np.float32(scale)  # (kv, g, n, t)
+    qh = np.ascontiguousarray(q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3))
+    qh = qh.reshape(n_kv_head, group * n, head_dim)  # rows: (query head in group, token)
+    scores = np.matmul(qh, k_heads.transpose(0, 2, 1))  # (kv, group*n, total)
+    scores *= np.float32(scale)
     qpos = pos0 + np.arange(n)[:, None]
     kpos = np.arange(total)[None, :]
     masked = kpos > qpos
     if window > 0:
         masked |= kpos <= qpos - window
-    scores = np.where(masked, np.float32(-np.inf), scores)
+    scores = scores.reshape(n_kv_head, group, n, total)
+    scores += np.where(masked, np.float32(-np.inf), np.float32(0))  # broadcast over heads
     scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    out = np.matmul(probs, vh[:, None])  # (kv, g, n, d)
-    return out.transpose(2, 0, 1, 3).reshape(n, n_head * head_dim).astype(np.float32, copy=False)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=-1, keepdims=True)
+    out = np.matmul(scores.reshape(n_kv_head, group * n, total), v_heads)  # (kv, group*n, d)
+    out = out.reshape(n_kv_head, group, n, head_dim).transpose(2, 0, 1, 3)
+    return np.ascontiguousarray(out).reshape(n, n_head * head_dim).astype(np.float32, copy=False)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
