@@ -154,5 +154,15 @@ def devices():
             console.print(f"--backend {mode}: {'cpu (numpy): ' if mode == 'auto' else 'error: '}{e}")
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.pass_context
+def bench(ctx):
+    """Prefill / decode speed next to llama.cpp and transformers (`wgpu-llm bench --help`)."""
+    from .bench import main as bench_main
+
+    sys.exit(bench_main(list(ctx.args)))
+
+
 if __name__ == "__main__":
     main()
