@@ -23,21 +23,31 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+
+# Before torch (libgomp) starts: let idle OpenMP threads sleep instead of spinning. On a small,
+# shared CPU a spinning peer turns every tiny attention op into a multi-millisecond stall (20x
+# slower generation); it changes no numbers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from wgpu_llm import zoo  # noqa: E402
+from wgpu_llm import zoo
 
 MODELS = ("gemma3-270m", "smollm2-135m")
 N_NEW = 32
 TOP_LOGITS = 128
-N_THREADS = 2
+N_THREADS = 2  # torch
+# llama.cpp's CPU results do not depend on its thread count (each output row is reduced by one
+# thread), while its spin-waiting thread pool degrades badly when the cores are shared; one thread
+# is both fast enough for these small models and robust.
+LLAMA_THREADS = 1
 N_CTX = 512
 
 CORPUS_PATH = HERE / "corpus.json"
@@ -64,8 +74,10 @@ PROMPTS = [
     "<html>\n<head>\n  <title>My Page</title>\n</head>\n<body>\n  <h1>",
     "Here is a list of five fruits:\n1. Apple\n2.",
     "Why is the sky blue? The main reason is",
-    "Question: A farmer has 12 cows and buys 7 more. Then he sells 4 of them. "
-    "How many cows does the farmer have now?\nAnswer:",
+    (
+        "Question: A farmer has 12 cows and buys 7 more. Then he sells 4 of them. "
+        "How many cows does the farmer have now?\nAnswer:"
+    ),
     "Q: What is 15 + 27?\nA:",
     "La capitale de l'Allemagne est",
     "Der schnellste Weg von Berlin nach München ist",
@@ -74,9 +86,11 @@ PROMPTS = [
     "Привет! Как у тебя дела сегодня?",
     None,  # chat-formatted prompt, filled per model
     "The quick brown fox jumps over the lazy dog. The quick brown fox",
-    "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide "
-    "to make their own food. During this process, oxygen is released into the air. The main "
-    "pigment involved is called",
+    (
+        "Photosynthesis is the process by which green plants use sunlight, water and carbon dioxide "
+        "to make their own food. During this process, oxygen is released into the air. The main "
+        "pigment involved is called"
+    ),
 ]
 CHAT_INDEX = PROMPTS.index(None)
 CHAT_QUESTION = "What are three good names for a pet turtle?"
@@ -132,8 +146,8 @@ def llama_cpp_part(path: Path, corpus: list[str], prompts: list[str]) -> dict:
     prompt_ids = [vocab.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
     del vocab
 
-    llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, n_threads=N_THREADS,
-                          n_threads_batch=N_THREADS, n_gpu_layers=0, seed=0, verbose=False)
+    llm = llama_cpp.Llama(str(path), n_ctx=N_CTX, n_batch=N_CTX, n_threads=LLAMA_THREADS,
+                          n_threads_batch=LLAMA_THREADS, n_gpu_layers=0, seed=0, verbose=False)
     n_vocab = llm.n_vocab()
     vocab_ptr = llm._model.vocab
     eog = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab_ptr, t)]
@@ -211,7 +225,7 @@ def load_transformers(model_name: str, path: Path):
         "expected tied input/output embeddings"
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    except Exception as e:  # pragma: no cover - depends on transformers' GGUF tokenizer support
+    except Exception as e:  # noqa: BLE001 - depends on transformers' GGUF tokenizer support
         print(f"  transformers could not build a tokenizer from the GGUF: {e}")
         tokenizer = None
     return model, tokenizer
