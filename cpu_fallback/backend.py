@@ -11,6 +11,8 @@ grows with the position, is a temporary.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op
@@ -20,12 +22,13 @@ from . import ops
 
 class CpuBackend:
     name = "cpu"
+    tracer = None  # a wgpu_llm.trace.Trace while tracing: each op's closure is then timed
 
     def __init__(self, gguf_file, n_ctx: int):
         self.gf = gguf_file
         self.n_ctx = n_ctx
         self.weights: dict[tuple[str, ...], np.ndarray] = {}  # (names...) -> float32 matrix
-        self.k_cache: dict[int, np.ndarray] = {}  # layer -> (n_ctx, kv_width)
+        self.k_cache: dict[int, np.ndarray] = {}  # layer -> (n_kv_head, n_ctx, head_dim)
         self.v_cache: dict[int, np.ndarray] = {}
         self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -54,9 +57,9 @@ class CpuBackend:
             self._weight(names)
         self.gf.release_pages()
         for layer, (n_kv, head_dim) in graph.kv_layers().items():
-            if layer not in self.k_cache:
-                self.k_cache[layer] = np.zeros((self.n_ctx, n_kv * head_dim), np.float32)
-                self.v_cache[layer] = np.zeros((self.n_ctx, n_kv * head_dim), np.float32)
+            if layer not in self.k_cache:  # one (positions, head_dim) block per KV head: GEMM-friendly
+                self.k_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
+                self.v_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
 
     def rope_table(self, n_rot: int, base: float, freq_scale: float):
         """cos, sin for every position of the context: (n_ctx, n_rot/2) each, computed once."""
@@ -176,12 +179,15 @@ class _CpuStep:
         q, k, v = args
         k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
         rows = q.shape[0]
+        n_kv, _, head_dim = k_cache.shape
+        k_heads, v_heads = k.reshape(rows, n_kv, head_dim), v.reshape(rows, n_kv, head_dim)
 
         def run(ids, pos0):
-            k_cache[pos0:pos0 + rows] = k
-            v_cache[pos0:pos0 + rows] = v
-            out[...] = ops.attention(q, k_cache, v_cache, pos0, p["n_head"], p["n_kv_head"], p["head_dim"],
-                                     p["scale"], p["window"])
+            total = pos0 + rows
+            k_cache[:, pos0:total] = k_heads.transpose(1, 0, 2)
+            v_cache[:, pos0:total] = v_heads.transpose(1, 0, 2)
+            out[...] = ops.attention_heads(q, k_cache[:, :total], v_cache[:, :total], pos0, p["n_head"],
+                                           p["scale"], p["window"])
         return run
 
     def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
@@ -191,7 +197,24 @@ class _CpuStep:
         if pos0 < 0 or pos0 + n > self.backend.n_ctx:
             raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {self.backend.n_ctx}")
         ids = np.asarray(token_ids, dtype=np.intp)
+        if self.backend.tracer is not None:
+            return self._traced(ids, pos0)
         for run in self.program:
             if run is not None:
                 run(ids, pos0)
+        return self.env[self.graph.output]
+
+    def _traced(self, ids: np.ndarray, pos0: int) -> np.ndarray:
+        """The same run with each op's closure timed, reported to the backend's tracer."""
+        keys, seconds = [], []
+        clock = time.perf_counter
+        t_start = clock()
+        for i, run in enumerate(self.program):
+            if run is not None:
+                t0 = clock()
+                run(ids, pos0)
+                seconds.append(clock() - t0)
+                keys.append(i)
+        self.backend.tracer.record_step(self.graph, self.n_tokens, pos0, keys, seconds, clock() - t_start, t_start,
+                                        timer="host clock (time.perf_counter) per op")
         return self.env[self.graph.output]

@@ -11,6 +11,10 @@
 // Grid: x * y (folded when more than max_per_dim) = ceil(rows / ROWS), z = token tiles.
 // The z count is only a degree of parallelism: any z works for any n_tokens.
 // Placeholders ($NAME) are filled in by wgpu_llm/gpu/quant.py.
+//
+// That is the kernel for GPUs (the "subgroup" and "shared" kinds of quant.LinearVariant). The
+// row_* sections below make the "row" kind for CPU-type adapters: every invocation walks whole
+// rows, see row_header.
 
 //! header
 struct LinearParams {
@@ -122,6 +126,449 @@ $TOTAL
 
 //! reduce_shared_total
         let total = red[v * WG];
+
+//! row_header
+// ---- the "row" kind: whole rows per invocation, for CPU-type adapters ----
+//
+// A CPU adapter (lavapipe) runs a workgroup's invocations as the SIMD lanes of one thread. A
+// storage load whose address is not provably the same for all lanes becomes a loop over the
+// lanes (measured on lavapipe: ~10x the cost of a subgroupBroadcast, far more than arithmetic),
+// so loads are what to save. Here every invocation owns RPT rows (row, row + WG, ...), walks
+// them block by block, loads every weight word once and a block's scales once, and keeps four
+// partial sums per row and token; no shared memory, no barrier. The activations are the same
+// for all lanes: with XB > 0 a lane of a subgroup of XB lanes loads every XB-th x value and
+// subgroupBroadcast hands them to the others (when the subgroups really have XB lanes; else
+// every lane loads them all).
+//
+// Per type (row_<TYPE> sections): rows are read in blocks of BLOCK columns, each in BLOCK / SUBW
+// steps of SUBW columns; load_head(row, b) reads a block's scales, sub_weights(row, b, j, head)
+// the weights of step j as SUBW / 4 vec4s in column order (columns b * BLOCK + j * SUBW + 4k ..
+// + 3), computed as dequant_unit (quant_dequant.wgsl) computes them.
+struct LinearParams {
+    n_tokens: u32,
+    rows: u32,
+    cols: u32,
+    x_stride: u32,    // f32 elements between token rows of x
+    y_stride: u32,    // f32 elements between token rows of y
+    y_offset: u32,    // first output column this piece writes
+    accumulate: u32,  // 1: y += result
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: LinearParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+
+// The parameters as the kernel reads them. Lavapipe (Mesa 22) recompiles a shader each time a
+// dispatch binds other buffers when branch conditions or loop bounds come straight from a
+// uniform buffer ("inlined uniforms"): milliseconds per dispatch. An OR with a value it cannot
+// see through (from the size of a storage buffer; always 0) keeps it from doing so.
+fn prm() -> LinearParams {
+    let z = u32(arrayLength(&y) == 0u);  // y is never empty
+    return LinearParams(params.n_tokens | z, params.rows | z, params.cols | z, params.x_stride | z,
+                        params.y_stride | z, params.y_offset | z, params.accumulate | z, 0u);
+}
+
+const WG: u32 = $WG;
+const ROWS: u32 = $ROWS;  // output rows per workgroup
+const RPT: u32 = $RPT;    // output rows per invocation, WG apart
+const TT: u32 = $TT;
+const XB: u32 = $XB;      // subgroup size x is shared in (0: not shared)
+
+// x[t, c], or 0 past the row (float types: the weights are zero there, x may hold anything)
+fn x_at(t: u32, c: u32) -> f32 {
+    let v = x[t * prm().x_stride + c];
+    if (PAD_COLS) {
+        return select(0.0, v, c < prm().cols);
+    }
+    return v;
+}
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
+fn store_y(row: u32, t: u32, v: f32) {
+    if (row < prm().rows && t < prm().n_tokens) {
+        let i = t * prm().y_stride + prm().y_offset + row;
+        if (prm().accumulate == 1u) {
+            y[i] = y[i] + v;
+        } else {
+            y[i] = v;
+        }
+    }
+}
+
+//! row_float
+// F32 / F16 / BF16: a block is one 8-column unit, read by dequant_unit
+const BLOCK: u32 = 8u;
+const SUBW: u32 = 8u;
+
+struct Head {
+    none: u32,
+}
+
+fn n_blocks(cols: u32) -> u32 { return row_units(cols); }
+fn load_head(row: u32, b: u32) -> Head { return Head(0u); }
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 2> {
+    let w = dequant_unit(row, b, prm().cols);
+    return array<vec4<f32>, 2>(w.a, w.b);
+}
+
+//! row_Q8_0
+const BLOCK: u32 = 32u;
+const SUBW: u32 = 32u;
+
+struct Head {
+    d: f32,
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let nb = prm().cols / 32u;
+    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (8u * (prm().cols / 32u)) + 8u * b;
+    let d = h.d;
+    return array<vec4<f32>, 8>(
+        i8x4(plane0[i]) * d, i8x4(plane0[i + 1u]) * d, i8x4(plane0[i + 2u]) * d, i8x4(plane0[i + 3u]) * d,
+        i8x4(plane0[i + 4u]) * d, i8x4(plane0[i + 5u]) * d, i8x4(plane0[i + 6u]) * d, i8x4(plane0[i + 7u]) * d);
+}
+
+//! row_Q4_0
+const BLOCK: u32 = 32u;
+const SUBW: u32 = 32u;
+
+struct Head {
+    d: f32,
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let nb = prm().cols / 32u;
+    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u));
+}
+
+// byte i of w holds weight i (low nibble) and weight i + 16 (high nibble)
+fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
+fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (4u * (prm().cols / 32u)) + 4u * b;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let d = h.d;
+    return array<vec4<f32>, 8>(
+        d * (q4_lo(w0) - 8.0), d * (q4_lo(w1) - 8.0), d * (q4_lo(w2) - 8.0), d * (q4_lo(w3) - 8.0),
+        d * (q4_hi(w0) - 8.0), d * (q4_hi(w1) - 8.0), d * (q4_hi(w2) - 8.0), d * (q4_hi(w3) - 8.0));
+}
+
+//! row_Q4_1
+const BLOCK: u32 = 32u;
+const SUBW: u32 = 32u;
+
+struct Head {
+    dm: vec2<f32>,
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    return Head(unpack2x16float(plane0[row * (5u * (prm().cols / 32u)) + 5u * b]));
+}
+
+fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
+fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (5u * (prm().cols / 32u)) + 5u * b + 1u;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let d = h.dm.x;
+    let m = h.dm.y;
+    return array<vec4<f32>, 8>(
+        d * q4_lo(w0) + m, d * q4_lo(w1) + m, d * q4_lo(w2) + m, d * q4_lo(w3) + m,
+        d * q4_hi(w0) + m, d * q4_hi(w1) + m, d * q4_hi(w2) + m, d * q4_hi(w3) + m);
+}
+
+//! row_Q5_0
+const BLOCK: u32 = 32u;
+const SUBW: u32 = 32u;
+
+struct Head {
+    d: f32,
+    qh: u32,  // bit i: the 5th bit of weight i
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let nb = prm().cols / 32u;
+    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u), plane0[row * (5u * nb) + 5u * b]);
+}
+
+// weights 4j .. 4j + 3 (nibble shift 0) or 16 + 4j .. (shift 4) of a block with 5th bits qh
+fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
+    let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
+    return vec4<f32>(byte_bits(w, shift, 15u) | (hb << vec4<u32>(4u)));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (5u * (prm().cols / 32u)) + 5u * b + 1u;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let d = h.d;
+    let qh = h.qh;
+    return array<vec4<f32>, 8>(
+        d * (q5_quad(w0, 0u, qh, 0u) - 16.0), d * (q5_quad(w1, 0u, qh, 1u) - 16.0),
+        d * (q5_quad(w2, 0u, qh, 2u) - 16.0), d * (q5_quad(w3, 0u, qh, 3u) - 16.0),
+        d * (q5_quad(w0, 4u, qh, 0u) - 16.0), d * (q5_quad(w1, 4u, qh, 1u) - 16.0),
+        d * (q5_quad(w2, 4u, qh, 2u) - 16.0), d * (q5_quad(w3, 4u, qh, 3u) - 16.0));
+}
+
+//! row_Q5_1
+const BLOCK: u32 = 32u;
+const SUBW: u32 = 32u;
+
+struct Head {
+    dm: vec2<f32>,
+    qh: u32,  // bit i: the 5th bit of weight i
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let i = row * (6u * (prm().cols / 32u)) + 6u * b;
+    return Head(unpack2x16float(plane0[i]), plane0[i + 1u]);
+}
+
+fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
+    let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
+    return vec4<f32>(byte_bits(w, shift, 15u) | (hb << vec4<u32>(4u)));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (6u * (prm().cols / 32u)) + 6u * b + 2u;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let d = h.dm.x;
+    let m = h.dm.y;
+    let qh = h.qh;
+    return array<vec4<f32>, 8>(
+        d * q5_quad(w0, 0u, qh, 0u) + m, d * q5_quad(w1, 0u, qh, 1u) + m,
+        d * q5_quad(w2, 0u, qh, 2u) + m, d * q5_quad(w3, 0u, qh, 3u) + m,
+        d * q5_quad(w0, 4u, qh, 0u) + m, d * q5_quad(w1, 4u, qh, 1u) + m,
+        d * q5_quad(w2, 4u, qh, 2u) + m, d * q5_quad(w3, 4u, qh, 3u) + m);
+}
+
+//! row_Q4_K
+// step j (0..3): sub-blocks 2j (low nibbles of quant words 8j .. 8j + 7) and 2j + 1 (high)
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 64u;
+
+struct Head {
+    dm: vec2<f32>,
+    w0: u32,
+    w1: u32,
+    w2: u32,
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let i = row * (36u * (prm().cols / 256u)) + 36u * b;
+    return Head(unpack2x16float(plane0[i]), plane0[i + 1u], plane0[i + 2u], plane0[i + 3u]);
+}
+
+fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
+fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 16> {
+    let i = row * (36u * (prm().cols / 256u)) + 36u * b + 4u + 8u * j;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let w4 = plane0[i + 4u];
+    let w5 = plane0[i + 5u];
+    let w6 = plane0[i + 6u];
+    let w7 = plane0[i + 7u];
+    let sm_a = kq_scale_min(2u * j, h.w0, h.w1, h.w2);
+    let sm_b = kq_scale_min(2u * j + 1u, h.w0, h.w1, h.w2);
+    let da = h.dm.x * sm_a.x;
+    let ma = h.dm.y * sm_a.y;
+    let db = h.dm.x * sm_b.x;
+    let mb = h.dm.y * sm_b.y;
+    return array<vec4<f32>, 16>(
+        da * q4_lo(w0) - ma, da * q4_lo(w1) - ma, da * q4_lo(w2) - ma, da * q4_lo(w3) - ma,
+        da * q4_lo(w4) - ma, da * q4_lo(w5) - ma, da * q4_lo(w6) - ma, da * q4_lo(w7) - ma,
+        db * q4_hi(w0) - mb, db * q4_hi(w1) - mb, db * q4_hi(w2) - mb, db * q4_hi(w3) - mb,
+        db * q4_hi(w4) - mb, db * q4_hi(w5) - mb, db * q4_hi(w6) - mb, db * q4_hi(w7) - mb);
+}
+
+//! row_Q5_K
+// as Q4_K; the 5th bit of weight 32 * s + l is bit s of qh byte l (all 8 qh words serve every step)
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 64u;
+
+struct Head {
+    dm: vec2<f32>,
+    w0: u32,
+    w1: u32,
+    w2: u32,
+    qa: vec4<u32>,  // qh words 0..3
+    qb: vec4<u32>,  // qh words 4..7
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let i = row * (44u * (prm().cols / 256u)) + 44u * b;
+    return Head(unpack2x16float(plane0[i]), plane0[i + 1u], plane0[i + 2u], plane0[i + 3u],
+                vec4<u32>(plane0[i + 4u], plane0[i + 5u], plane0[i + 6u], plane0[i + 7u]),
+                vec4<u32>(plane0[i + 8u], plane0[i + 9u], plane0[i + 10u], plane0[i + 11u]));
+}
+
+fn q5k_quad(w: u32, shift: u32, qh: u32, s: u32) -> vec4<f32> {
+    return vec4<f32>(byte_bits(w, shift, 15u) | (byte_bits(qh, s, 1u) << vec4<u32>(4u)));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 16> {
+    let i = row * (44u * (prm().cols / 256u)) + 44u * b + 12u + 8u * j;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let w4 = plane0[i + 4u];
+    let w5 = plane0[i + 5u];
+    let w6 = plane0[i + 6u];
+    let w7 = plane0[i + 7u];
+    let sa = 2u * j;
+    let sb = sa + 1u;
+    let sm_a = kq_scale_min(sa, h.w0, h.w1, h.w2);
+    let sm_b = kq_scale_min(sb, h.w0, h.w1, h.w2);
+    let da = h.dm.x * sm_a.x;
+    let ma = h.dm.y * sm_a.y;
+    let db = h.dm.x * sm_b.x;
+    let mb = h.dm.y * sm_b.y;
+    return array<vec4<f32>, 16>(
+        da * q5k_quad(w0, 0u, h.qa.x, sa) - ma, da * q5k_quad(w1, 0u, h.qa.y, sa) - ma,
+        da * q5k_quad(w2, 0u, h.qa.z, sa) - ma, da * q5k_quad(w3, 0u, h.qa.w, sa) - ma,
+        da * q5k_quad(w4, 0u, h.qb.x, sa) - ma, da * q5k_quad(w5, 0u, h.qb.y, sa) - ma,
+        da * q5k_quad(w6, 0u, h.qb.z, sa) - ma, da * q5k_quad(w7, 0u, h.qb.w, sa) - ma,
+        db * q5k_quad(w0, 4u, h.qa.x, sb) - mb, db * q5k_quad(w1, 4u, h.qa.y, sb) - mb,
+        db * q5k_quad(w2, 4u, h.qa.z, sb) - mb, db * q5k_quad(w3, 4u, h.qa.w, sb) - mb,
+        db * q5k_quad(w4, 4u, h.qb.x, sb) - mb, db * q5k_quad(w5, 4u, h.qb.y, sb) - mb,
+        db * q5k_quad(w6, 4u, h.qb.z, sb) - mb, db * q5k_quad(w7, 4u, h.qb.w, sb) - mb);
+}
+
+//! row_Q6_K
+// step j (0..1): the 128 weights 128j + 32g + l; ql word 16j + m (m < 16) holds the low 4 bits
+// of weights 128j + 4m .. (low nibbles) and 128j + 64 + 4m .. (high nibbles), qh word
+// 32 + 8j + (m & 7) their top 2 bits at bits 2 * (m >> 3) and 2 * (m >> 3) + 4 of each byte
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 128u;
+
+struct Head {
+    d: f32,
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let nb = prm().cols / 256u;
+    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u));
+}
+
+// (q - 32) of the 4 weights with low bits at nibble `lo` of ql and top bits at `hi` of qh
+fn q6_quad(ql: u32, lo: u32, qh: u32, hi: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(byte_bits(ql, lo, 15u) | (byte_bits(qh, hi, 3u) << vec4<u32>(4u))) - vec4<i32>(32));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 32> {
+    let base = row * (52u * (prm().cols / 256u)) + 52u * b;
+    let i = base + 16u * j;
+    let l0 = plane0[i];
+    let l1 = plane0[i + 1u];
+    let l2 = plane0[i + 2u];
+    let l3 = plane0[i + 3u];
+    let l4 = plane0[i + 4u];
+    let l5 = plane0[i + 5u];
+    let l6 = plane0[i + 6u];
+    let l7 = plane0[i + 7u];
+    let l8 = plane0[i + 8u];
+    let l9 = plane0[i + 9u];
+    let l10 = plane0[i + 10u];
+    let l11 = plane0[i + 11u];
+    let l12 = plane0[i + 12u];
+    let l13 = plane0[i + 13u];
+    let l14 = plane0[i + 14u];
+    let l15 = plane0[i + 15u];
+    let k = base + 32u + 8u * j;
+    let h0 = plane0[k];
+    let h1 = plane0[k + 1u];
+    let h2 = plane0[k + 2u];
+    let h3 = plane0[k + 3u];
+    let h4 = plane0[k + 4u];
+    let h5 = plane0[k + 5u];
+    let h6 = plane0[k + 6u];
+    let h7 = plane0[k + 7u];
+    // scale bytes 8j .. 8j + 7 (signed): scale 2g + (l >> 4) of this half serves weights 32g + l
+    let sc_lo = vec4<f32>(i8x4(plane0[base + 48u + 2u * j]));
+    let sc_hi = vec4<f32>(i8x4(plane0[base + 49u + 2u * j]));
+    let d = h.d;
+    let s0 = d * sc_lo.x;
+    let s1 = d * sc_lo.y;
+    let s2 = d * sc_lo.z;
+    let s3 = d * sc_lo.w;
+    let s4 = d * sc_hi.x;
+    let s5 = d * sc_hi.y;
+    let s6 = d * sc_hi.z;
+    let s7 = d * sc_hi.w;
+    return array<vec4<f32>, 32>(
+        s0 * q6_quad(l0, 0u, h0, 0u), s0 * q6_quad(l1, 0u, h1, 0u), s0 * q6_quad(l2, 0u, h2, 0u), s0 * q6_quad(l3, 0u, h3, 0u),
+        s1 * q6_quad(l4, 0u, h4, 0u), s1 * q6_quad(l5, 0u, h5, 0u), s1 * q6_quad(l6, 0u, h6, 0u), s1 * q6_quad(l7, 0u, h7, 0u),
+        s2 * q6_quad(l8, 0u, h0, 2u), s2 * q6_quad(l9, 0u, h1, 2u), s2 * q6_quad(l10, 0u, h2, 2u), s2 * q6_quad(l11, 0u, h3, 2u),
+        s3 * q6_quad(l12, 0u, h4, 2u), s3 * q6_quad(l13, 0u, h5, 2u), s3 * q6_quad(l14, 0u, h6, 2u), s3 * q6_quad(l15, 0u, h7, 2u),
+        s4 * q6_quad(l0, 4u, h0, 4u), s4 * q6_quad(l1, 4u, h1, 4u), s4 * q6_quad(l2, 4u, h2, 4u), s4 * q6_quad(l3, 4u, h3, 4u),
+        s5 * q6_quad(l4, 4u, h4, 4u), s5 * q6_quad(l5, 4u, h5, 4u), s5 * q6_quad(l6, 4u, h6, 4u), s5 * q6_quad(l7, 4u, h7, 4u),
+        s6 * q6_quad(l8, 4u, h0, 6u), s6 * q6_quad(l9, 4u, h1, 6u), s6 * q6_quad(l10, 4u, h2, 6u), s6 * q6_quad(l11, 4u, h3, 6u),
+        s7 * q6_quad(l12, 4u, h4, 6u), s7 * q6_quad(l13, 4u, h5, 6u), s7 * q6_quad(l14, 4u, h6, 6u), s7 * q6_quad(l15, 4u, h7, 6u));
+}
+
+//! row_main
+@compute @workgroup_size($WG)
+fn main(@builtin(local_invocation_index) lid: u32,
+        @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>$BUILTINS) {
+    let row0 = (wid.x + wid.y * nwg.x) * ROWS;
+    if (row0 >= prm().rows) {  // the whole workgroup returns: subgroups stay whole
+        return;
+    }
+    $XSHARE
+    if (prm().n_tokens == 1u) {
+        if (wid.z == 0u) {
+            row_pass_1(row0 + lid, 0u, lane, xshare);
+        }
+    } else {
+        for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
+            row_pass_$TT_PASS(row0 + lid, t0, lane, xshare);
+        }
+    }
+}
 
 //! main
 @compute @workgroup_size($WG)

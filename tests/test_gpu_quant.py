@@ -2,7 +2,9 @@
 
 - pack / split_rows: plane layout and row pieces, no GPU needed.
 - embed_shader with scale 1 is a dequantizer: bit-identical to gguf.quants.dequantize.
-- linear_shader vs float64 numpy x @ dequantize(W).T by NMSE, odd sizes, both reductions.
+- linear_shader vs float64 numpy x @ dequantize(W).T by NMSE, odd sizes, every kernel variant
+  (the GPU kinds with both reductions, the CPU "row" kind with and without shared activations)
+  for every type.
 
 The GPU tests run on any wgpu adapter (lavapipe is enough) through a small harness below,
 and skip with the reason when there is none.
@@ -180,6 +182,29 @@ def test_dispatch_sizes():
     assert quant.linear_dispatch("Q4_K", 262144, 1) == (65535, 2, 1)  # folded: 65536 row groups
     gx, gy, gz = quant.linear_dispatch("Q8_0", 37, 17, max_per_dim=4)
     assert gx <= 4 and gy <= 4 and gx * gy * quant.LINEAR_ROWS_PER_WORKGROUP >= 37 and gz >= 1
+    row = quant.LinearVariant("row", 8, 64, 8)  # 64 rows per workgroup, 1 token per pass
+    assert quant.linear_dispatch("Q8_0", 262144, 1, variant=row) == (4096, 1, 1)
+    assert quant.linear_dispatch("Q8_0", 203, 3, variant=row) == (4, 1, 3)
+    assert quant.linear_dispatch("Q8_0", 203, 3, variant=quant.LinearVariant("row", 8, 16)) == (13, 1, 1)
+
+
+def test_linear_variant_keys_and_checks():
+    for v in [quant.LinearVariant(), quant.LinearVariant("subgroup", 128, 8), quant.LinearVariant("row", 8, 64, 8),
+              quant.LinearVariant("row", 32, 32, 4), quant.LinearVariant("row", 16, 128)]:
+        assert quant.LinearVariant.from_key(v.key) == v
+    assert quant.LinearVariant("row", 8, 64, 8).key == "row-wg8-r64-b8"
+    assert quant.LinearVariant("subgroup", 64, 4).needs_subgroups
+    assert quant.LinearVariant("row", 8, 8, 8).needs_subgroups and not quant.LinearVariant("row", 8, 8).needs_subgroups
+    for bad in ["row-wg8-r12", "row-wg8-r8-b3", "row-wg8-r8-b16", "shared-wg64-r4-b8", "shared-wg64-r32",
+                "subgroup-wg48-r4", "tiled-wg64-r4", "row-wg8", "", "row-wg8-r8-x8"]:
+        with pytest.raises(ValueError, match="not a linear variant key"):
+            quant.LinearVariant.from_key(bad)
+    # the default kinds are what linear_shader(workgroup_size=, subgroup_size=) always built
+    for t in ("Q4_K", "F16"):
+        assert quant.linear_shader(t, subgroup_size=8) == quant.linear_shader(
+            t, variant=quant.LinearVariant("subgroup", 64, 4))
+        assert quant.linear_shader(t, workgroup_size=16) == quant.linear_shader(
+            t, variant=quant.LinearVariant("shared", 16, 4))
     assert quant.embed_dispatch("Q8_0", 640, 3) == (2, 3, 1)
     assert quant.embed_dispatch("F32", 77, 70000) == (1, 65535, 2)
 
@@ -256,8 +281,21 @@ def gpu():
     return Gpu(wgpu, adapters[0])
 
 
-def reduction_variants(gpu_: Gpu) -> list[int]:
-    return [0, gpu_.subgroup_size] if gpu_.subgroup_size else [0]
+def linear_variants(gpu_: Gpu) -> list[quant.LinearVariant]:
+    """Every kind of linear kernel this device can run, in shapes that reach every code path."""
+    V, sg = quant.LinearVariant, gpu_.subgroup_size
+    out = [V("shared", 64, 4),  # the GPU kind without subgroups
+           V("row", 16, 16),  # CPU kind: 1 row per invocation, 4 tokens per pass, x not shared
+           V("row", 8, 32)]  # 4 rows per invocation, 2 tokens per pass
+    if sg:
+        out.append(V("subgroup", 64, 4))  # the GPU kind
+    if sg in (4, 8, 16, 32):
+        lanes = max(8, sg)
+        out += [V("row", lanes, 8 * lanes, sg),  # 8 rows per invocation, 1 token per pass, x shared
+                V("row", 4 * lanes, 8 * lanes, sg)]  # several subgroups per workgroup
+        other = 4 if sg != 4 else 8  # a size the subgroups do not have: each lane loads all of x
+        out.append(V("row", max(8, other), 2 * max(8, other), other))
+    return out
 
 
 def poisoned(n: int) -> np.ndarray:
@@ -332,15 +370,14 @@ LINEAR_CASES = [
 
 
 def linear_run(gpu_: Gpu, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y: np.ndarray, y_stride: int,
-               y_offset: int, accumulate: int, subgroup_size: int, dispatch=None) -> np.ndarray:
+               y_offset: int, accumulate: int, variant: quant.LinearVariant, dispatch=None) -> np.ndarray:
     n_tokens = x.size // x_stride
     uniform = struct.pack("<8I", n_tokens, w.rows, w.cols, x_stride, y_stride, y_offset, accumulate, 0)
-    dispatch = dispatch or quant.linear_dispatch(w.type_name, w.rows, n_tokens)
-    return gpu_.run(quant.linear_shader(w.type_name, subgroup_size=subgroup_size), uniform, [x], y,
-                    w.planes, dispatch)
+    dispatch = dispatch or quant.linear_dispatch(w.type_name, w.rows, n_tokens, variant=variant)
+    return gpu_.run(quant.linear_shader(w.type_name, variant=variant), uniform, [x], y, w.planes, dispatch)
 
 
-def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, subgroup_size,
+def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, variant,
                  seed=0, dispatch=None) -> float:
     rng = np.random.default_rng(seed)
     # more 8-weight units per row than threads per workgroup, and not a multiple of it
@@ -359,7 +396,7 @@ def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate,
     if accumulate:
         y[region] = before
     got = linear_run(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate,
-                     subgroup_size, dispatch).reshape(n_tokens, y_stride)
+                     variant, dispatch).reshape(n_tokens, y_stride)
     want = x[:, :cols].astype(np.float64) @ weights.T + (before if accumulate else 0.0)
     error = nmse(got[region], want)
     assert error <= LINEAR_NMSE, f"NMSE {error:.3g}"
@@ -372,26 +409,32 @@ def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate,
 @pytest.mark.gpu
 @pytest.mark.parametrize("type_name", TYPES)
 def test_linear_matches_numpy(gpu, type_name):
-    for subgroup_size in reduction_variants(gpu):
+    for variant in linear_variants(gpu):
         for case in LINEAR_CASES:
-            error = check_linear(gpu, type_name, *case, subgroup_size=subgroup_size)
-            assert error <= 1e-10, f"{case} subgroup_size={subgroup_size}: NMSE {error:.3g}"
+            error = check_linear(gpu, type_name, *case, variant=variant)
+            assert error <= 1e-10, f"{case} {variant.key}: NMSE {error:.3g}"
 
 
 @pytest.mark.gpu
 def test_linear_any_grid(gpu):
     # folded row groups (x * y covers more groups than rows need) and token tiles in any z count
-    for subgroup_size in reduction_variants(gpu):
-        check_linear(gpu, "Q4_K", 37, 17, 1, 0, 0, 0, subgroup_size,
-                     dispatch=quant.linear_dispatch("Q4_K", 37, 17, max_per_dim=4))
-        check_linear(gpu, "Q8_0", 37, 17, 0, 0, 1, 0, subgroup_size, dispatch=(10, 1, 2))
-        check_linear(gpu, "Q6_K", 37, 6, 0, 0, 0, 0, subgroup_size, dispatch=(10, 1, 9))
+    for variant in linear_variants(gpu):
+        groups = -(-37 // variant.rows)
+        fold = next(n for n in range(2, groups + 2) if n * n >= groups)  # an x * y grid of at least 2 x 2
+        check_linear(gpu, "Q4_K", 37, 17, 1, 0, 0, 0, variant,
+                     dispatch=quant.linear_dispatch("Q4_K", 37, 17, max_per_dim=fold, variant=variant))
+        check_linear(gpu, "Q8_0", 37, 17, 0, 0, 1, 0, variant, dispatch=(40, 1, 2))
+        check_linear(gpu, "Q6_K", 37, 6, 0, 0, 0, 0, variant, dispatch=(40, 1, 9))
 
 
 @pytest.mark.gpu
 def test_linear_workgroup_sizes(gpu):
-    # workgroups smaller than the values reduced (8 < 4 rows x 4 tokens) and large ones
-    variants = reduction_variants(gpu)
+    # workgroups smaller than the values reduced (8 < 4 rows x 4 tokens), large ones, other row counts
+    V, sg = quant.LinearVariant, gpu.subgroup_size
+    variants = [V("shared", 8), V("shared", 256), V("shared", 32, 1), V("shared", 128, 16), V("row", 64, 512),
+                V("row", 32, 64)]
+    if sg:
+        variants += [V("subgroup", 32), V("subgroup", 64, 16), V("subgroup", 256, 2)]
     rng = np.random.default_rng(5)
     rows, cols, n_tokens = 45, 512, 5
     raw = random_tensor("Q5_K", rows, cols, rng)
@@ -399,11 +442,10 @@ def test_linear_workgroup_sizes(gpu):
     x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
     want = x.astype(np.float64) @ reference("Q5_K", raw, rows, cols).T.astype(np.float64)
     uniform = struct.pack("<8I", n_tokens, rows, cols, cols, rows, 0, 0, 0)
-    for workgroup_size, subgroup_size in [(8, variants[0]), (32, variants[-1]), (256, variants[0])]:
-        got = gpu.run(quant.linear_shader("Q5_K", workgroup_size=workgroup_size, subgroup_size=subgroup_size),
-                      uniform, [x], poisoned(n_tokens * rows), w.planes,
-                      quant.linear_dispatch("Q5_K", rows, n_tokens, workgroup_size=workgroup_size))
-        assert nmse(got.reshape(n_tokens, rows), want) <= 1e-10, (workgroup_size, subgroup_size)
+    for variant in variants:
+        got = gpu.run(quant.linear_shader("Q5_K", variant=variant), uniform, [x], poisoned(n_tokens * rows),
+                      w.planes, quant.linear_dispatch("Q5_K", rows, n_tokens, variant=variant))
+        assert nmse(got.reshape(n_tokens, rows), want) <= 1e-10, variant.key
 
 
 # ---- real weights ----
@@ -435,6 +477,8 @@ def test_real_model_weights(gpu, model, request):
         assert np.array_equal(y.reshape(len(ids), cols).view(np.uint32), want.view(np.uint32)), info.name
         if rows * cols <= 16 << 20:  # a mat-vec over the whole matrix (not the 262144-row tables)
             x = rng.standard_normal((2, cols)).astype(np.float32)
-            got = linear_run(gpu, w, x.reshape(-1), cols, poisoned(2 * rows), rows, 0, 0, gpu.subgroup_size)
             weights = reference(info.type_name, raw, rows, cols).astype(np.float64)
-            assert nmse(got.reshape(2, rows), x.astype(np.float64) @ weights.T) <= LINEAR_NMSE, info.name
+            for variant in (linear_variants(gpu)[-1], quant.LinearVariant("shared", 64, 4)):  # a CPU and a GPU kind
+                got = linear_run(gpu, w, x.reshape(-1), cols, poisoned(2 * rows), rows, 0, 0, variant)
+                error = nmse(got.reshape(2, rows), x.astype(np.float64) @ weights.T)
+                assert error <= LINEAR_NMSE, f"{info.name} {variant.key}: NMSE {error:.3g}"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import codecs
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -16,6 +16,7 @@ from .backends import open_backend
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
+from .trace import Trace, enabled_by_env
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
@@ -41,10 +42,20 @@ class LLM:
     n_ctx: context size in tokens (default: min(4096, the model's training context)).
     n_batch: prompt tokens per prefill step.
     adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
+    trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
+        default: the environment variable WGPU_LLM_TRACE. Off, nothing is timed.
+
+    On a GPU backend, greedy decoding (temperature 0) and top-k sampling (0 < top_k <= 128) pick
+    tokens on the GPU: the greedy loop feeds each step the previous step's argmax from GPU memory
+    and submits steps ahead of the host (`decode_chunk` steps per command buffer; None: sized from
+    the measured step time), reading back 4 bytes a token; top-k reads back k (id, logit) pairs
+    and finishes top-p / min-p / temperature / the draw on the host with the same generator as the
+    CPU. A repetition penalty, or no top-k, reads the whole logits row (`gpu_sampling = False`
+    forces that everywhere).
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
-                 n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None):
+                 n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None):
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
@@ -67,6 +78,12 @@ class LLM:
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
         self._steps: dict[tuple[int, bool], object] = {}
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
+        self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
+        self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
+        self.trace = None
+        if trace or (trace is None and enabled_by_env()):
+            self.trace = Trace(self.file, self.backend.name, self.backend.describe())
+        self.backend.tracer = self.trace
         self.file.release_pages()  # the weights now live in the backend: drop the file pages we touched
         _return_freed_memory()
 
@@ -100,15 +117,21 @@ class LLM:
             self._steps[key] = self.backend.compile(self._graphs[all_rows], n_tokens)
         return self._steps[key]
 
-    def _prefill(self, ids: list[int], all_rows: bool) -> np.ndarray:
-        """Run ids from position 0 in chunks of n_batch; logits of every row or of the last."""
+    def _prefill(self, ids: list[int], all_rows: bool, head=None):
+        """Run ids from position 0 in chunks of n_batch; logits of every row or of the last.
+        head(step, chunk, pos0): how to run the last chunk instead (a sampling step's result)."""
         if len(ids) > self.n_ctx:
             raise ContextOverflow(f"{len(ids)} tokens do not fit the context of {self.n_ctx} tokens "
                                   f"(pass a larger n_ctx, up to {self.config.n_ctx_train})")
+        if self.trace is not None:
+            self.trace.phase = "prefill"
         out = []
         for start in range(0, len(ids), self.n_batch):
             chunk = np.asarray(ids[start:start + self.n_batch], dtype=np.int32)
-            logits = self._step(len(chunk), all_rows)(chunk, start)
+            step = self._step(len(chunk), all_rows)
+            if head is not None and start + self.n_batch >= len(ids):
+                return head(step, chunk, start)
+            logits = step(chunk, start)
             out.append(logits.copy() if all_rows else logits)  # a step reuses its output buffer
         return np.concatenate(out) if all_rows else out[-1]
 
@@ -123,29 +146,86 @@ class LLM:
                 ignore_eos: bool = False) -> Iterator[int]:
         """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
         t0 = time.perf_counter()
-        logits = self._prefill(prompt_ids, all_rows=False)[-1]
-        history = list(prompt_ids)
-        pos = len(prompt_ids)
         t_first = None
-        for i in range(max_tokens):
-            token = sampler(logits, history)
-            if t_first is None:
-                t_first = time.perf_counter()
-                stats["ttft_s"] = t_first - t0
-                stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
-            if token in self.tokenizer.eog_ids and not ignore_eos:
-                stats["finish_reason"] = "stop"
-                return
-            stats["generated_tokens"] = i + 1
-            if i > 0:
-                stats["decode_tokens_per_s"] = i / (time.perf_counter() - t_first)
-            yield token
-            history.append(token)
-            if i + 1 == max_tokens or pos >= self.n_ctx:
-                break
-            logits = self._step(1, False)(np.asarray([token], dtype=np.int32), pos)[-1]
-            pos += 1
+        generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids)
+        try:
+            for i, token in enumerate(generated):
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    stats["ttft_s"] = t_first - t0
+                    stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
+                if token in self.tokenizer.eog_ids and not ignore_eos:
+                    stats["finish_reason"] = "stop"
+                    return
+                stats["generated_tokens"] = i + 1
+                if i > 0:
+                    stats["decode_tokens_per_s"] = i / (time.perf_counter() - t_first)
+                yield token
+        finally:
+            generated.close()
         stats["finish_reason"] = "length"
+
+    def _sampling_mode(self, sampler: Sampler, decode) -> tuple[str, int]:
+        """("greedy" | "top_k" | "full", k): where the sampler's choice is made for this backend."""
+        mode, k = sampler.plan()
+        if not self.gpu_sampling or not hasattr(decode, "greedy_loop"):
+            return "full", 0
+        if mode == "top_k" and not k <= min(getattr(decode, "max_top_k", 0), self.n_vocab - 1):
+            return "full", 0  # a k the GPU kernel does not serve, or no filtering at all
+        return mode, k
+
+    def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=()) -> Iterator[int]:
+        """The sampled ids: the first from the prompt's last logits, each next one from a decode
+        step fed the previous one (at most max_tokens, no step past the context's end). Where the
+        backend can, greedy and top-k choose on the GPU (see the class docstring); steps computed
+        ahead of an early stop are dropped unread (the greedy loop queues none past a stop_ids token)."""
+        pos = len(prompt_ids)
+        if max_tokens <= 0:
+            self._prefill(prompt_ids, all_rows=False)
+            return
+        n_decode = min(max_tokens - 1, self.n_ctx - pos)  # decode steps at pos .. pos + n_decode - 1
+        decode = self._step(1, False)
+        mode, k = self._sampling_mode(sampler, decode)
+        trace = self.trace
+        if mode == "greedy":
+            token = int(self._prefill(prompt_ids, False, head=lambda step, ids, p: step.greedy(ids, p))[-1])
+            yield token
+            if n_decode > 0:
+                if trace is not None:
+                    trace.phase = "decode"
+                yield from decode.greedy_loop(token, pos, n_decode, chunk=self.decode_chunk, stop_ids=stop_ids)
+            return
+        if mode == "top_k":
+            ids, cand = self._prefill(prompt_ids, False, head=lambda step, ids, p: step.top_k(ids, p, k))
+            token = self._timed_sampling(sampler.finish, ids, cand)
+            loop = decode.top_k_loop(k, pos)
+            for _ in range(n_decode):
+                yield token
+                if trace is not None:
+                    trace.phase = "decode"
+                ids, cand = loop(token)
+                token = self._timed_sampling(sampler.finish, ids, cand)
+            yield token
+            return
+        history = list(prompt_ids)
+        logits = self._prefill(prompt_ids, all_rows=False)[-1]
+        for i in range(n_decode + 1):
+            token = self._timed_sampling(sampler, logits, history)
+            yield token
+            if i == n_decode:
+                return
+            history.append(token)
+            if trace is not None:
+                trace.phase = "decode"
+            logits = decode(np.asarray([token], dtype=np.int32), pos + i)[-1]
+
+    def _timed_sampling(self, fn, *args) -> int:
+        if self.trace is None:
+            return fn(*args)
+        t0 = time.perf_counter()
+        token = fn(*args)
+        self.trace.record_sampling(time.perf_counter() - t0)
+        return token
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
         ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]

@@ -14,11 +14,11 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-def _open(model, backend, n_ctx, adapter):
+def _open(model, backend, n_ctx, adapter, trace=None):
     from . import LLM
 
     try:
-        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter)
+        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace)
     except (ValueError, RuntimeError, OSError) as e:
         _fail(str(e))
     click.echo(f"backend: {llm.backend_reason}", err=True)
@@ -55,11 +55,15 @@ def main():
 @main.command()
 @click.argument("model", required=False)
 @click.option("-p", "--prompt", required=True, help="prompt text")
+@click.option("--trace", is_flag=True, default=None,
+              help="time every step op by op; print a report after the text (also env WGPU_LLM_TRACE=1)")
+@click.option("--trace-json", type=click.Path(dir_okay=False), default=None,
+              help="also write the trace to this file in Chrome's trace event format (implies --trace)")
 @sampling_options
-def run(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, backend,
-        adapter, n_ctx):
+def run(model, prompt, trace, trace_json, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
+        backend, adapter, n_ctx):
     """Generate text after PROMPT with MODEL (a GGUF path or a known name; default: Gemma 3 270M)."""
-    llm = _open(model, backend, n_ctx, adapter)
+    llm = _open(model, backend, n_ctx, adapter, trace=True if trace or trace_json else None)
     stats: dict = {}
     try:
         for piece in llm.stream(prompt, max_tokens, stop=list(stop), stats=stats, temperature=temperature,
@@ -70,6 +74,11 @@ def run(model, prompt, max_tokens, temperature, top_k, top_p, min_p, repeat_pena
         _fail(str(e))
     click.echo()
     click.echo(_summary(stats), err=True)
+    if llm.trace is not None:
+        click.echo(llm.trace.report(), err=True)
+        if trace_json:
+            llm.trace.write_json(trace_json)
+            click.echo(f"trace written to {trace_json} (Chrome trace event format)", err=True)
 
 
 def _summary(stats: dict) -> str:
@@ -162,6 +171,89 @@ def bench(ctx):
     from .bench import main as bench_main
 
     sys.exit(bench_main(list(ctx.args)))
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--adapter", default=None, help="GPU adapter index or name (default: what --backend gpu picks)")
+@click.option("--tokens", "n_tokens", type=int, multiple=True,
+              help="also tune steps of this many tokens (repeatable; default: one-token decode steps only)")
+@click.option("--quick", is_flag=True, help="fewer candidates and rounds")
+@click.option("--rounds", type=int, default=None, help="timed rounds per candidate (default 5, --quick 3)")
+@click.option("--save/--no-save", default=True, show_default=True, help="write the winners to the tuning cache")
+def tune(model, adapter, n_tokens, quick, rounds, save):
+    """Time the linear-kernel variants for MODEL's weight shapes on a GPU adapter and cache the winners.
+
+    The GPU backend then uses them on this adapter (WGPU_LLM_TUNE=0 ignores the cache)."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import zoo
+    from .gguf_file import GGUFFile
+
+    try:
+        from .gpu import device
+        from .gpu import kernels as K
+        from .gpu import tune as T
+        from .gpu.runtime import Runtime
+    except ImportError as e:
+        _fail(f"the gpu backend cannot be loaded: {e}")
+    try:
+        if model is None or model in zoo.KNOWN_MODELS:
+            path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
+        else:
+            path = Path(model)
+        gguf_file = GGUFFile(path)
+        chosen, why = device.choose_adapter(allow_software=True, selector=adapter)
+        rt = Runtime(chosen)
+        cases = T.model_cases(gguf_file, tuple(sorted({1, *n_tokens})), rt.caps.max_binding)
+    except (ValueError, RuntimeError, OSError) as e:
+        _fail(str(e))
+    console = Console()
+    cfg = K.choose_config(rt.caps)
+    console.print(f"adapter: {why}\n{len(cases)} linear shapes of {path.name}; "
+                  f"{'quick, ' if quick else ''}tuning cache: {T.cache_path(rt.info)}")
+    results = []
+    with console.status("") as status:
+        def progress(case, key, r):
+            status.update(f"{case.label}: round {r + 1}, {key}")
+
+        for case, count in cases.items():
+            try:
+                results += T.tune(rt, {case: count}, quick=quick, rounds=rounds or (3 if quick else 5),
+                                  progress=progress, save=save)
+            except RuntimeError as e:
+                _fail(str(e))
+            res = results[-1]
+            guess = K.linear_variant(cfg, case.type_name, case.rows, case.cols, case.n_tokens).key
+            table = Table(title=f"{case.label} ({count} per step; {res.timer} time per dispatch)", title_justify="left")
+            for col, justify in (("variant", "left"), ("median us", "right"), ("min us", "right"),
+                                 ("vs heuristic", "right"), ("", "left")):
+                table.add_column(col, justify=justify)
+            for key in res.ranking():
+                notes = [n for n, hit in (("winner", key == res.winner), ("heuristic", key == guess),
+                                          ("dropped after 2 rounds", key in res.dropped)) if hit]
+                table.add_row(key, f"{res.median(key) * 1e6:.1f}", f"{min(res.samples[key]) * 1e6:.1f}",
+                              f"{res.median(guess) / res.median(key):.2f}x", ", ".join(notes),
+                              style="bold green" if key == res.winner else None)
+            console.print(table)
+    summary = Table(title="winners", title_justify="left")
+    for col in ("shape", "per step", "heuristic", "winner", "gain"):
+        summary.add_column(col)
+    before = after = 0.0
+    for res in results:
+        c = res.case
+        guess = K.linear_variant(cfg, c.type_name, c.rows, c.cols, c.n_tokens).key
+        before += res.count * res.median(guess) * (c.n_tokens == 1)
+        after += res.count * res.median(res.winner) * (c.n_tokens == 1)
+        summary.add_row(c.label, str(res.count), guess, res.winner, f"{res.median(guess) / res.median(res.winner):.2f}x")
+    console.print(summary)
+    if after:
+        console.print(f"linear kernels of one decode step: {before * 1e3:.1f} ms with the heuristic choice, "
+                      f"{after * 1e3:.1f} ms tuned")
+    console.print(f"winners written to {T.cache_path(rt.info)}" if save else "not saved (--no-save)")
 
 
 if __name__ == "__main__":

@@ -51,10 +51,14 @@ def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) 
 
 
 def top_k_filter(ids: np.ndarray, logits: np.ndarray, k: int):
-    """Keep the k largest (ids and logits sorted by descending logit on return)."""
+    """Keep the k largest, sorted by descending logit; ties go to the lower id (ids ascending on
+    input), so the result is one well-defined list -- the same one the GPU's top-k kernel returns."""
     if 0 < k < len(ids):
-        part = np.argpartition(-logits, k - 1)[:k]
-        ids, logits = ids[part], logits[part]
+        kth = logits[np.argpartition(-logits, k - 1)[k - 1]]  # the k-th largest value
+        above = np.flatnonzero(logits > kth)
+        tied = np.flatnonzero(logits == kth)[:k - len(above)]
+        keep = np.sort(np.concatenate([above, tied]))
+        ids, logits = ids[keep], logits[keep]
     order = np.argsort(-logits, kind="stable")
     return ids[order], logits[order]
 
@@ -86,6 +90,18 @@ class Sampler:
         self.params = params
         self.rng = np.random.default_rng(params.seed)
 
+    def plan(self) -> tuple[str, int]:
+        """What the sampler needs from a step: ("greedy", 0) the argmax; ("top_k", k) the k best
+        (id, logit) pairs; ("full", 0) every logit (a repetition penalty, or no top-k)."""
+        p = self.params
+        if p.repeat_penalty != 1.0 and p.repeat_last_n:
+            return ("full", 0)
+        if p.greedy:
+            return ("greedy", 0)
+        if p.top_k > 0:
+            return ("top_k", p.top_k)
+        return ("full", 0)
+
     def __call__(self, logits: np.ndarray, history: list[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
@@ -93,8 +109,13 @@ class Sampler:
             logits = apply_repeat_penalty(logits, history[-p.repeat_last_n:], p.repeat_penalty)
         if p.greedy:
             return int(np.argmax(logits))
-        ids = np.arange(len(logits))
-        ids, cand = top_k_filter(ids, logits, p.top_k)
+        ids, cand = top_k_filter(np.arange(len(logits)), logits, p.top_k)
+        return self.finish(ids, cand)
+
+    def finish(self, ids: np.ndarray, cand: np.ndarray) -> int:
+        """The chain after top-k: candidates sorted by descending logit (as top_k_filter returns
+        them) -> top-p, min-p, temperature, one draw from the generator."""
+        p = self.params
         ids, cand = top_p_filter(ids, cand, p.top_p)
         ids, cand = min_p_filter(ids, cand, p.min_p)
         probs = softmax(cand.astype(np.float64) / p.temperature)

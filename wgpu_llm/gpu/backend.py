@@ -16,22 +16,28 @@ What happens once, at compile:
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
-compute pass, one submit, and only the output is read back.
+compute pass, one submit, and only the output is read back. With sampling on the GPU (argmax, or
+a top-k of the logits) only token ids or k candidates come back, and the greedy decode loop
+feeds each step the previous step's argmax from GPU memory, several steps per submit.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op
 
+from . import attention as flash
 from . import kernels as K
+from . import matmul
 from .device import choose_adapter
 from .runtime import GpuError, Program, Runtime
+from .tune import LinearChoice
 
 
 @dataclass
@@ -81,6 +87,7 @@ class GpuBackend:
         self.n_ctx = n_ctx
         self.rt = Runtime(adapter)
         self.cfg = K.choose_config(self.rt.caps)
+        self.linear_choice = LinearChoice.for_runtime(self.rt, self.cfg)  # tuned winners if cached, else heuristic
         self._matrices: dict[str, list[_Piece]] = {}  # GGUF name -> row pieces
         self._vectors: dict[str, object] = {}  # GGUF name -> float32 buffer
         self._rope: dict[tuple, object] = {}  # (n_rot, base, freq_scale) -> float32 buffer
@@ -88,6 +95,7 @@ class GpuBackend:
         self.v_cache: dict[int, object] = {}
         self.weight_bytes = 0  # bytes of weights on the device
         self.timings = {"device_s": time.perf_counter() - t0, "weights_s": 0.0, "compile_s": 0.0}
+        self.tracer = None  # a wgpu_llm.trace.Trace while tracing: steps then run timed, op by op
 
     def describe(self) -> str:
         return self.rt.info.describe()
@@ -318,17 +326,39 @@ class _Compiler:
         from . import quant
 
         cfg, base = self.cfg, 0
-        wg = cfg.linear_wg if x.rows == 1 else cfg.linear_wg_tokens
+        if matmul.prefill_path(x.rows) == "tiled":  # many tokens: the tiled mat-mat
+            self._emit_matmul(op, x, y, accumulate)
+            return
         for wname in op.weights:
             for pc in self.be.matrix(wname):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
                                    int(accumulate), 0], np.uint32).tobytes()
-                grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, workgroup_size=wg, max_per_dim=cfg.max_per_dim)
+                variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
+                grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant, max_per_dim=cfg.max_per_dim)
+
+                def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname, variant=variant):
+                    src = quant.linear_shader(w.type_name, variant=variant)
+                    return K.foreign(f"{op.out}: linear {wname}[{pc.first_row}:]", src, params,
+                                     [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
+                                     grid)
+                self.intents.append(make)
+            base += self.g.weight_shapes[wname][0]
+
+    def _emit_matmul(self, op: Op, x: _Act, y: _Act, accumulate: bool) -> None:
+        """The linear as tiled mat-mats (matmul.py): same bindings, parameters and planes as the
+        mat-vec, each weight tile dequantized once per tile of tokens."""
+        tiles, base = matmul.choose_tiles(self.be.rt.caps, x.rows), 0
+        for wname in op.weights:
+            for pc in self.be.matrix(wname):
+                w = pc.weight
+                params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
+                                   int(accumulate), 0], np.uint32).tobytes()
+                grid = matmul.matmul_dispatch(w.rows, x.rows, tiles, self.cfg.max_per_dim)
 
                 def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname):
-                    src = quant.linear_shader(w.type_name, workgroup_size=wg, subgroup_size=cfg.linear_subgroup)
-                    return K.foreign(f"{op.out}: linear {wname}[{pc.first_row}:]", src, params,
+                    return K.foreign(f"{op.out}: matmul {wname}[{pc.first_row}:]",
+                                     matmul.matmul_shader(w.type_name, tiles), params,
                                      [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
                                      grid)
                 self.intents.append(make)
@@ -434,6 +464,18 @@ class _Compiler:
         kc, vc = self.be.kv_cache(p["layer"], p["n_kv_head"] * p["head_dim"])
         y = self._out_place(i, op.out, [qn], q.rows, q.width)
 
+        if matmul.prefill_path(q.rows) == "tiled" and flash.supported(p["head_dim"]):
+            # a block of queries per workgroup, K / V tiles shared, online softmax
+            tiles = flash.choose_flash_tiles(self.be.rt.caps, p["head_dim"])
+
+            def make(res):
+                return flash.flash_attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
+                                             p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
+                                             kc, vc, self._view(res, y),
+                                             f"{op.out}: flash attention layer {p['layer']}", tiles)
+            self.intents.append(make)
+            return
+
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
@@ -483,31 +525,54 @@ class _Compiler:
         label = f"step of {self.n} tokens"
         program = Program(rt, kernel_list, label, outputs)
 
-        def greedy_program() -> Program:
-            """The same step plus an argmax per output row; reads back only the token ids."""
-            ids_out = rt.storage(4 * out.rows, "argmax")
-            k = K.argmax(self.cfg, out.rows, width, self._view(res, out), ids_out, label=f"{self.g.output}: argmax")
-            return Program(rt, [*kernel_list, k], f"{label}, greedy", [(ids_out, 0, 4 * out.rows)])
-
+        head = _Head(self._view(res, out), out.rows, width, self.g.output)
         vocab = [self.g.weight_shapes[op.weights[0]][0] for op in self.g.ops if op.kind == "embed"]
-        return _GpuStep(self.be, program, greedy_program, self.ids, self.n, (out.rows, width), self.absorbed,
-                        min(vocab, default=None))
+        return _GpuStep(self.be, program, kernel_list, head, self.ids, self.n, (out.rows, width), self.absorbed,
+                        min(vocab, default=None), self.g)
+
+
+# The greedy decode loop puts this much device work (measured per step as it runs) into one
+# command buffer, at most LOOP_MAX_CHUNK steps: a fast device loses little to the host's
+# wake-ups between command buffers, a slow one computes little past a stop string.
+LOOP_CHUNK_S = 0.02
+LOOP_MAX_CHUNK = 8
+
+
+@dataclass
+class _Head:
+    """The step's output as the sampling kernels read it."""
+
+    view: K.View
+    rows: int
+    width: int
+    name: str
 
 
 class _GpuStep:
-    """A compiled step: `step(token_ids, pos0)` -> output (rows, width) float32, like the CPU's;
-    `step.greedy(token_ids, pos0)` -> the argmax of each output row, computed on the GPU (only
-    the ids are read back)."""
+    """A compiled step: `step(token_ids, pos0)` -> output (rows, width) float32, like the CPU's.
 
-    def __init__(self, backend: GpuBackend, program: Program, greedy_program, ids_buffer, n_tokens: int, out_shape,
-                 fused: dict, n_vocab: int | None):
+    Sampling on the GPU, reading back only a few bytes:
+    - `step.greedy(token_ids, pos0)` -> the argmax of each output row;
+    - `step.top_k(token_ids, pos0, k)` -> the k largest values of the last row and their columns;
+    - `step.greedy_loop(token, pos0, n)` -> a decode loop: each step takes its token id from the
+      previous step's argmax in GPU memory, steps are submitted ahead of the host, ids come back
+      a few at a time;
+    - `step.top_k_loop(k, pos0)` -> a callable running one decode step per call, the next step
+      recorded while this one runs."""
+
+    max_top_k = 128  # the largest k `top_k` serves (sample.TOP_K_MAX)
+
+    def __init__(self, backend: GpuBackend, program: Program, kernels: list, head: _Head, ids_buffer, n_tokens: int,
+                 out_shape, fused: dict, n_vocab: int | None, graph: Graph):
         self.backend, self.program, self.ids_buffer = backend, program, ids_buffer
-        self.n_tokens, self.out_shape = n_tokens, out_shape
+        self.n_tokens, self.out_shape, self.graph = n_tokens, out_shape, graph
         self.n_dispatches = program.n_dispatches
         self.fused = dict(fused)  # op index -> what it was fused into (for inspection)
         self._n_vocab = n_vocab
-        self._make_greedy = greedy_program
-        self._greedy: Program | None = None
+        self._kernels, self._head = kernels, head
+        self._programs: dict[tuple, Program] = {}  # the step + sampling kernels, made on first use
+        self._positions = None  # (pos, 1, 0, 0) per context position: the loops copy the step uniform from it
+        self._loop_staging: list = []
 
     def _inputs(self, token_ids, pos0: int) -> list:
         b, n = self.backend, self.n_tokens
@@ -520,17 +585,228 @@ class _GpuStep:
             raise ValueError(f"token ids must lie in [0, {self._n_vocab}), got {ids.min()}..{ids.max()}")
         return [(self.ids_buffer, ids.astype(np.uint32))]
 
+    def _run(self, program: Program, token_ids, pos0: int) -> list[np.ndarray]:
+        writes = self._inputs(token_ids, pos0)
+        tracer = self.backend.tracer
+        if tracer is None:
+            return program.run(pos0, self.n_tokens, writes)
+        t0 = time.perf_counter()
+        parts = program.run(pos0, self.n_tokens, writes, timed=True)
+        timer = ("GPU timestamp queries, one compute pass per dispatch" if program.timestamps else
+                 "host clock per dispatch (no timestamp queries: each dispatch submitted and waited for alone)")
+        tracer.record_step(self.graph, self.n_tokens, pos0, program.labels, program.last_times,
+                           time.perf_counter() - t0, t0, timer=timer)
+        return parts
+
     def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
-        parts = self.program.run(pos0, self.n_tokens, self._inputs(token_ids, pos0))
+        parts = self._run(self.program, token_ids, pos0)
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a strided output comes back row by row
         return data.view(np.float32).reshape(self.out_shape)
 
+    # ---- sampling on the GPU ----
+    def _greedy_program(self) -> Program:
+        """The step plus an argmax per output row, written over the step's own token ids: a next
+        run of the program reads them as its input unless new ids are written first."""
+        if ("greedy",) not in self._programs:
+            h, be = self._head, self.backend
+            k = K.argmax(be.cfg, h.rows, h.width, h.view, self.ids_buffer, label=f"{h.name}: argmax")
+            self._programs[("greedy",)] = Program(be.rt, [*self._kernels, k], f"{self.program.label}, greedy",
+                                                  [(self.ids_buffer, 0, 4 * h.rows)])
+        return self._programs[("greedy",)]
+
+    def _top_k_program(self, k: int) -> Program:
+        """The step plus a top-k of its last output row (sample.top_k), read back as k pairs."""
+        from . import sample
+
+        if ("top_k", k) not in self._programs:
+            h, be = self._head, self.backend
+            last = K.View(h.view.buffer, h.view.offset + (h.rows - 1) * h.view.stride, h.view.stride)
+            n = sample.scratch_bytes(be.cfg, h.width, k)
+            scratch = (be.rt.storage(n, "top-k scratch a"), be.rt.storage(n, "top-k scratch b"))
+            out = be.rt.storage(8 * k, f"top-{k}")
+            kernels = sample.top_k(be.cfg, h.width, k, last, scratch, out, label=f"{h.name}: top_k")
+            self._programs[("top_k", k)] = Program(be.rt, [*self._kernels, *kernels], f"{self.program.label}, top-{k}",
+                                                   [(out, 0, 8 * k)])
+        return self._programs[("top_k", k)]
+
+    def sampling_dispatches(self, kind: str, k: int = 0) -> int:
+        """Dispatches of one run of the step with its sampling kernels ("greedy" or "top_k")."""
+        return (self._greedy_program() if kind == "greedy" else self._top_k_program(k)).n_dispatches
+
     def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
         """Run the step; the index of the largest value of each output row (lowest on ties), int64."""
-        if self._greedy is None:
-            self._greedy = self._make_greedy()
-        (data,) = self._greedy.run(pos0, self.n_tokens, self._inputs(token_ids, pos0))
+        (data,) = self._run(self._greedy_program(), token_ids, pos0)
         return data.view(np.uint32).astype(np.int64)
+
+    def top_k(self, token_ids: np.ndarray, pos0: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run the step; (columns int64, values float32) of the k largest values of the last output
+        row, largest first, the lower column first on ties (as sampling.top_k_filter)."""
+        (data,) = self._run(self._top_k_program(k), token_ids, pos0)
+        return _pairs(data, k)
+
+    def _positions_buffer(self):
+        if self._positions is None:
+            n_ctx = self.backend.n_ctx
+            table = np.zeros((n_ctx, 4), np.uint32)
+            table[:, 0] = np.arange(n_ctx)
+            table[:, 1] = 1
+            self._positions = self.backend.rt.upload(table, "decode positions")
+        return self._positions
+
+    def _check_loop(self, token: int, pos0: int, n_steps: int) -> None:
+        if self.n_tokens != 1 or self._head.rows != 1:
+            raise ValueError("a decode loop runs a step of one token with one output row")
+        if pos0 < 0 or pos0 + n_steps > self.backend.n_ctx:
+            raise ValueError(f"positions {pos0}..{pos0 + n_steps - 1} exceed the context size {self.backend.n_ctx}")
+        if self._n_vocab is not None and not 0 <= int(token) < self._n_vocab:
+            raise ValueError(f"token ids must lie in [0, {self._n_vocab}), got {token}")
+
+    def greedy_loop(self, token: int, pos0: int, n_steps: int, chunk: int | None = None,
+                    stop_ids=()) -> Iterator[int]:
+        """Greedy decoding on the GPU: yields the argmax of n_steps consecutive steps at pos0, pos0+1, ...;
+        the first is fed `token`, each later one the previous argmax straight from GPU memory.
+
+        Steps go to the GPU `chunk` per command buffer (default: as many as LOOP_CHUNK_S of the
+        measured step time holds, 1..LOOP_MAX_CHUNK), each step's id coming back as 4 bytes, once
+        per command buffer. The next command buffer is recorded while one runs and submitted as
+        soon as that one's ids are back, before they are yielded -- unless one of them is in
+        stop_ids, where the loop ends without queueing more. (One command buffer is on the GPU at a
+        time: wgpu-py's buffer mapping waits for all submitted work, so queueing two would only
+        delay the first one's ids.) Closing the generator early leaves the queued steps to finish:
+        they only write KV-cache rows past the last consumed position, which a later step rewrites
+        before it reads them (a step stores its own rows first and reads the cache below pos0)."""
+        self._check_loop(token, pos0, n_steps)
+        if n_steps <= 0:
+            return
+        stop = {int(t) for t in stop_ids}
+        if self.backend.tracer is not None:  # traced: one timed step at a time
+            for i in range(n_steps):
+                token = int(self.greedy(np.array([token]), pos0 + i)[0])
+                yield token
+                if token in stop:
+                    return
+            return
+        rt = self.backend.rt
+        prog = self._greedy_program()
+        positions = self._positions_buffer()
+        if not self._loop_staging:
+            u = rt.wgpu.BufferUsage
+            self._loop_staging = [rt.buffer(4 * LOOP_MAX_CHUNK, u.MAP_READ | u.COPY_DST, f"decode loop ids {i}")
+                                  for i in range(2)]
+        next_pos, end = pos0, pos0 + n_steps
+        per_step = None  # measured device seconds per step
+        made = 0
+
+        def record() -> _Chunk:
+            nonlocal next_pos, made
+            if chunk:
+                size = chunk
+            else:
+                size = 1 if per_step is None else int(LOOP_CHUNK_S / max(per_step, 1e-6))
+            size = max(1, min(size, LOOP_MAX_CHUNK, end - next_pos))
+            c = _Chunk(size, self._loop_staging[made % 2])
+            enc = rt.device.create_command_encoder()
+            for j in range(size):
+                enc.copy_buffer_to_buffer(positions, 16 * (next_pos + j), prog.step_buffer, 0, 16)
+                prog.record_pass(enc)
+                enc.copy_buffer_to_buffer(self.ids_buffer, 0, c.staging, 4 * j, 4)
+            c.cb = enc.finish()
+            next_pos, made = next_pos + size, made + 1
+            return c
+
+        with rt.guard("starting the decode loop"):
+            rt.queue.write_buffer(self.ids_buffer, 0, np.array([token], np.uint32))
+            running = record()
+            running.submit(rt)
+        while running is not None:
+            with rt.guard("running the decode loop"):
+                ahead = record() if next_pos < end else None  # while `running` runs
+                running.staging.map_sync(rt.wgpu.MapMode.READ, 0, 4 * running.size)
+                try:
+                    ids = np.frombuffer(running.staging.read_mapped(0, 4 * running.size, copy=False), np.uint32)
+                    ids = ids.tolist()
+                finally:
+                    running.staging.unmap()
+                per_step = (time.perf_counter() - running.t_submit) / running.size
+                if ahead is not None and stop.isdisjoint(ids):
+                    ahead.submit(rt)
+                else:
+                    ahead = None
+            for t in ids:
+                yield t
+                if t in stop:
+                    return
+            running = ahead
+
+    def top_k_loop(self, k: int, pos0: int) -> _TopKLoop:
+        """A callable loop(token) -> (columns, values) running the steps at pos0, pos0+1, ... in turn,
+        each fed the given token, returning the top k of its output (as `top_k`)."""
+        return _TopKLoop(self, k, pos0)
+
+
+@dataclass
+class _Chunk:
+    """Consecutive decode-loop steps in one command buffer; their ids land in `staging`."""
+
+    size: int
+    staging: object
+    cb: object = None  # the command buffer until it is submitted
+    t_submit: float = 0.0
+
+    def submit(self, rt: Runtime) -> None:
+        self.t_submit = time.perf_counter()
+        rt.queue.submit([self.cb])
+        self.cb = None
+
+
+class _TopKLoop:
+    """Decode steps with a top-k read back per step (the host draws the next token); step N+1's
+    commands are recorded while step N runs, its token id written just before it is submitted."""
+
+    def __init__(self, step: _GpuStep, k: int, pos0: int):
+        self.step, self.k, self.pos = step, k, pos0
+        self._next = None  # (pos, command buffer) recorded ahead
+
+    def _record(self, prog: Program, pos: int):
+        rt = self.step.backend.rt
+        enc = rt.device.create_command_encoder()
+        enc.copy_buffer_to_buffer(self.step._positions_buffer(), 16 * pos, prog.step_buffer, 0, 16)
+        prog.record_pass(enc)
+        prog.record_outputs(enc)
+        return enc.finish()
+
+    def __call__(self, token: int) -> tuple[np.ndarray, np.ndarray]:
+        step, k, pos = self.step, self.k, self.pos
+        if step.backend.tracer is not None:  # traced: one timed step
+            out = step.top_k(np.array([token]), pos, k)
+            self.pos += 1
+            return out
+        step._check_loop(token, pos, 1)
+        rt = step.backend.rt
+        prog = step._top_k_program(k)
+        with rt.guard(f"running {prog.label}"):
+            cb = self._next[1] if self._next is not None and self._next[0] == pos else self._record(prog, pos)
+            self._next = None
+            rt.queue.write_buffer(step.ids_buffer, 0, np.array([token], np.uint32))
+            rt.queue.submit([cb])
+            if pos + 1 < step.backend.n_ctx:
+                self._next = (pos + 1, self._record(prog, pos + 1))  # while step `pos` runs
+            prog.staging.map_sync(rt.wgpu.MapMode.READ, 0, prog.out_bytes)
+            try:
+                data = np.frombuffer(prog.staging.read_mapped(0, prog.out_bytes, copy=False), np.uint8).copy()
+            finally:
+                prog.staging.unmap()
+        self.pos += 1
+        return _pairs(data, k)
+
+
+def _pairs(data: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices int64, values float32) from k (f32 bits, index) u32 pairs, padding dropped."""
+    from .sample import NONE
+
+    pairs = data.view(np.uint32).reshape(k, 2)
+    keep = pairs[:, 1] != NONE
+    return pairs[keep, 1].astype(np.int64), pairs[keep, 0].view(np.float32).copy()
 
 
 class _ChunkedStep:
@@ -562,3 +838,14 @@ class _ChunkedStep:
 
     def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
         return self._run(token_ids, pos0, greedy=True)
+
+    def top_k(self, token_ids: np.ndarray, pos0: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top k of the last output row: every chunk but the last runs as a plain step."""
+        ids = np.asarray(token_ids)
+        if ids.shape != (self.n_tokens,):
+            raise ValueError(f"step compiled for {self.n_tokens} tokens got {ids.shape[0] if ids.ndim else 'a scalar'}")
+        start = 0
+        for step in self.chunks[:-1]:
+            step(ids[start:start + step.n_tokens], pos0 + start)
+            start += step.n_tokens
+        return self.chunks[-1].top_k(ids[start:], pos0 + start, k)

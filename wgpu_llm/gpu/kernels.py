@@ -41,6 +41,7 @@ class KernelConfig:
     linear_wg: int = 64  # quant.linear_shader workgroup size, one token (decode)
     linear_wg_tokens: int = 64  # the same for steps of several tokens (prefill)
     linear_subgroup: int = 0  # subgroup size handed to quant.linear_shader (0: shared-memory reduction)
+    linear_whole_rows: bool = False  # CPU-type adapter: linears use the "row" kind (see linear_variant)
     norm_wg: int = 64  # rms_norm over groups up to 256 columns
     norm_wg_wide: int = 256  # rms_norm over wider groups (whole rows)
     attn_wg: int = 64  # attention: positions per chunk = threads per workgroup
@@ -50,18 +51,40 @@ class KernelConfig:
 
 
 def choose_config(caps) -> KernelConfig:
-    """The one place where kernel variants are picked from the adapter (a tuning pass may replace it).
+    """The one place where kernel variants are picked from the adapter; a tuning pass may replace
+    the linear choice per shape (wgpu_llm/gpu/tune.py).
 
     The quantized linear kernels reduce with subgroupAdd where the device has subgroups (they read
-    the subgroup size and count at run time, so drivers that vary it per pipeline are fine)."""
+    the subgroup size and count at run time, so drivers that vary it per pipeline are fine), a few
+    rows per workgroup, adjacent invocations reading adjacent words: what GPUs want. A software
+    adapter (lavapipe, SwiftShader, WARP) runs a workgroup's invocations as the SIMD lanes of one
+    CPU thread, makes loads from per-lane addresses loops over the lanes and pays a fixed cost
+    per workgroup: there every invocation walks whole rows (linear_variant)."""
     subgroup = caps.subgroup_size if caps.subgroups and caps.subgroup_size >= 4 else 0
     wide = 256 if caps.max_invocations >= 256 else 64
-    # a software adapter runs each workgroup's invocations in a loop on one CPU core, so
-    # several-token linears go faster with small workgroups there (measured on lavapipe:
-    # 16 threads 1.6x faster than 64 for 12 tokens; 64 stays best for one token)
-    tokens_wg = 16 if caps.info.is_software else 64
-    return KernelConfig(linear_subgroup=subgroup, linear_wg_tokens=tokens_wg, norm_wg_wide=wide, elt_wg=wide,
-                        argmax_wg=wide, max_per_dim=caps.max_per_dim)
+    return KernelConfig(linear_subgroup=subgroup, linear_whole_rows=bool(caps.info.is_software), norm_wg_wide=wide,
+                        elt_wg=wide, argmax_wg=wide, max_per_dim=caps.max_per_dim)
+
+
+def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_tokens: int):
+    """The heuristic quant.LinearVariant of one linear dispatch: a (rows, cols) weight of type
+    type_name applied to n_tokens tokens (tune.LinearChoice uses tuned winners where it has them).
+
+    GPU: 4 rows per workgroup of linear_wg (one token) or linear_wg_tokens invocations, reduced
+    with subgroupAdd or in shared memory. CPU-type adapter: the row kind, workgroups of one
+    subgroup (8 lanes at least) that share x by subgroupBroadcast when the adapter has subgroups,
+    8 rows per invocation for one token when that still leaves 4 workgroups, else 4 (measured on
+    lavapipe, 2 cores, for every linear shape of SmolLM2 and Gemma 3: more rows per invocation
+    save loads of x and of block scales; 1 or 2 were 10-40% slower, 8..32 lanes alike)."""
+    from .quant import LinearVariant
+
+    if cfg.linear_whole_rows:
+        share = cfg.linear_subgroup if cfg.linear_subgroup in (4, 8, 16, 32) else 0
+        wg = max(8, share)
+        per_lane = 8 if n_tokens == 1 and rows >= 4 * 8 * wg else 4
+        return LinearVariant("row", wg, per_lane * wg, share)
+    wg = cfg.linear_wg if n_tokens == 1 else cfg.linear_wg_tokens
+    return LinearVariant("subgroup" if cfg.linear_subgroup else "shared", wg)
 
 
 # ---- the dispatch description ----

@@ -11,11 +11,14 @@ and BF16 rows are zero-padded to a multiple of 8 columns (their cols need not be
 
 The per-type dequantization lives in ``shaders/quant_dequant.wgsl`` and matches gguf-py's
 ``gguf.quants.dequantize`` bit for bit; the kernels are ``shaders/quant_linear.wgsl`` and
-``shaders/quant_embed.wgsl``.
+``shaders/quant_embed.wgsl``. The linear kernel comes in variants (``LinearVariant``): a few rows
+per workgroup with a cooperative reduction for GPUs, whole rows per invocation for CPU-type
+adapters; kernels.linear_variant picks one per adapter and tune.py can time them on the device.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 from functools import cache
@@ -200,31 +203,125 @@ def _check_workgroup_size(workgroup_size: int) -> None:
         raise ValueError(f"workgroup_size must be a power of two in [8, 1024], got {workgroup_size}")
 
 
-def _tokens_per_pass(workgroup_size: int) -> int:
-    """Tokens per pass in the several-token path, bounded by the shared reduction's storage."""
-    room = _MAX_WORKGROUP_STORAGE // (4 * LINEAR_ROWS_PER_WORKGROUP * workgroup_size)
-    return max(1, min(LINEAR_MAX_TOKENS_PER_PASS, room))
+LINEAR_KINDS = ("subgroup", "shared", "row")
+# the row kind reads a row in steps of this many columns (the row_<TYPE> sections of quant_linear.wgsl)
+_ROW_STEP_COLS = {"F32": 8, "F16": 8, "BF16": 8, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
+                  "Q4_K": 64, "Q5_K": 64, "Q6_K": 128}
 
 
-def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0) -> str:
+@dataclass(frozen=True)
+class LinearVariant:
+    """How linear_shader spreads a (rows, cols) weight over workgroups and invocations.
+
+    kind "subgroup": a workgroup computes `rows` output rows (a few); its invocations stride over
+    those rows' 8-weight units, each activation unit is loaded once for all of them, and the
+    partial sums are reduced with subgroupAdd (needs the "subgroup" device feature; the subgroup
+    size is read at run time) and a small shared array. What a GPU wants: adjacent invocations
+    read adjacent words, a few rows per workgroup.
+    kind "shared": the same with a shared-memory tree reduction; works on every adapter.
+    kind "row": every invocation walks whole rows on its own (rows / workgroup_size of them,
+    workgroup_size apart), block by block, loading each weight word once; no shared memory, no
+    barrier. What a CPU adapter (lavapipe) wants: it runs a workgroup's invocations as the SIMD
+    lanes of one thread, turns every load from a per-lane address into a loop over the lanes and
+    pays a fixed cost per workgroup, while arithmetic is nearly free. Uncoalesced reads make it a
+    poor choice for a GPU.
+    x_broadcast (row kind; needs the "subgroup" feature): the activations are shared within
+    subgroups of that many lanes by subgroupBroadcast, each lane loading 1 / x_broadcast of them.
+    A pipeline whose subgroups turn out to have another size takes plain loads (still correct);
+    so does a type whose step is narrower than x_broadcast (the float types' 8 columns).
+    """
+
+    kind: str = "shared"
+    workgroup_size: int = 64
+    rows: int = LINEAR_ROWS_PER_WORKGROUP  # output rows per workgroup
+    x_broadcast: int = 0
+
+    def __post_init__(self):
+        if self.kind not in LINEAR_KINDS:
+            raise ValueError(f"linear variant kind must be one of {LINEAR_KINDS}, got {self.kind!r}")
+        _check_workgroup_size(self.workgroup_size)
+        if self.kind == "row":
+            if self.rows % self.workgroup_size or self.rows // self.workgroup_size not in (1, 2, 4, 8):
+                raise ValueError(f"row variant: rows ({self.rows}) must be 1, 2, 4 or 8 times "
+                                 f"workgroup_size ({self.workgroup_size})")
+            xb = self.x_broadcast
+            if xb and (xb not in (4, 8, 16, 32) or self.workgroup_size % xb):
+                raise ValueError(f"row variant: x_broadcast must be 0, 4, 8, 16 or 32 and divide workgroup_size "
+                                 f"({self.workgroup_size}), got {xb}")
+        else:
+            if not 1 <= self.rows <= 16:
+                raise ValueError(f"{self.kind} variant: rows per workgroup must be in 1..16, got {self.rows}")
+            if self.x_broadcast:
+                raise ValueError(f"{self.kind} variant: x_broadcast is for the row kind only")
+
+    @property
+    def rows_per_invocation(self) -> int:
+        return self.rows // self.workgroup_size if self.kind == "row" else 1
+
+    @property
+    def needs_subgroups(self) -> bool:
+        """Does the shader use subgroup operations (the device needs the "subgroup" feature)?"""
+        return self.kind == "subgroup" or self.x_broadcast > 0
+
+    @property
+    def key(self) -> str:
+        """A short stable name, e.g. "subgroup-wg64-r4" or "row-wg8-r16-b8" (what the tuning cache stores)."""
+        return f"{self.kind}-wg{self.workgroup_size}-r{self.rows}" + (f"-b{self.x_broadcast}" if self.x_broadcast else "")
+
+    @classmethod
+    def from_key(cls, key: str) -> LinearVariant:
+        """The inverse of `key`; ValueError for anything else."""
+        m = re.fullmatch(r"([a-z]+)-wg(\d+)-r(\d+)(?:-b(\d+))?", str(key))
+        if m is None:
+            raise ValueError(f"not a linear variant key: {key!r} (expected kind-wgN-rN or kind-wgN-rN-bN)")
+        try:
+            return cls(m[1], int(m[2]), int(m[3]), int(m[4] or 0))
+        except ValueError as e:
+            raise ValueError(f"not a linear variant key: {key!r} ({e})") from None
+
+    def tokens_per_pass(self) -> int:
+        """Tokens sharing one dequantized weight unit in the several-token path (bounded by the
+        shared reduction's storage, or by registers for the row kind)."""
+        if self.kind == "row":
+            return max(1, min(LINEAR_MAX_TOKENS_PER_PASS, 8 // self.rows_per_invocation))
+        per_token = 4 * self.rows * (self.workgroup_size if self.kind == "shared" else self._max_subgroups())
+        return max(1, min(LINEAR_MAX_TOKENS_PER_PASS, _MAX_WORKGROUP_STORAGE // per_token))
+
+    def _max_subgroups(self) -> int:
+        return max(1, self.workgroup_size // _MIN_SUBGROUP_SIZE)
+
+
+def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: int) -> LinearVariant:
+    if variant is not None:
+        if not isinstance(variant, LinearVariant):
+            raise TypeError(f"variant must be a LinearVariant, got {type(variant).__name__}")
+        return variant
+    if subgroup_size < 0:
+        raise ValueError(f"subgroup_size must be >= 0, got {subgroup_size}")
+    return LinearVariant("subgroup" if subgroup_size > 0 else "shared", workgroup_size)
+
+
+def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0,
+                  variant: LinearVariant | None = None) -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens.
 
     Bindings (group 0): 0 uniform LinearParams, 1 x (f32, read), 2 y (f32, read_write),
-    3 + i plane i of the PackedWeight. subgroup_size > 0: reduce with subgroupAdd (the device
-    must have the "subgroup" feature; the size itself is read at run time, never assumed);
-    0: a shared-memory reduction that works everywhere. Dispatch with linear_dispatch.
-    The subgroup variant has no `enable subgroups;` line: wgpu's shader compiler (naga) rejects
-    that directive and takes subgroup operations from the device feature instead.
+    3 + i plane i of the PackedWeight. The work split is `variant` (see LinearVariant); without
+    one, workgroup_size and subgroup_size give the few-rows-per-workgroup kinds: subgroup_size
+    > 0 reduces with subgroupAdd (the device must have the "subgroup" feature; the size itself
+    is read at run time, never assumed), 0 with shared memory (works everywhere). Dispatch with
+    linear_dispatch and the same variant. Subgroup code has no `enable subgroups;` line: wgpu's
+    shader compiler (naga) rejects that directive and takes subgroup operations from the device
+    feature instead.
     """
     _check_type(type_name)
-    _check_workgroup_size(workgroup_size)
-    if subgroup_size < 0:
-        raise ValueError(f"subgroup_size must be >= 0, got {subgroup_size}")
+    v = _variant(variant, workgroup_size, subgroup_size)
+    if v.kind == "row":
+        return _row_linear_shader(type_name, v)
     src = _sections("quant_linear.wgsl")
-    rows, tt = LINEAR_ROWS_PER_WORKGROUP, _tokens_per_pass(workgroup_size)
-    use_subgroups = subgroup_size > 0
-    if use_subgroups:
-        max_sg = max(1, workgroup_size // _MIN_SUBGROUP_SIZE)
+    rows, tt, wg = v.rows, v.tokens_per_pass(), v.workgroup_size
+    if v.kind == "subgroup":
+        max_sg = v._max_subgroups()
         reduce_decl = _fill(src["reduce_subgroup"], MAX_SG=f"{max_sg}u", RED_SIZE=max_sg * rows * tt)
         sg_params = ", sg_lane: u32, sg_id: u32, n_sg: u32"
         sg_builtins = (",\n        @builtin(subgroup_invocation_id) sg_lane: u32,"
@@ -233,7 +330,7 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         sg_args = ", sg_lane, sg_id, n_sg"
         reduce_body, reduce_total = src["reduce_subgroup_body"], src["reduce_subgroup_total"]
     else:
-        reduce_decl = _fill(src["reduce_shared"], RED_SIZE=workgroup_size * rows * tt)
+        reduce_decl = _fill(src["reduce_shared"], RED_SIZE=wg * rows * tt)
         sg_params = sg_builtins = sg_args = ""
         reduce_body, reduce_total = src["reduce_shared_body"], src["reduce_shared_total"]
     passes = []
@@ -242,27 +339,85 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         passes.append(_fill(src["pass"], PASS=nt, NT=f"{nt}u", V=values, SG_PARAMS=sg_params,
                             REDUCE=_fill(reduce_body, V=values).rstrip("\n"),
                             TOTAL=_fill(reduce_total, V=values).rstrip("\n")))
-    main = _fill(src["main"], WG=workgroup_size, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
-    header = _fill(src["header"], WG=f"{workgroup_size}u", ROWS=f"{rows}u", TT=f"{tt}u")
+    main = _fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
+    header = _fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u")
     return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), header,
                       reduce_decl, *passes, main])
 
 
+def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
+    """The row kind: quant_linear.wgsl's row sections (header, the type's block reader, main) and
+    generated code in between whose loops over rows, tokens and a step's vec4s are written out
+    (a CPU adapter keeps values in registers only where every array index is a constant)."""
+    src = _sections("quant_linear.wgsl")
+    rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(), v.workgroup_size
+    step = _ROW_STEP_COLS[type_name]
+    xb = v.x_broadcast if v.x_broadcast and step % v.x_broadcast == 0 else 0
+    nv = step // 4
+    arr = f"array<vec4<f32>, {nv}>"
+
+    def vec4(items) -> str:
+        return f"vec4<f32>({', '.join(items)})"
+
+    load = [f"// x[t, c0 .. c0 + {step - 1}] as {nv} vec4s",
+            f"fn load_xs(t: u32, c0: u32, lane: u32, xshare: bool) -> {arr} {{"]
+    if xb:
+        load.append(f"    if (xshare) {{  // lane i loads columns c0 + i, c0 + i + {xb}, ..., the others take them over")
+        load += [f"        let v{m} = x_at(t, c0 + lane + {m * xb}u);" for m in range(step // xb)]
+        items = (vec4(f"subgroupBroadcast(v{e // xb}, {e % xb}u)" for e in range(4 * k, 4 * k + 4)) for k in range(nv))
+        load += [f"        return {arr}({', '.join(items)});", "    }"]
+    items = (vec4(f"x_at(t, c0 + {4 * k + i}u)" for i in range(4)) for k in range(nv))
+    load += [f"    return {arr}({', '.join(items)});", "}", "",
+             f"fn dot_step(w: {arr}, xs: {arr}) -> vec4<f32> {{",
+             "    return " + " + ".join(f"w[{k}] * xs[{k}]" for k in range(nv)) + ";", "}"]
+    passes = ["\n".join(load)]
+    for nt in sorted({1, tt}):
+        body = [f"// rows row + r * WG (r < {rpt}), tokens t0 .. t0 + {nt - 1}; an invocation past the last row",
+                "// computes a copy of it and stores nothing (a subgroup stays whole for subgroupBroadcast)",
+                f"fn row_pass_{nt}(row: u32, t0: u32, lane: u32, xshare: bool) {{"]
+        body += [f"    let r{r} = min(row + {r * wg}u, prm().rows - 1u);" for r in range(rpt)]
+        body += [f"    let tk{t} = min(t0 + {t}u, prm().n_tokens - 1u);" for t in range(nt)]
+        body += [f"    var a{r}_{t} = vec4<f32>(0.0);" for r in range(rpt) for t in range(nt)]
+        body += ["    let nb = n_blocks(prm().cols);", "    for (var b = 0u; b < nb; b++) {"]
+        body += [f"        let h{r} = load_head(r{r}, b);" for r in range(rpt)]
+        body += ["        for (var j = 0u; j < BLOCK / SUBW; j++) {", "            let c0 = b * BLOCK + j * SUBW;"]
+        body += [f"            let x{t} = load_xs(tk{t}, c0, lane, xshare);" for t in range(nt)]
+        for r in range(rpt):
+            body.append(f"            let w{r} = sub_weights(r{r}, b, j, h{r});")
+            body += [f"            a{r}_{t} += dot_step(w{r}, x{t});" for t in range(nt)]
+        body += ["        }", "    }"]
+        body += [f"    store_y(row + {r * wg}u, t0 + {t}u, hsum(a{r}_{t}));" for r in range(rpt) for t in range(nt)]
+        body.append("}")
+        passes.append("\n".join(body))
+    if xb:
+        builtins = (",\n        @builtin(subgroup_invocation_id) lane: u32,"
+                    "\n        @builtin(subgroup_size) sg_size: u32,"
+                    "\n        @builtin(num_subgroups) n_sg: u32")
+        share = "let xshare = sg_size == XB && n_sg * XB == WG;  // whole subgroups of XB lanes"
+    else:
+        builtins, share = "", "let xshare = false;\n    let lane = 0u;"
+    header = _fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u")
+    blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
+    main = _fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
+    return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
+                      header, blocks, *passes, main])
+
+
 def linear_dispatch(type_name: str, rows: int, n_tokens: int, *, workgroup_size: int = 64,
-                    max_per_dim: int = 65535) -> tuple[int, int, int]:
+                    max_per_dim: int = 65535, variant: LinearVariant | None = None) -> tuple[int, int, int]:
     """Workgroup counts for linear_shader over `rows` output rows and `n_tokens` tokens.
 
     The row groups are folded into x * y when there are more than max_per_dim of them (the
     shader skips the extra groups); z spreads token tiles and may be any count >= 1.
     """
     _check_type(type_name)
-    _check_workgroup_size(workgroup_size)
-    groups = max(1, -(-rows // LINEAR_ROWS_PER_WORKGROUP))
+    v = _variant(variant, workgroup_size, 0)
+    groups = max(1, -(-rows // v.rows))
     gx = min(groups, max_per_dim)
     gy = -(-groups // gx)
     if gy > max_per_dim:
         raise ValueError(f"{rows} rows need {groups} workgroups, more than {max_per_dim} ** 2")
-    tiles = 1 if n_tokens <= 1 else -(-n_tokens // _tokens_per_pass(workgroup_size))
+    tiles = 1 if n_tokens <= 1 else -(-n_tokens // v.tokens_per_pass())
     return gx, gy, min(tiles, max_per_dim)
 
 
@@ -288,5 +443,5 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
     return gx, gy, max(1, -(-n_tokens // gy))
 
 
-__all__ = ["SUPPORTED_TYPES", "PackedWeight", "embed_dispatch", "embed_shader", "linear_dispatch", "linear_shader",
+__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "embed_dispatch", "embed_shader", "linear_dispatch", "linear_shader",
            "pack", "plane_row_words", "split_rows"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -100,6 +101,7 @@ class Runtime:
             max_per_dim=int(lim["max-compute-workgroups-per-dimension"]),
             uniform_align=max(16, int(lim["min-uniform-buffer-offset-alignment"])),
         )
+        self.timestamp_query = "timestamp-query" in features  # GPU timestamps for traced runs
         self.allocated_bytes = 0  # every buffer created on the device so far
         self.bytes_uploaded = 0
         self.pool = BufferPool(self)
@@ -223,8 +225,9 @@ fn main(@builtin(local_invocation_index) li: u32, @builtin(subgroup_size) sg: u3
 class BufferPool:
     """Intermediate-activation buffers, shared by every compiled step of a backend.
 
-    Steps run one at a time and finish (output read back) before the next starts, so two compiled
-    graphs may use the same physical buffers. A compile asks for a list of slot sizes; slot i gets
+    Steps run one at a time in queue order -- the GPU finishes one before the next starts, also
+    when a decode loop submits several without reading anything back -- so two compiled graphs
+    may use the same physical buffers. A compile asks for a list of slot sizes; slot i gets
     the pool's i-th buffer by size rank, grown (replaced by a larger one) when too small -- a step
     compiled earlier keeps the buffers it bound.
     """
@@ -268,7 +271,9 @@ class Program:
     """A fixed list of kernels, made ready once: pipelines, one uniform buffer holding every
     kernel's parameters, bind groups, grids. `run` writes pos0 (and any given inputs), records
     every dispatch into one compute pass, copies the wanted outputs to a staging buffer, submits
-    once and reads the staging buffer back."""
+    once and reads the staging buffer back. `record_pass` / `record_outputs` put the same commands
+    into a caller's encoder (decode loops that submit several steps at once). `run(timed=True)`
+    records one pass per dispatch instead and times each (tracing)."""
 
     def __init__(self, rt: Runtime, kernels: list, label: str, outputs: list[tuple] = ()):
         """outputs: [(buffer, byte offset, nbytes)] copied back after the pass, in order."""
@@ -315,9 +320,29 @@ class Program:
         self.n_dispatches = len(self.calls)
         self.labels = [k.label for k in kernels]  # what each dispatch computes, in order
 
-    def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = ()) -> list[np.ndarray]:
+    def record_pass(self, enc) -> None:
+        """Record every dispatch into one compute pass of the command encoder `enc`."""
+        cp = enc.begin_compute_pass()
+        last = None
+        for pipe, bg, grid in self.calls:
+            if pipe is not last:
+                cp.set_pipeline(pipe)
+                last = pipe
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(*grid)
+        cp.end()
+
+    def record_outputs(self, enc) -> None:
+        """Copy the wanted outputs into the staging buffer (after the pass)."""
+        at = 0
+        for buf, off, n in self.outputs:
+            enc.copy_buffer_to_buffer(buf, off, self.staging, at, n)
+            at += n
+
+    def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = (), timed: bool = False) -> list[np.ndarray]:
         """Run the kernels once; writes: [(buffer, numpy array)] uploaded first. Returns the
-        outputs as uint8 arrays (copies)."""
+        outputs as uint8 arrays (copies). timed: also measure every dispatch (one pass each, GPU
+        timestamps where the device has them) into `self.last_times` (seconds, in order)."""
         rt = self.rt
         wgpu = rt.wgpu
         with rt.guard(f"running {self.label}"):
@@ -325,20 +350,14 @@ class Program:
             for buf, data in writes:
                 rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
             enc = rt.device.create_command_encoder()
-            cp = enc.begin_compute_pass()
-            last = None
-            for pipe, bg, grid in self.calls:
-                if pipe is not last:
-                    cp.set_pipeline(pipe)
-                    last = pipe
-                cp.set_bind_group(0, bg)
-                cp.dispatch_workgroups(*grid)
-            cp.end()
-            at = 0
-            for buf, off, n in self.outputs:
-                enc.copy_buffer_to_buffer(buf, off, self.staging, at, n)
-                at += n
+            if timed:
+                enc = self._record_timed(enc)
+            else:
+                self.record_pass(enc)
+            self.record_outputs(enc)
             rt.queue.submit([enc.finish()])
+            if timed and self._ts is not None:
+                self.last_times = self._read_timestamps()
             if not self.out_bytes:
                 return []
             self.staging.map_sync(wgpu.MapMode.READ, 0, self.out_bytes)
@@ -351,3 +370,92 @@ class Program:
             out.append(data[at:at + n])
             at += n
         return out
+
+    # ---- timed runs (tracing) ----
+    _ts = None  # (query sets, resolve buffer, staging buffer, seconds per tick), made at the first timed run
+    _probe = None  # (source, mappable) buffers of timed runs without timestamp queries
+    last_times: tuple[float, ...] = ()  # seconds of each dispatch in the last timed run
+
+    def _record_timed(self, enc):
+        """Record one compute pass per dispatch. With timestamp queries each pass writes the GPU
+        clock at its start and end (resolved after the passes); without, every dispatch is
+        submitted on its own and timed on the host while waiting for it (coarse)."""
+        rt = self.rt
+        if not rt.timestamp_query:
+            self._ts = None
+            if self._probe is None:  # a copy into `wait` after each dispatch: mapping it waits for the queue
+                u = rt.wgpu.BufferUsage
+                self._probe = (rt.storage(16, f"{self.label} probe"),
+                               rt.buffer(16, u.MAP_READ | u.COPY_DST, f"{self.label} wait"))
+            src, probe = self._probe
+            times = []
+            rt.queue.submit([enc.finish()])
+            for pipe, bg, grid in self.calls:
+                enc = rt.device.create_command_encoder()
+                cp = enc.begin_compute_pass()
+                cp.set_pipeline(pipe)
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(*grid)
+                cp.end()
+                enc.copy_buffer_to_buffer(src, 0, probe, 0, 16)
+                t0 = time.perf_counter()
+                rt.queue.submit([enc.finish()])
+                probe.map_sync(rt.wgpu.MapMode.READ, 0, 16)
+                times.append(time.perf_counter() - t0)
+                probe.unmap()
+            self.last_times = times
+            return rt.device.create_command_encoder()
+        if self._ts is None:
+            u = rt.wgpu.BufferUsage
+            n = 2 * len(self.calls)
+            sets = [rt.device.create_query_set(label=f"{self.label} timestamps", type="timestamp",
+                                               count=min(_QUERIES_PER_SET, n - i))
+                    for i in range(0, n, _QUERIES_PER_SET)]
+            resolve = rt.buffer(8 * n, u.QUERY_RESOLVE | u.COPY_SRC, f"{self.label} timestamps")
+            staging = rt.buffer(8 * n, u.MAP_READ | u.COPY_DST, f"{self.label} timestamps staging")
+            self._ts = (sets, resolve, staging, timestamp_period_ns(rt) * 1e-9)
+        sets, resolve, staging, _ = self._ts
+        for d, (pipe, bg, grid) in enumerate(self.calls):
+            qs, first = sets[2 * d // _QUERIES_PER_SET], 2 * d % _QUERIES_PER_SET
+            cp = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": first,
+                                                          "end_of_pass_write_index": first + 1})
+            cp.set_pipeline(pipe)
+            cp.set_bind_group(0, bg)
+            cp.dispatch_workgroups(*grid)
+            cp.end()
+        n = 2 * len(self.calls)
+        for j, qs in enumerate(sets):
+            enc.resolve_query_set(qs, 0, min(_QUERIES_PER_SET, n - j * _QUERIES_PER_SET), resolve,
+                                  8 * j * _QUERIES_PER_SET)
+        enc.copy_buffer_to_buffer(resolve, 0, staging, 0, 8 * n)
+        return enc
+
+    @property
+    def timestamps(self) -> bool:
+        """Whether timed runs measure with GPU timestamp queries."""
+        return self._ts is not None
+
+    def _read_timestamps(self) -> list[float]:
+        _, _, staging, tick_s = self._ts
+        n = 2 * len(self.calls)
+        staging.map_sync(self.rt.wgpu.MapMode.READ, 0, 8 * n)
+        try:
+            ticks = np.frombuffer(staging.read_mapped(0, 8 * n, copy=False), np.uint64).astype(np.int64)
+        finally:
+            staging.unmap()
+        begin, end = ticks[0::2], ticks[1::2]
+        return [max(0, int(e - b)) * tick_s for b, e in zip(begin, end)]
+
+
+_QUERIES_PER_SET = 4096  # WebGPU's limit on a query set's size
+
+
+def timestamp_period_ns(rt: Runtime) -> float:
+    """Nanoseconds per GPU timestamp tick (wgpu-native reports the device's period; 1 elsewhere)."""
+    try:
+        from wgpu.backends.wgpu_native._api import libf
+
+        period = float(libf.wgpuQueueGetTimestampPeriod(rt.queue._internal))
+    except (ImportError, AttributeError, TypeError):  # another wgpu backend, or an older wgpu-native
+        return 1.0
+    return period if period > 0 else 1.0

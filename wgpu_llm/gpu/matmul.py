@@ -1,0 +1,177 @@
+"""Prefill kernels: a tiled mat-mat over quantized weights (shaders/matmul.wgsl) and the choice
+between it and the mat-vec of quant.py.
+
+`matmul_shader` has the bindings and the LinearParams uniform of `quant.linear_shader` (0 the
+uniform, 1 x, 2 y, 3 + i the planes of `quant.pack`), so the backend swaps one for the other per
+dispatch; the packed planes are shared. The per-type dequantization is the `quant_dequant.wgsl`
+section of the type, put in front of the kernel.
+
+`prefill_path` is the one place that decides which kernels a step of n tokens uses (env
+`WGPU_LLM_PREFILL`: `auto` (default), `tiled`, or `matvec` to force the per-token-group mat-vec and
+the one-query-per-workgroup attention, e.g. to compare); `choose_tiles` picks the tile shape.
+"""
+
+from __future__ import annotations
+
+import os
+import string
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from . import quant
+
+ENV_PREFILL = "WGPU_LLM_PREFILL"
+PREFILL_PATHS = ("auto", "tiled", "matvec")
+
+
+def _shader_dir() -> Path:
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "shaders", package.parent / "shaders"):  # installed wheel, source tree
+        if (candidate / "matmul.wgsl").is_file():
+            return candidate
+    raise FileNotFoundError(f"matmul.wgsl not found in {package / 'shaders'} or {package.parent / 'shaders'}")
+
+
+@cache
+def _sections(file_name: str) -> dict[str, str]:
+    """A WGSL file's sections: the lines after a `//! name` line, up to the next one."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (_shader_dir() / file_name).read_text().splitlines(keepends=True):
+        if line.startswith("//! "):
+            current = line[4:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {name: "".join(lines) for name, lines in sections.items()}
+
+
+def _check_type(type_name: str) -> None:
+    if type_name not in quant.SUPPORTED_TYPES:
+        raise ValueError(f"weight type {type_name!r} is not supported on the GPU "
+                         f"(supported: {', '.join(quant.SUPPORTED_TYPES)})")
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """The tile shape of the mat-mat: bm tokens x bn weight rows per workgroup, K-steps of bk
+    columns (bk / 8 weight units), a register tile of tm tokens x tn rows per thread."""
+
+    bm: int = 64
+    bn: int = 64
+    bk: int = 32
+    tm: int = 4
+    tn: int = 4
+
+    def __post_init__(self):
+        bad = []
+        if min(self.bm, self.bn, self.tm, self.tn) < 1:
+            bad.append("sizes must be positive")
+        elif self.bm % self.tm or self.bn % self.tn:
+            bad.append("bm must be a multiple of tm and bn of tn")
+        if self.bk % 8 or self.bk < 8:
+            bad.append("bk must be a positive multiple of 8")
+        if bad:
+            raise ValueError(f"{self}: " + "; ".join(bad))
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def shared_bytes(self) -> int:
+        return 4 * self.bk * (self.bm + self.bn)
+
+    def fits(self, max_invocations: int = 256, max_shared: int = 16384) -> bool:
+        return self.threads <= max_invocations and self.shared_bytes <= max_shared
+
+    def __str__(self) -> str:
+        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+
+
+def _fill(template: str, **values) -> str:
+    return string.Template(template).substitute({k: str(v) for k, v in values.items()})
+
+
+def _register_tile_code(t: Tiles) -> dict[str, str]:
+    """The unrolled per-thread code: accumulators, one k4 step of the inner loop, the stores.
+
+    Written out rather than looped so that every accumulator is a plain variable (private arrays
+    indexed in loops end up in memory on some compilers)."""
+    ind = " " * 16
+    acc = [f"        var c{i}_{j} = 0.0;" for i in range(t.tm) for j in range(t.tn)]
+    inner = [f"{ind}let x{i} = xs[({i}u * NTY + ty) * KR + k4];" for i in range(t.tm)]
+    inner += [f"{ind}let w{j} = ws[w_slot({j}u * NTX + tx, k4)];" for j in range(t.tn)]
+    inner += [f"{ind}c{i}_{j} += dot(x{i}, w{j});" for i in range(t.tm) for j in range(t.tn)]
+    store = []
+    for i in range(t.tm):
+        store.append(f"        let tok{i} = t0 + {i}u * NTY + ty;")
+        store += [f"        store_y(row0 + {j}u * NTX + tx, tok{i}, c{i}_{j});" for j in range(t.tn)]
+    return {"ACC_DECL": "\n".join(acc), "INNER": "\n".join(inner), "STORE": "\n".join(store)}
+
+
+@cache
+def matmul_shader(type_name: str, tiles: Tiles = Tiles()) -> str:
+    """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens, tiled.
+
+    Bindings as quant.linear_shader; dispatch with matmul_dispatch (same tiles)."""
+    _check_type(type_name)
+    t = tiles
+    dequant = _sections("quant_dequant.wgsl")
+    main = _fill(_sections("matmul.wgsl")["main"], BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
+                 NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
+                 WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
+    return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[type_name],
+                      main])
+
+
+def matmul_dispatch(rows: int, n_tokens: int, tiles: Tiles = Tiles(), max_per_dim: int = 65535
+                    ) -> tuple[int, int, int]:
+    """Workgroup counts for matmul_shader: x * y row tiles (folded over max_per_dim; the shader
+    skips the extra ones), z token tiles (any z >= 1 is correct: the shader loops)."""
+    groups = max(1, -(-rows // tiles.bn))
+    gx = min(groups, max_per_dim)
+    gy = -(-groups // gx)
+    if gy > max_per_dim:
+        raise ValueError(f"{rows} rows need {groups} workgroups, more than {max_per_dim} ** 2")
+    return gx, gy, max(1, min(-(-n_tokens // tiles.bm), max_per_dim))
+
+
+# software adapters (lavapipe / llvmpipe run each workgroup as a loop over 8-wide SIMD groups
+# on a CPU core, and every load from a buffer or workgroup memory is a per-lane loop there) want
+# the largest register tiles: measured on lavapipe, 128 tokens of a 3072 x 576 Q4_1 linear took
+# 4x4 per thread ~1.0x the mat-vec's time, 8x8 0.5x, 16x16 0.33x, 16x32 0.25x.
+_SOFTWARE_TILES = {8: Tiles(8, 128, 32, 8, 32), 16: Tiles(16, 128, 32, 16, 32), 32: Tiles(32, 128, 32, 16, 32),
+                   64: Tiles(64, 128, 32, 16, 32)}
+# hardware GPUs: 256 threads with 4 x 4 register tiles and 16 KiB of staged tiles (fits WebGPU's
+# default limits); shorter steps take fewer tokens per tile
+_HARDWARE_TILES = {8: Tiles(16, 64, 32, 4, 4), 16: Tiles(16, 64, 32, 4, 4), 32: Tiles(32, 64, 32, 4, 4),
+                   64: Tiles(64, 64, 32, 4, 4)}
+MIN_TILED_TOKENS = 8  # fewer tokens per step: the mat-vec (and the per-query attention) are as fast
+
+
+def choose_tiles(caps, n_tokens: int) -> Tiles:
+    """The tile shape for a step of n_tokens on a device (runtime.Caps), within its limits."""
+    software = bool(getattr(getattr(caps, "info", None), "is_software", False))
+    max_inv = int(getattr(caps, "max_invocations", 256))
+    max_shared = int(getattr(caps, "max_workgroup_storage", 16384))
+    table = _SOFTWARE_TILES if software else _HARDWARE_TILES
+    bm = next((b for b in sorted(table) if n_tokens <= b), max(table))
+    fallbacks = [table[bm], _HARDWARE_TILES[bm], Tiles(16, 32, 16, 4, 4), Tiles(4, 4, 8, 4, 4)]
+    return next(t for t in fallbacks if t.fits(max_inv, max_shared))
+
+
+def prefill_path(n_tokens: int) -> str:
+    """'tiled' (mat-mat + flash attention) or 'matvec' (the decode kernels, a few tokens at a
+    time) for a step of n_tokens. Env WGPU_LLM_PREFILL: auto (tiled from MIN_TILED_TOKENS tokens
+    on), tiled (from 2 tokens on), matvec (never tiled). One token always takes the mat-vec."""
+    mode = os.environ.get(ENV_PREFILL, "auto").strip().lower() or "auto"
+    if mode not in PREFILL_PATHS:
+        raise ValueError(f"{ENV_PREFILL}={mode!r}: expected one of {', '.join(PREFILL_PATHS)}")
+    if n_tokens <= 1 or mode == "matvec" or (mode == "auto" and n_tokens < MIN_TILED_TOKENS):
+        return "matvec"
+    return "tiled"
+
+
+__all__ = ["ENV_PREFILL", "MIN_TILED_TOKENS", "Tiles", "choose_tiles", "matmul_dispatch", "matmul_shader", "prefill_path"]
