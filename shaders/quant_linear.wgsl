@@ -217,41 +217,43 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 2> {
 }
 
 //! row_Q8_0
-const BLOCK: u32 = 32u;
+// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
+const BLOCK: u32 = 64u;
 const SUBW: u32 = 32u;
 
 struct Head {
-    d: f32,
+    d: vec2<f32>,
 }
 
-fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+fn n_blocks(cols: u32) -> u32 { return (cols + 32u) / 64u; }
 
 fn load_head(row: u32, b: u32) -> Head {
     let nb = prm().cols / 32u;
-    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u));
+    return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
 }
 
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
-    let i = row * (8u * (prm().cols / 32u)) + 8u * b;
-    let d = h.d;
+    let i = row * (8u * (prm().cols / 32u)) + 16u * b + 8u * j;
+    let d = h.d[j];
     return array<vec4<f32>, 8>(
         i8x4(plane0[i]) * d, i8x4(plane0[i + 1u]) * d, i8x4(plane0[i + 2u]) * d, i8x4(plane0[i + 3u]) * d,
         i8x4(plane0[i + 4u]) * d, i8x4(plane0[i + 5u]) * d, i8x4(plane0[i + 6u]) * d, i8x4(plane0[i + 7u]) * d);
 }
 
 //! row_Q4_0
-const BLOCK: u32 = 32u;
+// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
+const BLOCK: u32 = 64u;
 const SUBW: u32 = 32u;
 
 struct Head {
-    d: f32,
+    d: vec2<f32>,
 }
 
-fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+fn n_blocks(cols: u32) -> u32 { return (cols + 32u) / 64u; }
 
 fn load_head(row: u32, b: u32) -> Head {
     let nb = prm().cols / 32u;
-    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u));
+    return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
 }
 
 // byte i of w holds weight i (low nibble) and weight i + 16 (high nibble)
@@ -259,12 +261,12 @@ fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
 fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
 
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
-    let i = row * (4u * (prm().cols / 32u)) + 4u * b;
+    let i = row * (4u * (prm().cols / 32u)) + 8u * b + 4u * j;
     let w0 = plane0[i];
     let w1 = plane0[i + 1u];
     let w2 = plane0[i + 2u];
     let w3 = plane0[i + 3u];
-    let d = h.d;
+    let d = h.d[j];
     return array<vec4<f32>, 8>(
         d * (q4_lo(w0) - 8.0), d * (q4_lo(w1) - 8.0), d * (q4_lo(w2) - 8.0), d * (q4_lo(w3) - 8.0),
         d * (q4_hi(w0) - 8.0), d * (q4_hi(w1) - 8.0), d * (q4_hi(w2) - 8.0), d * (q4_hi(w3) - 8.0));
@@ -301,19 +303,19 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
 }
 
 //! row_Q5_0
-const BLOCK: u32 = 32u;
+// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
+const BLOCK: u32 = 64u;
 const SUBW: u32 = 32u;
 
 struct Head {
-    d: f32,
-    qh: u32,  // bit i: the 5th bit of weight i
+    d: vec2<f32>,
 }
 
-fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
+fn n_blocks(cols: u32) -> u32 { return (cols + 32u) / 64u; }
 
 fn load_head(row: u32, b: u32) -> Head {
     let nb = prm().cols / 32u;
-    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u), plane0[row * (5u * nb) + 5u * b]);
+    return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
 }
 
 // weights 4j .. 4j + 3 (nibble shift 0) or 16 + 4j .. (shift 4) of a block with 5th bits qh
@@ -323,13 +325,13 @@ fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
 }
 
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
-    let i = row * (5u * (prm().cols / 32u)) + 5u * b + 1u;
-    let w0 = plane0[i];
-    let w1 = plane0[i + 1u];
-    let w2 = plane0[i + 2u];
-    let w3 = plane0[i + 3u];
-    let d = h.d;
-    let qh = h.qh;
+    let i = row * (5u * (prm().cols / 32u)) + 10u * b + 5u * j;
+    let qh = plane0[i];  // bit i: the 5th bit of weight i
+    let w0 = plane0[i + 1u];
+    let w1 = plane0[i + 2u];
+    let w2 = plane0[i + 3u];
+    let w3 = plane0[i + 4u];
+    let d = h.d[j];
     return array<vec4<f32>, 8>(
         d * (q5_quad(w0, 0u, qh, 0u) - 16.0), d * (q5_quad(w1, 0u, qh, 1u) - 16.0),
         d * (q5_quad(w2, 0u, qh, 2u) - 16.0), d * (q5_quad(w3, 0u, qh, 3u) - 16.0),

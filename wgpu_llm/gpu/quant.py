@@ -380,7 +380,9 @@ def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
         body += [f"    var a{r}_{t} = vec4<f32>(0.0);" for r in range(rpt) for t in range(nt)]
         body += ["    let nb = n_blocks(prm().cols);", "    for (var b = 0u; b < nb; b++) {"]
         body += [f"        let h{r} = load_head(r{r}, b);" for r in range(rpt)]
-        body += ["        for (var j = 0u; j < BLOCK / SUBW; j++) {", "            let c0 = b * BLOCK + j * SUBW;"]
+        body += ["        for (var j = 0u; j < BLOCK / SUBW; j++) {", "            let c0 = b * BLOCK + j * SUBW;",
+                 "            if (c0 >= prm().cols) {  // a row that ends in half a block",
+                 "                break;", "            }"]
         body += [f"            let x{t} = load_xs(tk{t}, c0, lane, xshare);" for t in range(nt)]
         for r in range(rpt):
             body.append(f"            let w{r} = sub_weights(r{r}, b, j, h{r});")

@@ -16,11 +16,12 @@ cache and never tunes by itself. `wgpu-llm tune [MODEL]` runs a tuning pass.
 Timing: each sample records `reps` dispatches of one candidate into one compute pass, submits and
 waits. The dispatches read copies of the weight in turn (a model step reads each weight once from
 memory, not from a cache that one small weight dispatched again and again would sit in). Timers:
-on a software adapter the process CPU time (the adapter's threads run in this process; this does
-not count what else the machine is busy with), else the device's timestamp queries around the
-pass when it has them (their tick length is not exposed by wgpu-py, so they are scaled to seconds
-by the wall time of the same samples), else the wall time. Candidates are interleaved round by
-round, the clearly slower ones are dropped after two rounds, and the winner has the lowest median.
+on a software adapter the process CPU time (its threads run in this process; this leaves out what
+else the machine is busy with), weighted by how evenly the workgroups spread over its threads
+(one per CPU), which CPU time does not see; else the device's timestamp queries around the pass
+when it has them (wgpu-py does not expose their tick length, so they are scaled to seconds by the
+wall time of the same samples); else the wall time. Candidates are interleaved round by round,
+the clearly slower ones are dropped after two rounds, and the winner has the lowest median.
 """
 
 from __future__ import annotations
@@ -301,10 +302,19 @@ def measure(rt, case: LinearCase, variants: list[LinearVariant], *, rounds: int 
             scale = sum(s[0] for k in keys for s in raw[k]) / sum(s[2] for k in keys for s in raw[k])
         result = CaseResult(case, timer=timer, dropped=set(keys) - set(alive))
         for key in keys:
-            result.samples[key] = [_seconds(s, timer, scale) / reps[key] for s in raw[key]]
+            spread = _spread(bench.calls[key][2]) if timer == "cpu" else 1.0
+            result.samples[key] = [_seconds(s, timer, scale) * spread / reps[key] for s in raw[key]]
         return result
     finally:
         bench.close()
+
+
+def _spread(grid: tuple[int, int, int]) -> float:
+    """How much longer than CPU time / threads a software adapter takes for this many workgroups
+    when its threads (one per CPU) share them out evenly and the last round leaves some idle."""
+    threads = max(1, os.cpu_count() or 1)
+    groups = grid[0] * grid[1] * grid[2]
+    return -(-groups // threads) * threads / groups
 
 
 def _seconds(sample: tuple[float, float, float | None], timer: str, scale: float) -> float:
