@@ -134,8 +134,9 @@ $TOTAL
 // storage load whose address is not provably the same for all lanes becomes a loop over the
 // lanes (measured on lavapipe: ~10x the cost of a subgroupBroadcast, far more than arithmetic),
 // so loads are what to save. Here every invocation owns RPT rows (row, row + WG, ...), walks
-// them block by block, loads every weight word once and a block's scales once, and keeps four
-// partial sums per row and token; no shared memory, no barrier. The activations are the same
+// them step by step (a step: SUBW columns of all its rows, the activations loaded once for all),
+// loads every weight word once and a block's scales once per step, and keeps four partial sums
+// per row and token; no shared memory, no barrier. The activations are the same
 // for all lanes: with XB > 0 a lane of a subgroup of XB lanes loads every XB-th x value and
 // subgroupBroadcast hands them to the others (when the subgroups really have XB lanes; else
 // every lane loads them all).
@@ -561,14 +562,8 @@ fn main(@builtin(local_invocation_index) lid: u32,
         return;
     }
     $XSHARE
-    if (prm().n_tokens == 1u) {
-        if (wid.z == 0u) {
-            row_pass_1(row0 + lid, 0u, lane, xshare);
-        }
-    } else {
-        for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
-            row_pass_$TT_PASS(row0 + lid, t0, lane, xshare);
-        }
+    for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
+        row_pass_$TT_PASS(row0 + lid, t0, lane, xshare);
     }
 }
 

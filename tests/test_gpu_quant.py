@@ -185,7 +185,8 @@ def test_dispatch_sizes():
     row = quant.LinearVariant("row", 8, 64, 8)  # 64 rows per workgroup, 1 token per pass
     assert quant.linear_dispatch("Q8_0", 262144, 1, variant=row) == (4096, 1, 1)
     assert quant.linear_dispatch("Q8_0", 203, 3, variant=row) == (4, 1, 3)
-    assert quant.linear_dispatch("Q8_0", 203, 3, variant=quant.LinearVariant("row", 8, 16)) == (13, 1, 1)
+    assert quant.linear_dispatch("Q8_0", 203, 3, variant=quant.LinearVariant("row", 8, 16)) == (13, 1, 3)
+    assert quant.linear_dispatch("Q8_0", 203, 3, variant=quant.LinearVariant("row", 8, 16, 8, 4)) == (13, 1, 1)
 
 
 def test_linear_variant_keys_and_checks():
@@ -285,13 +286,15 @@ def linear_variants(gpu_: Gpu) -> list[quant.LinearVariant]:
     """Every kind of linear kernel this device can run, in shapes that reach every code path."""
     V, sg = quant.LinearVariant, gpu_.subgroup_size
     out = [V("shared", 64, 4),  # the GPU kind without subgroups
-           V("row", 16, 16),  # CPU kind: 1 row per invocation, 4 tokens per pass, x not shared
-           V("row", 8, 32)]  # 4 rows per invocation, 2 tokens per pass
+           V("row", 16, 16, 0, 4),  # CPU kind: 1 row per invocation, 4 tokens per pass, x not shared
+           V("row", 8, 32, 0, 2),  # 4 rows per invocation, 2 tokens per pass
+           V("row", 8, 64)]  # 8 rows per invocation, 1 token per pass
     if sg:
         out.append(V("subgroup", 64, 4))  # the GPU kind
     if sg in (4, 8, 16, 32):
         lanes = max(8, sg)
         out += [V("row", lanes, 8 * lanes, sg),  # 8 rows per invocation, 1 token per pass, x shared
+                V("row", lanes, 4 * lanes, sg, 3),  # 3 tokens per pass (a partial last pass), x shared
                 V("row", 4 * lanes, 8 * lanes, sg)]  # several subgroups per workgroup
         other = 4 if sg != 4 else 8  # a size the subgroups do not have: each lane loads all of x
         out.append(V("row", max(8, other), 2 * max(8, other), other))

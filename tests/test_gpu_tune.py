@@ -65,7 +65,8 @@ def test_cpu_adapters_walk_whole_rows():
     lavapipe = K.choose_config(fake_caps("llvmpipe", "llvmpipe (LLVM 15.0.6, 256 bits)", 8, software=True))
     assert K.linear_variant(lavapipe, "Q4_1", 576, 576, 1).key == "row-wg8-r64-b8"
     assert K.linear_variant(lavapipe, "Q4_1", 192, 576, 1).key == "row-wg8-r32-b8"  # keeps 6 workgroups
-    assert K.linear_variant(lavapipe, "Q4_1", 576, 576, 12).key == "row-wg8-r32-b8"
+    assert K.linear_variant(lavapipe, "Q4_1", 576, 576, 12).key == "row-wg8-r32-b8-t4"  # 4 x 32 activations
+    assert K.linear_variant(lavapipe, "Q6_K", 576, 576, 12).key == "row-wg8-r32-b8"  # 1 x 128
     wide = K.choose_config(fake_caps("llvmpipe", "llvmpipe (LLVM 15.0.6, 512 bits)", 16, software=True))
     assert K.linear_variant(wide, "Q8_0", 262144, 640, 1).key == "row-wg16-r128-b16"
     no_subgroups = K.choose_config(fake_caps("Google", "SwiftShader Device (Subzero)", 0, software=True))

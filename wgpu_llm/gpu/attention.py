@@ -49,9 +49,9 @@ class FlashTiles:
                 if nod <= hd4 and (best is None or oq + od4 < best[0]):
                     best = (oq + od4, oq, od4, nod)
             oq *= 2
-        if best is None:  # more threads than slots x dim vec4s: idle threads along dims
-            oq, nod = 1, self.wg // self.bq
-            best = (0, oq, 1, nod)
+        if best is None:  # more threads than slots x dim vec4s: some threads idle along dims
+            oq = max(1, self.bq // self.wg)
+            best = (0, oq, 1, self.wg // (self.bq // oq))
         _, oq, od4, nod = best
         qk = (self.bq + self.bkv) * dc4
         vk = self.bkv

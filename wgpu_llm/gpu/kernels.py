@@ -71,18 +71,20 @@ def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_to
     type_name applied to n_tokens tokens (tune.LinearChoice uses tuned winners where it has them).
 
     GPU: 4 rows per workgroup of linear_wg (one token) or linear_wg_tokens invocations, reduced
-    with subgroupAdd or in shared memory. CPU-type adapter: the row kind, workgroups of one
-    subgroup (8 lanes at least) that share x by subgroupBroadcast when the adapter has subgroups,
-    8 rows per invocation for one token when that still leaves 4 workgroups, else 4 (measured on
-    lavapipe, 2 cores, for every linear shape of SmolLM2 and Gemma 3: more rows per invocation
-    save loads of x and of block scales; 1 or 2 were 10-40% slower, 8..32 lanes alike)."""
-    from .quant import LinearVariant
+    with subgroupAdd or in shared memory. CPU-type adapter: the row kind in workgroups of one
+    subgroup (8 lanes at least) sharing x by subgroupBroadcast when the adapter has subgroups;
+    one token: 8 rows per invocation where that still makes 4 workgroups, else 4 (measured on
+    lavapipe, 2 cores, every linear shape of SmolLM2 and Gemma 3: 1 or 2 rows per invocation were
+    5-50% slower, 16 or 32 lanes within a few % either way); several tokens: 4 rows per invocation
+    and up to 128 activations (4 tokens of a 32-column step) per pass."""
+    from .quant import LinearVariant, row_step_cols
 
     if cfg.linear_whole_rows:
         share = cfg.linear_subgroup if cfg.linear_subgroup in (4, 8, 16, 32) else 0
         wg = max(8, share)
-        per_lane = 8 if n_tokens == 1 and rows >= 4 * 8 * wg else 4
-        return LinearVariant("row", wg, per_lane * wg, share)
+        if n_tokens == 1:
+            return LinearVariant("row", wg, (8 if rows >= 4 * 8 * wg else 4) * wg, share)
+        return LinearVariant("row", wg, 4 * wg, share, max(1, min(4, 128 // row_step_cols(type_name))))
     wg = cfg.linear_wg if n_tokens == 1 else cfg.linear_wg_tokens
     return LinearVariant("subgroup" if cfg.linear_subgroup else "shared", wg)
 

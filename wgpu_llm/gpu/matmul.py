@@ -56,13 +56,20 @@ def _check_type(type_name: str) -> None:
 @dataclass(frozen=True)
 class Tiles:
     """The tile shape of the mat-mat: bm tokens x bn weight rows per workgroup, K-steps of bk
-    columns (bk / 8 weight units), a register tile of tm tokens x tn rows per thread."""
+    columns (bk / 8 weight units), a register tile of tm tokens x tn rows per thread.
+
+    sg > 0 (needs the "subgroup" device feature): the lanes of a subgroup of sg invocations share
+    their tokens, so each reads tm / sg of the staged activations and subgroupBroadcast hands
+    them round, instead of every lane reading all tm (for CPU adapters, where a load is a loop
+    over the lanes and a broadcast is nearly free). The shader checks at run time that the
+    subgroups have sg consecutive lanes and otherwise reads them all (still correct)."""
 
     bm: int = 64
     bn: int = 64
     bk: int = 32
     tm: int = 4
     tn: int = 4
+    sg: int = 0
 
     def __post_init__(self):
         bad = []
@@ -72,6 +79,8 @@ class Tiles:
             bad.append("bm must be a multiple of tm and bn of tn")
         if self.bk % 8 or self.bk < 8:
             bad.append("bk must be a positive multiple of 8")
+        if self.sg and (self.sg < 0 or self.tm % self.sg or (self.bn // max(self.tn, 1)) % self.sg):
+            bad.append("sg must divide tm and bn / tn")
         if bad:
             raise ValueError(f"{self}: " + "; ".join(bad))
 
@@ -87,7 +96,7 @@ class Tiles:
         return self.threads <= max_invocations and self.shared_bytes <= max_shared
 
     def __str__(self) -> str:
-        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}" + (f"/sg{self.sg}" if self.sg else "")
 
 
 def _fill(template: str, **values) -> str:
@@ -101,14 +110,32 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
     indexed in loops end up in memory on some compilers)."""
     ind = " " * 16
     acc = [f"        var c{i}_{j} = 0.0;" for i in range(t.tm) for j in range(t.tn)]
-    inner = [f"{ind}let x{i} = xs[({i}u * NTY + ty) * KR + k4];" for i in range(t.tm)]
+    if t.sg:  # lane l reads tokens l, l + sg, ...; token i comes from lane i % sg
+        inner = [f"{ind}var x{i}: vec4<f32>;" for i in range(t.tm)]
+        inner.append(f"{ind}if (x_shared) {{")
+        inner += [f"{ind}    let xr{r} = xs[((sg_lane + {r * t.sg}u) * NTY + ty) * KR + k4];" for r in range(t.tm // t.sg)]
+        inner += [f"{ind}    x{i} = subgroupBroadcast(xr{i // t.sg}, {i % t.sg}u);" for i in range(t.tm)]
+        inner.append(f"{ind}}} else {{")
+        inner += [f"{ind}    x{i} = xs[({i}u * NTY + ty) * KR + k4];" for i in range(t.tm)]
+        inner.append(f"{ind}}}")
+    else:
+        inner = [f"{ind}let x{i} = xs[({i}u * NTY + ty) * KR + k4];" for i in range(t.tm)]
     inner += [f"{ind}let w{j} = ws[w_slot({j}u * NTX + tx, k4)];" for j in range(t.tn)]
     inner += [f"{ind}c{i}_{j} += dot(x{i}, w{j});" for i in range(t.tm) for j in range(t.tn)]
     store = []
     for i in range(t.tm):
         store.append(f"        let tok{i} = t0 + {i}u * NTY + ty;")
         store += [f"        store_y(row0 + {j}u * NTX + tx, tok{i}, c{i}_{j});" for j in range(t.tn)]
-    return {"ACC_DECL": "\n".join(acc), "INNER": "\n".join(inner), "STORE": "\n".join(store)}
+    if t.sg:
+        builtins = (",\n        @builtin(subgroup_invocation_id) sg_lane: u32,"
+                    "\n        @builtin(subgroup_size) sg_size: u32")
+        check = ("    // the lanes of this subgroup: sg_size consecutive invocations, a multiple of it apart\n"
+                 f"    let x_shared = subgroupAll(sg_size == {t.sg}u && subgroupBroadcast(lid, 0u) + sg_lane == lid\n"
+                 f"                               && (lid - sg_lane) % {t.sg}u == 0u);")
+    else:
+        builtins = check = ""
+    return {"ACC_DECL": "\n".join(acc), "INNER": "\n".join(inner), "STORE": "\n".join(store),
+            "SG_BUILTINS": builtins, "SG_CHECK": check}
 
 
 @cache
@@ -138,17 +165,25 @@ def matmul_dispatch(rows: int, n_tokens: int, tiles: Tiles = Tiles(), max_per_di
     return gx, gy, max(1, min(-(-n_tokens // tiles.bm), max_per_dim))
 
 
-# software adapters (lavapipe / llvmpipe run each workgroup as a loop over 8-wide SIMD groups
-# on a CPU core, and every load from a buffer or workgroup memory is a per-lane loop there) want
-# the largest register tiles: measured on lavapipe, 128 tokens of a 3072 x 576 Q4_1 linear took
-# 4x4 per thread ~1.0x the mat-vec's time, 8x8 0.5x, 16x16 0.33x, 16x32 0.25x.
-_SOFTWARE_TILES = {8: Tiles(8, 128, 32, 8, 32), 16: Tiles(16, 128, 32, 16, 32), 32: Tiles(32, 128, 32, 16, 32),
-                   64: Tiles(64, 128, 32, 16, 32)}
-# hardware GPUs: 256 threads with 4 x 4 register tiles and 16 KiB of staged tiles (fits WebGPU's
-# default limits); shorter steps take fewer tokens per tile
-_HARDWARE_TILES = {8: Tiles(16, 64, 32, 4, 4), 16: Tiles(16, 64, 32, 4, 4), 32: Tiles(32, 64, 32, 4, 4),
-                   64: Tiles(64, 64, 32, 4, 4)}
+# Software adapters (lavapipe / llvmpipe) run a workgroup as a loop over 8-wide SIMD groups on
+# one CPU core, and every load from a buffer or from workgroup memory is a per-lane scalar loop
+# there, so they want the largest register tiles -- bounded by the time LLVM takes to compile
+# the unrolled tile -- and the activations shared in subgroups. Measured on lavapipe, 128 tokens
+# of a 3072 x 576 Q4_1 linear, time vs the first tiles below without sharing (uncached compile
+# time per shader): 4x4 per thread ~5x (0.5 s), 8x8 ~2.5x (1.6 s), 16x16 1x (6-9 s), 16x32 0.8x
+# (25 s), 32x32 0.5x (~100 s); 32x8 with subgroup sharing 0.65x (6 s).
+_SOFTWARE_TILES = {16: Tiles(16, 64, 32, 16, 8), 64: Tiles(64, 128, 32, 32, 8)}
+# hardware GPUs: 256 threads with 4 x 4 register tiles and 16 KiB of staged tiles (within
+# WebGPU's default limits); shorter steps take fewer tokens per tile. Not tuned on hardware yet.
+_HARDWARE_TILES = {16: Tiles(16, 64, 32, 4, 4), 32: Tiles(32, 64, 32, 4, 4), 64: Tiles(64, 64, 32, 4, 4)}
 MIN_TILED_TOKENS = 8  # fewer tokens per step: the mat-vec (and the per-query attention) are as fast
+
+
+def _with_subgroups(t: Tiles, sg: int) -> Tiles:
+    try:
+        return Tiles(t.bm, t.bn, t.bk, t.tm, t.tn, sg)
+    except ValueError:
+        return t
 
 
 def choose_tiles(caps, n_tokens: int) -> Tiles:
@@ -158,8 +193,12 @@ def choose_tiles(caps, n_tokens: int) -> Tiles:
     max_shared = int(getattr(caps, "max_workgroup_storage", 16384))
     table = _SOFTWARE_TILES if software else _HARDWARE_TILES
     bm = next((b for b in sorted(table) if n_tokens <= b), max(table))
-    fallbacks = [table[bm], _HARDWARE_TILES[bm], Tiles(16, 32, 16, 4, 4), Tiles(4, 4, 8, 4, 4)]
-    return next(t for t in fallbacks if t.fits(max_inv, max_shared))
+    t = table[bm]
+    if software and getattr(caps, "subgroups", False) and getattr(caps, "subgroup_size", 0) > 1:
+        t = _with_subgroups(t, int(caps.subgroup_size))
+    fallbacks = [t, Tiles(t.bm, 64, t.bk, t.tm, t.tn), _HARDWARE_TILES[min(_HARDWARE_TILES, key=lambda b: abs(b - bm))],
+                 Tiles(16, 32, 16, 4, 4), Tiles(4, 4, 8, 4, 4)]
+    return next(f for f in fallbacks if f.fits(max_inv, max_shared))
 
 
 def prefill_path(n_tokens: int) -> str:

@@ -229,12 +229,16 @@ class LinearVariant:
     subgroups of that many lanes by subgroupBroadcast, each lane loading 1 / x_broadcast of them.
     A pipeline whose subgroups turn out to have another size takes plain loads (still correct);
     so does a type whose step is narrower than x_broadcast (the float types' 8 columns).
+    tokens (row kind): tokens per pass; each weight step is read once for that many tokens.
+    Any variant computes any number of tokens; 1 is what one-token (decode) steps want, and the
+    least code to compile (lavapipe takes seconds for the bigger ones).
     """
 
     kind: str = "shared"
     workgroup_size: int = 64
     rows: int = LINEAR_ROWS_PER_WORKGROUP  # output rows per workgroup
     x_broadcast: int = 0
+    tokens: int = 1
 
     def __post_init__(self):
         if self.kind not in LINEAR_KINDS:
@@ -248,11 +252,14 @@ class LinearVariant:
             if xb and (xb not in (4, 8, 16, 32) or self.workgroup_size % xb):
                 raise ValueError(f"row variant: x_broadcast must be 0, 4, 8, 16 or 32 and divide workgroup_size "
                                  f"({self.workgroup_size}), got {xb}")
+            if not 1 <= self.tokens <= LINEAR_MAX_TOKENS_PER_PASS:
+                raise ValueError(f"row variant: tokens per pass must be in 1..{LINEAR_MAX_TOKENS_PER_PASS}, "
+                                 f"got {self.tokens}")
         else:
             if not 1 <= self.rows <= 16:
                 raise ValueError(f"{self.kind} variant: rows per workgroup must be in 1..16, got {self.rows}")
-            if self.x_broadcast:
-                raise ValueError(f"{self.kind} variant: x_broadcast is for the row kind only")
+            if self.x_broadcast or self.tokens != 1:
+                raise ValueError(f"{self.kind} variant: x_broadcast and tokens are for the row kind only")
 
     @property
     def rows_per_invocation(self) -> int:
@@ -265,30 +272,38 @@ class LinearVariant:
 
     @property
     def key(self) -> str:
-        """A short stable name, e.g. "subgroup-wg64-r4" or "row-wg8-r16-b8" (what the tuning cache stores)."""
-        return f"{self.kind}-wg{self.workgroup_size}-r{self.rows}" + (f"-b{self.x_broadcast}" if self.x_broadcast else "")
+        """A short stable name, e.g. "subgroup-wg64-r4" or "row-wg8-r64-b8-t2" (what the tuning cache stores)."""
+        return (f"{self.kind}-wg{self.workgroup_size}-r{self.rows}" + (f"-b{self.x_broadcast}" if self.x_broadcast else "")
+                + (f"-t{self.tokens}" if self.tokens != 1 else ""))
 
     @classmethod
     def from_key(cls, key: str) -> LinearVariant:
         """The inverse of `key`; ValueError for anything else."""
-        m = re.fullmatch(r"([a-z]+)-wg(\d+)-r(\d+)(?:-b(\d+))?", str(key))
+        m = re.fullmatch(r"([a-z]+)-wg(\d+)-r(\d+)(?:-b(\d+))?(?:-t(\d+))?", str(key))
         if m is None:
-            raise ValueError(f"not a linear variant key: {key!r} (expected kind-wgN-rN or kind-wgN-rN-bN)")
+            raise ValueError(f"not a linear variant key: {key!r} (expected kind-wgN-rN[-bN][-tN])")
         try:
-            return cls(m[1], int(m[2]), int(m[3]), int(m[4] or 0))
+            return cls(m[1], int(m[2]), int(m[3]), int(m[4] or 0), int(m[5] or 1))
         except ValueError as e:
             raise ValueError(f"not a linear variant key: {key!r} ({e})") from None
 
-    def tokens_per_pass(self) -> int:
-        """Tokens sharing one dequantized weight unit in the several-token path (bounded by the
-        shared reduction's storage, or by registers for the row kind)."""
+    def tokens_per_pass(self, type_name: str) -> int:
+        """Tokens sharing one dequantized weight unit in the several-token path: the row kind's
+        `tokens`, else as many as the shared reduction's storage holds (at most 4)."""
         if self.kind == "row":
-            return max(1, min(LINEAR_MAX_TOKENS_PER_PASS, 8 // self.rows_per_invocation))
+            return self.tokens
         per_token = 4 * self.rows * (self.workgroup_size if self.kind == "shared" else self._max_subgroups())
         return max(1, min(LINEAR_MAX_TOKENS_PER_PASS, _MAX_WORKGROUP_STORAGE // per_token))
 
     def _max_subgroups(self) -> int:
         return max(1, self.workgroup_size // _MIN_SUBGROUP_SIZE)
+
+
+def row_step_cols(type_name: str) -> int:
+    """Columns the row kind reads per step of a row of this type (the activations one step holds
+    per token: what makes several tokens per pass costly to compile)."""
+    _check_type(type_name)
+    return _ROW_STEP_COLS[type_name]
 
 
 def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: int) -> LinearVariant:
@@ -319,7 +334,7 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
     if v.kind == "row":
         return _row_linear_shader(type_name, v)
     src = _sections("quant_linear.wgsl")
-    rows, tt, wg = v.rows, v.tokens_per_pass(), v.workgroup_size
+    rows, tt, wg = v.rows, v.tokens_per_pass(type_name), v.workgroup_size
     if v.kind == "subgroup":
         max_sg = v._max_subgroups()
         reduce_decl = _fill(src["reduce_subgroup"], MAX_SG=f"{max_sg}u", RED_SIZE=max_sg * rows * tt)
@@ -347,10 +362,10 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
 
 def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
     """The row kind: quant_linear.wgsl's row sections (header, the type's block reader, main) and
-    generated code in between whose loops over rows, tokens and a step's vec4s are written out
-    (a CPU adapter keeps values in registers only where every array index is a constant)."""
+    generated code in between whose loops over tokens and over a step's vec4s are written out (a
+    CPU adapter keeps values in registers only where array indices are constants)."""
     src = _sections("quant_linear.wgsl")
-    rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(), v.workgroup_size
+    rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(type_name), v.workgroup_size
     step = _ROW_STEP_COLS[type_name]
     xb = v.x_broadcast if v.x_broadcast and step % v.x_broadcast == 0 else 0
     nv = step // 4
@@ -371,25 +386,33 @@ def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
              f"fn dot_step(w: {arr}, xs: {arr}) -> vec4<f32> {{",
              "    return " + " + ".join(f"w[{k}] * xs[{k}]" for k in range(nv)) + ";", "}"]
     passes = ["\n".join(load)]
-    for nt in sorted({1, tt}):
-        body = [f"// rows row + r * WG (r < {rpt}), tokens t0 .. t0 + {nt - 1}; an invocation past the last row",
+    for nt in (tt,):
+        body = [f"// rows row + r * WG (r < RPT), tokens t0 .. t0 + {nt - 1}; an invocation past the last row",
                 "// computes a copy of it and stores nothing (a subgroup stays whole for subgroupBroadcast)",
                 f"fn row_pass_{nt}(row: u32, t0: u32, lane: u32, xshare: bool) {{"]
-        body += [f"    let r{r} = min(row + {r * wg}u, prm().rows - 1u);" for r in range(rpt)]
         body += [f"    let tk{t} = min(t0 + {t}u, prm().n_tokens - 1u);" for t in range(nt)]
-        body += [f"    var a{r}_{t} = vec4<f32>(0.0);" for r in range(rpt) for t in range(nt)]
-        body += ["    let nb = n_blocks(prm().cols);", "    for (var b = 0u; b < nb; b++) {"]
-        body += [f"        let h{r} = load_head(r{r}, b);" for r in range(rpt)]
-        body += ["        for (var j = 0u; j < BLOCK / SUBW; j++) {", "            let c0 = b * BLOCK + j * SUBW;",
+        body += [f"    var acc: array<vec4<f32>, {rpt * nt}>;  // [row][token], four partial sums each",
+                 "    var heads: array<Head, RPT>;",
+                 "    let nb = n_blocks(prm().cols);",
+                 "    for (var b = 0u; b < nb; b++) {",
+                 "        for (var r = 0u; r < RPT; r++) {",
+                 "            heads[r] = load_head(min(row + r * WG, prm().rows - 1u), b);",
+                 "        }",
+                 "        for (var j = 0u; j < BLOCK / SUBW; j++) {",
+                 "            let c0 = b * BLOCK + j * SUBW;",
                  "            if (c0 >= prm().cols) {  // a row that ends in half a block",
-                 "                break;", "            }"]
+                 "                break;",
+                 "            }"]
         body += [f"            let x{t} = load_xs(tk{t}, c0, lane, xshare);" for t in range(nt)]
-        for r in range(rpt):
-            body.append(f"            let w{r} = sub_weights(r{r}, b, j, h{r});")
-            body += [f"            a{r}_{t} += dot_step(w{r}, x{t});" for t in range(nt)]
-        body += ["        }", "    }"]
-        body += [f"    store_y(row + {r * wg}u, t0 + {t}u, hsum(a{r}_{t}));" for r in range(rpt) for t in range(nt)]
-        body.append("}")
+        body += ["            // a loop, not written out: as fast on lavapipe, and far less code to compile",
+                 "            for (var r = 0u; r < RPT; r++) {",
+                 "                let rr = min(row + r * WG, prm().rows - 1u);",
+                 "                let w = sub_weights(rr, b, j, heads[r]);"]
+        acc = (lambda t: f"acc[r * {nt}u + {t}u]") if nt > 1 else (lambda t: "acc[r]")
+        body += [f"                {acc(t)} += dot_step(w, x{t});" for t in range(nt)]
+        body += ["            }", "        }", "    }", "    for (var r = 0u; r < RPT; r++) {"]
+        body += [f"        store_y(row + r * WG, t0 + {t}u, hsum({acc(t)}));" for t in range(nt)]
+        body += ["    }", "}"]
         passes.append("\n".join(body))
     if xb:
         builtins = (",\n        @builtin(subgroup_invocation_id) lane: u32,"
@@ -419,7 +442,7 @@ def linear_dispatch(type_name: str, rows: int, n_tokens: int, *, workgroup_size:
     gy = -(-groups // gx)
     if gy > max_per_dim:
         raise ValueError(f"{rows} rows need {groups} workgroups, more than {max_per_dim} ** 2")
-    tiles = 1 if n_tokens <= 1 else -(-n_tokens // v.tokens_per_pass())
+    tiles = 1 if n_tokens <= 1 else -(-n_tokens // v.tokens_per_pass(type_name))
     return gx, gy, min(tiles, max_per_dim)
 
 
@@ -445,5 +468,5 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
     return gx, gy, max(1, -(-n_tokens // gy))
 
 
-__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "embed_dispatch", "embed_shader", "linear_dispatch", "linear_shader",
-           "pack", "plane_row_words", "split_rows"]
+__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "embed_dispatch", "embed_shader",
+           "linear_dispatch", "linear_shader", "pack", "plane_row_words", "row_step_cols", "split_rows"]

@@ -116,9 +116,12 @@ def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVarian
         shapes = [(lanes, n) for n in (2, 4, 8)]
         if not quick:
             shapes += [(lanes, 1)] + [(wg, n) for wg in (2 * lanes, 4 * lanes) for n in (2, 4, 8)]
-        out += [LinearVariant("row", wg, wg * n, share) for wg, n in shapes]
+        passes = (1,)
+        if case.n_tokens > 1:  # tokens per pass: one, and as many as fit 128 activations
+            passes = sorted({1, max(1, min(4, 128 // quant.row_step_cols(case.type_name), case.n_tokens))})
+        out += [LinearVariant("row", wg, wg * n, share, t) for wg, n in shapes for t in passes]
         if share and not quick:
-            out.append(LinearVariant("row", lanes, 4 * lanes, 0))  # x not shared
+            out.append(LinearVariant("row", lanes, 4 * lanes, 0, passes[-1]))  # x not shared
         out.append(LinearVariant("subgroup" if sg else "shared", 64, 4))  # what a GPU gets
     else:
         kind = "subgroup" if sg else "shared"

@@ -1,0 +1,186 @@
+"""The tiled mat-mat for prefill (wgpu_llm/gpu/matmul.py, shaders/matmul.wgsl) against numpy.
+
+- every weight type: y[t, y_offset + r] (+)= x @ W.T vs float64 numpy on gguf-py's dequantized
+  weights, NMSE <= 5e-4, odd rows and token counts (partial tiles on both sides), a row stride
+  with NaN padding that must never be read, NaN-poisoned outputs (an unwritten element fails,
+  and nothing outside the piece's columns may be written), y_offset and accumulate;
+- the tile shapes the device would pick and a few others, folded grids, fewer z workgroups than
+  token tiles;
+- the choice between the tiled path and the mat-vec (env WGPU_LLM_PREFILL), and whole tiny
+  models with the tiled path forced, against the numpy backend.
+The mat-mat has the mat-vec's bindings and uniform, so the same small harness runs both.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from test_gpu_quant import (  # noqa: F401  (gpu is a fixture)
+    LINEAR_NMSE,
+    POISON,
+    QUANTIZABLE,
+    block_cols,
+    gpu,
+    nmse,
+    poisoned,
+    random_tensor,
+    reference,
+)
+
+from wgpu_llm.gpu import matmul, quant
+
+TYPES = quant.SUPPORTED_TYPES
+SMALL = matmul.Tiles(32, 32, 16, 4, 4)  # quick to compile: the per-type sweep
+# (rows, n_tokens, y_offset, extra y columns, accumulate, x_stride padding)
+CASES = [(37, 5, 0, 0, 0, 0), (203, 33, 5, 9, 1, 3), (37, 70, 2, 4, 1, 0)]
+
+
+def run_matmul(gpu_, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y: np.ndarray, y_stride: int,
+               y_offset: int, accumulate: int, tiles: matmul.Tiles, dispatch=None) -> np.ndarray:
+    n_tokens = x.size // x_stride
+    uniform = struct.pack("<8I", n_tokens, w.rows, w.cols, x_stride, y_stride, y_offset, accumulate, 0)
+    dispatch = dispatch or matmul.matmul_dispatch(w.rows, n_tokens, tiles)
+    return gpu_.run(matmul.matmul_shader(w.type_name, tiles), uniform, [x], y, w.planes, dispatch)
+
+
+def check(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, tiles, seed=0, dispatch=None,
+          cols=None) -> float:
+    rng = np.random.default_rng(seed)
+    if cols is None:  # several K-steps, the last one partial for the float types
+        cols = 277 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 2 if "K" in type_name else 7)
+    source = "quantize" if type_name in QUANTIZABLE else "random"
+    raw = random_tensor(type_name, rows, cols, rng, source)
+    w = quant.pack(type_name, raw, rows, cols)
+    weights = reference(type_name, raw, rows, cols).astype(np.float64)
+    x_stride = cols + x_pad
+    x = np.full((n_tokens, x_stride), np.nan, np.float32)  # the padding must never be read
+    x[:, :cols] = rng.standard_normal((n_tokens, cols))
+    y_stride = y_offset + rows + y_extra
+    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
+    region = (slice(None), slice(y_offset, y_offset + rows))
+    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
+    if accumulate:
+        y[region] = before
+    got = run_matmul(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate, tiles,
+                     dispatch).reshape(n_tokens, y_stride)
+    want = x[:, :cols].astype(np.float64) @ weights.T + (before if accumulate else 0.0)
+    error = nmse(got[region], want)
+    assert error <= LINEAR_NMSE, f"{type_name} {tiles} rows {rows} tokens {n_tokens}: NMSE {error:.3g}"
+    outside = np.ones(y.shape, bool)
+    outside[region] = False
+    assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
+    return error
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", TYPES)
+def test_matmul_every_type(gpu, type_name):
+    for case in CASES:
+        error = check(gpu, type_name, *case, tiles=SMALL)
+        assert error <= 1e-10, f"{case}: NMSE {error:.3g}"  # float32 sums of exact weights
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiles", [
+    matmul.Tiles(),  # the hardware default: 64 x 64, 4 x 4 per thread
+    matmul.Tiles(16, 64, 8, 8, 4),  # K-steps of one 8-weight unit, 8 tokens per thread
+    matmul.Tiles(8, 16, 24, 4, 8),  # K-steps straddling quant blocks
+], ids=str)
+def test_matmul_tile_shapes(gpu, tiles):
+    for type_name, case in [("Q4_K", CASES[1]), ("F16", CASES[2]), ("Q5_0", CASES[0])]:
+        check(gpu, type_name, *case, tiles=tiles, seed=1)
+
+
+@pytest.mark.gpu
+def test_matmul_device_tiles(gpu):
+    """The shape choose_tiles picks for this adapter (the large register tiles on a software one)."""
+    class Caps:  # what choose_tiles reads, from the harness's adapter
+        info = type("Info", (), {"is_software": any(s in gpu.adapter.summary.lower()
+                                                    for s in ("llvmpipe", "lavapipe", "swiftshader", "cpu"))})
+        max_invocations = 256
+        max_workgroup_storage = gpu.device.limits["max-compute-workgroup-storage-size"]
+
+    tiles = matmul.choose_tiles(Caps, 70)
+    assert tiles.fits(256, Caps.max_workgroup_storage)
+    check(gpu, "Q6_K", 203, 70, 3, 1, 1, 2, tiles=tiles, seed=2)
+
+
+@pytest.mark.gpu
+def test_matmul_any_grid(gpu):
+    # row tiles folded into x * y (extra workgroups skip), and z smaller than the token tiles (loop)
+    check(gpu, "Q8_0", 203, 33, 1, 0, 0, 0, SMALL, dispatch=(3, 3, 1))
+    check(gpu, "Q4_1", 37, 70, 0, 2, 1, 1, SMALL, dispatch=(2, 1, 2))
+    gx, gy, gz = matmul.matmul_dispatch(203, 70, SMALL, max_per_dim=4)
+    assert gx <= 4 and gy <= 4 and gx * gy * SMALL.bn >= 203 and gz == 3
+    check(gpu, "Q6_K", 203, 70, 0, 0, 0, 0, SMALL, dispatch=(gx, gy, gz))
+
+
+def test_tiles_validation_and_sizes():
+    t = matmul.Tiles(64, 128, 32, 16, 16)
+    assert (t.threads, t.shared_bytes, str(t)) == (32, 24576, "64x128x32/16x16")
+    assert not t.fits(256, 16384) and t.fits(256, 32768)
+    for bad in [(64, 64, 30, 4, 4), (64, 64, 32, 3, 4), (60, 64, 32, 8, 4), (64, 64, 0, 4, 4)]:
+        with pytest.raises(ValueError):
+            matmul.Tiles(*bad)
+    with pytest.raises(ValueError, match="not supported"):
+        matmul.matmul_shader("Q2_K")
+    assert matmul.matmul_dispatch(262144, 512) == (4096, 1, 8)
+    assert matmul.matmul_dispatch(37, 1, max_per_dim=65535) == (1, 1, 1)
+
+
+def test_choose_tiles_fit_the_device():
+    info = type("Info", (), {})
+    for software in (False, True):
+        info.is_software = software
+        for shared, invocations in [(16384, 256), (32768, 256), (49152, 1024), (16384, 64)]:
+            caps = type("Caps", (), {"info": info, "max_workgroup_storage": shared, "max_invocations": invocations})
+            for n in (2, 8, 16, 33, 512):
+                t = matmul.choose_tiles(caps, n)
+                assert t.fits(invocations, shared), (software, shared, invocations, n, t)
+
+
+def test_prefill_path(monkeypatch):
+    monkeypatch.delenv(matmul.ENV_PREFILL, raising=False)
+    assert matmul.prefill_path(1) == "matvec"
+    assert matmul.prefill_path(matmul.MIN_TILED_TOKENS - 1) == "matvec"
+    assert matmul.prefill_path(matmul.MIN_TILED_TOKENS) == "tiled"
+    monkeypatch.setenv(matmul.ENV_PREFILL, "tiled")
+    assert matmul.prefill_path(2) == "tiled" and matmul.prefill_path(1) == "matvec"
+    monkeypatch.setenv(matmul.ENV_PREFILL, "matvec")
+    assert matmul.prefill_path(512) == "matvec"
+    monkeypatch.setenv(matmul.ENV_PREFILL, "fast")
+    with pytest.raises(ValueError, match="WGPU_LLM_PREFILL"):
+        matmul.prefill_path(512)
+
+
+# ---- whole models: the tiled path in the backend ----
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0")])
+def test_tiny_model_tiled_prefill(tmp_path, monkeypatch, arch, qtype):
+    """Prefill steps with the mat-mat and flash attention (forced for any token count), then decode
+    steps with the mat-vec, against the numpy backend; the compiled step shows which kernels ran."""
+    from test_gpu_backend import GEMMA_SHAPE, NMSE_TOL, compare_backends
+    from tiny_models import write_tiny_model
+
+    from wgpu_llm.gguf_file import GGUFFile
+    from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
+    from wgpu_llm.models import architecture
+
+    try:
+        adapter, _ = choose_adapter(allow_software=True)
+    except GpuUnavailable as e:
+        pytest.skip(f"no GPU adapter: {e}")
+    monkeypatch.setenv(matmul.ENV_PREFILL, "tiled")
+    shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    path = write_tiny_model(tmp_path / f"{arch}-{qtype}.gguf", arch, qtype, **shape)
+    errors, backend, decode_step = compare_backends(path, adapter, n_prefill=11, n_decode=3)
+    assert max(errors) <= NMSE_TOL, errors
+    assert not any("matmul" in s or "flash attention" in s for s in decode_step.program.labels)
+    gf = GGUFFile(path)
+    prefill = backend.compile(architecture(gf).build_graph(gf, all_logits=True), 11)
+    labels = prefill.program.labels
+    assert any("matmul" in s for s in labels) and any("flash attention" in s for s in labels)
+    assert not any(": linear " in s or ": attention " in s for s in labels), labels
