@@ -66,13 +66,14 @@ fn w_slot(n: u32, k4: u32) -> u32 {
     return n * KR + (k4 + n) % KR;
 }
 
+$X_VAL
 // the four activations of token t at columns c .. c + 3 (zero past the row or past the tokens)
 fn load_x4(t: u32, c: u32, valid: bool) -> vec4<f32> {
     if (!valid) {
         return vec4<f32>(0.0);
     }
     let i = t * prm().x_stride + c;
-    let v = vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+    let v = vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
     if (PAD_COLS) {
         // padded columns: the weights are zero there, but x past the row may hold anything
         return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(prm().cols));

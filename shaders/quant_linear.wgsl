@@ -36,9 +36,10 @@ const WG: u32 = $WG;
 const ROWS: u32 = $ROWS;
 const TT: u32 = $TT;
 
+$X_VAL
 fn load_x4(t: u32, c: u32) -> vec4<f32> {
     let i = t * p.x_stride + c;
-    let v = vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
+    let v = vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
     if (PAD_COLS) {
         // padded columns: the weights are zero there, but x past the row may hold anything
         return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.cols));
@@ -55,6 +56,21 @@ fn store_y(row: u32, t: u32, v: f32) {
             y[i] = v;
         }
     }
+}
+
+//! x_plain
+// the input: x itself
+fn x_val(i: u32) -> f32 {
+    return x[i];
+}
+
+//! x_glu
+// the input: a gated linear unit of x, whose rows hold the gate and then the up projection
+// (cols each): act(gate) * up, the glu kernel's computation (shaders/glu.wgsl) done on load
+fn x_val(i: u32) -> f32 {
+    let g = x[i];
+    let u = x[i + $COLS];
+    return $ACT * u;
 }
 
 //! reduce_subgroup
@@ -176,9 +192,10 @@ const RPT: u32 = $RPT;    // output rows per invocation, WG apart
 const TT: u32 = $TT;
 const XB: u32 = $XB;      // subgroup size x is shared in (0: not shared)
 
+$X_VAL
 // x[t, c], or 0 past the row (float types: the weights are zero there, x may hold anything)
 fn x_at(t: u32, c: u32) -> f32 {
-    let v = x[t * prm().x_stride + c];
+    let v = x_val(t * prm().x_stride + c);
     if (PAD_COLS) {
         return select(0.0, v, c < prm().cols);
     }

@@ -1,6 +1,10 @@
 // RMS norm over groups of P.group columns: y = x / sqrt(mean(x^2) + eps) * w.
 // One workgroup per (row, group); WG threads stride over the group and tree-reduce in shared memory.
+// Groups g >= P.w_split take their weights from w[P.group ..] (two norms side by side in one
+// dispatch, e.g. the q and k head norms; P.w_split = n_groups: one weight vector).
 // RESIDUAL: y = res + norm(x) * w  (the residual add fused in; res may be y itself)
+// NEXT:     with RESIDUAL, on whole rows: also z = norm(y) * w2 (eps2), the norm that reads the
+//           new residual (Gemma's post-norm, then the next pre-norm)
 // ROPE:     the normalised group is one head (GROUP = head_dim) and gets the rotary embedding at
 //           position pos0 + row before it is written (Gemma's q/k norms)
 // x may be y itself (in place): a group is read completely before any of it is written.
@@ -27,6 +31,21 @@ fn sincos(t: f32) -> vec2<f32> {
 }
 #endif
 
+// the sum of v over the workgroup (every invocation calls it; red is free again on return)
+fn workgroup_sum(v: f32, tid: u32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red[tid] += red[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
@@ -39,32 +58,38 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let xb = P.x_off + row * P.x_stride + g * P.group;
     let yb = P.y_off + row * P.y_stride + g * P.group;
 
+    let wb = select(0u, P.group, g >= P.w_split);
+
     var ss = 0.0;
     for (var i = tid; i < P.group; i += WG) {
         let v = ld_x(xb + i);
         ss += v * v;
     }
-    red[tid] = ss;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (tid < s) {
-            red[tid] += red[tid + s];
-        }
-        workgroupBarrier();
-    }
-    let rms = sqrt(red[0] / f32(P.group) + P.eps);
+    let rms = sqrt(workgroup_sum(ss, tid) / f32(P.group) + P.eps);
 
 #if !ROPE
+    var ss2 = 0.0;
     for (var i = tid; i < P.group; i += WG) {
-        var v = ld_x(xb + i) / rms * ld_w(i);
+        var v = ld_x(xb + i) / rms * ld_w(wb + i);
 #if RESIDUAL
         v = ld_res(P.r_off + row * P.r_stride + g * P.group + i) + v;
 #endif
         st_y(yb + i, v);
+#if NEXT
+        ss2 += v * v;
+#endif
     }
+#if NEXT
+    // every invocation reads back only the elements it wrote itself
+    let rms2 = sqrt(workgroup_sum(ss2, tid) / f32(P.group) + P.eps2);
+    let zb = P.z_off + row * P.z_stride;
+    for (var i = tid; i < P.group; i += WG) {
+        st_z(zb + i, ld_y(yb + i) / rms2 * ld_w2(i));
+    }
+#endif
 #else
     for (var i = tid; i < P.group; i += WG) {
-        nx[i] = ld_x(xb + i) / rms * ld_w(i);
+        nx[i] = ld_x(xb + i) / rms * ld_w(wb + i);
     }
     workgroupBarrier();
     let pos = f32(S.pos0 + row);

@@ -122,6 +122,46 @@ def test_rms_norm_rope(rt, cfg, rng, neox, in_place):
     assert nmse(got, ref) <= REDUCE_TOL / 100
 
 
+def test_rms_norm_two_weights_with_rope(rt, cfg, rng):
+    """q and k heads side by side: heads before w_split use w[:hd], the others w[hd:]; in place."""
+    n, q_heads, k_heads, hd, pos0 = 3, 4, 2, 32, 11
+    width = (q_heads + k_heads) * hd
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width + 16)).astype(np.float32)  # + v columns, untouched
+    wq, wk = rng.standard_normal(hd).astype(np.float32), rng.standard_normal(hd).astype(np.float32)
+    bx, bw = b.up(x), b.up(np.concatenate([wq, wk]))
+    freqs = b.up(K.rope_freqs(hd, 10000.0, 1.0))
+    k = K.rms_norm(cfg, n, width, hd, 1e-6, view(bx, stride=width + 16), bw, view(bx, stride=width + 16),
+                   rope={"n_rot": hd, "neox": True}, rope_freqs=freqs, w_split=q_heads)
+    (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[bx])
+    pos = np.arange(pos0, pos0 + n)
+    q_ref = ops.rope(ops.rms_norm(x[:, :q_heads * hd], wq, 1e-6), pos, hd, hd, 10000.0, True)
+    k_ref = ops.rope(ops.rms_norm(x[:, q_heads * hd:width], wk, 1e-6), pos, hd, hd, 10000.0, True)
+    assert nmse(got[:, :width], np.concatenate([q_ref, k_ref], axis=1)) <= REDUCE_TOL / 100
+    assert np.array_equal(got[:, width:], x[:, width:])
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_rms_norm_then_next_norm(rt, cfg, rng, in_place):
+    """y = res + norm(x) * w, then z = norm(y) * w2 in the same dispatch (Gemma's post-norm + pre-norm)."""
+    n, width = 3, 640
+    b = Bufs(rt)
+    x = rng.standard_normal((n, width)).astype(np.float32)
+    res = rng.standard_normal((n, width)).astype(np.float32) * 4
+    w, w2 = rng.standard_normal(width).astype(np.float32), rng.standard_normal(width).astype(np.float32)
+    bx, bw, bw2, bres, bz = b.up(x), b.up(w), b.up(w2), b.up(res), b.out((n, width))
+    by = bres if in_place else b.out((n, width))
+    k = K.rms_norm(cfg, n, width, width, 1e-6, view(bx, width=width), bw, view(by, width=width),
+                   residual=view(bres, width=width), then=(bw2, 1e-5, view(bz, width=width)))
+    got_y, got_z = b.run([k], read=[by, bz])
+    y_ref = res + ops.rms_norm(x, w, 1e-6)
+    assert nmse(got_y, y_ref) <= REDUCE_TOL / 100
+    assert nmse(got_z, ops.rms_norm(y_ref, w2, 1e-5)) <= REDUCE_TOL / 100
+    with pytest.raises(ValueError, match="second norm"):
+        K.rms_norm(cfg, n, width, 64, 1e-6, view(bx, width=width), bw, view(by, width=width),
+                   residual=view(bres, width=width), then=(bw2, 1e-5, view(bz, width=width)))
+
+
 # ---- rope ----
 @pytest.mark.parametrize("neox", [True, False])
 @pytest.mark.parametrize("hd,n_rot,pos0", [(64, 64, 0), (64, 32, 1000), (256, 256, 4093), (10, 6, 3)])

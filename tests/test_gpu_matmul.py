@@ -117,6 +117,23 @@ def test_matmul_any_grid(gpu):
     check(gpu, "Q6_K", 203, 70, 0, 0, 0, 0, SMALL, dispatch=(gx, gy, gz))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", ["F32", "Q5_0", "Q4_K"])
+def test_matmul_glu_input(gpu, type_name):
+    """The glu fused into the mat-mat: x holds gate | up rows, the kernel reads act(gate) * up."""
+    from test_gpu_quant import glu_case
+
+    rng = np.random.default_rng(12)
+    rows, n_tokens = 70, 33
+    w, x, x_stride, weights, gated = glu_case(type_name, rows, n_tokens, 3, rng)
+    for act in quant.GLU_ACTIVATIONS:
+        uniform = struct.pack("<8I", n_tokens, rows, w.cols, x_stride, rows, 0, 0, 0)
+        got = gpu.run(matmul.matmul_shader(type_name, SMALL, act), uniform, [x.reshape(-1)],
+                      poisoned(n_tokens * rows), w.planes, matmul.matmul_dispatch(rows, n_tokens, SMALL))
+        error = nmse(got.reshape(n_tokens, rows), gated[act] @ weights.T)
+        assert error <= 1e-10, f"{act}: NMSE {error:.3g}"
+
+
 def test_tiles_validation_and_sizes():
     t = matmul.Tiles(64, 128, 32, 16, 16)
     assert (t.threads, t.shared_bytes, str(t)) == (32, 24576, "64x128x32/16x16")

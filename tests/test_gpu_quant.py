@@ -430,6 +430,38 @@ def test_linear_any_grid(gpu):
         check_linear(gpu, "Q6_K", 37, 6, 0, 0, 0, 0, variant, dispatch=(40, 1, 9))
 
 
+def glu_case(type_name: str, rows: int, n_tokens: int, x_pad: int, rng):
+    """A weight and gate | up input rows (NaN padding past them): (packed weight, x, x_stride,
+    float64 weights, the glu'd input per activation)."""
+    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if "K" in type_name else 21)
+    raw = random_tensor(type_name, rows, cols, rng, "quantize" if type_name in QUANTIZABLE else "random")
+    w = quant.pack(type_name, raw, rows, cols)
+    x_stride = 2 * cols + x_pad
+    x = np.full((n_tokens, x_stride), np.nan, np.float32)
+    x[:, :2 * cols] = rng.standard_normal((n_tokens, 2 * cols)) * 2
+    gated = {act: ops.glu(x[:, :2 * cols], act).astype(np.float64) for act in quant.GLU_ACTIVATIONS}
+    return w, x, x_stride, reference(type_name, raw, rows, cols).astype(np.float64), gated
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", ["F16", "Q4_1", "Q5_0", "Q6_K"])
+def test_linear_glu_input(gpu, type_name):
+    """The glu fused into the linear reading it: x holds gate | up rows, the kernel reads act(gate) * up."""
+    rng = np.random.default_rng(11)
+    for variant in linear_variants(gpu):
+        for act in quant.GLU_ACTIVATIONS:
+            for rows, n_tokens, x_pad in [(37, 1, 0), (45, 3, 5)]:
+                w, x, x_stride, weights, gated = glu_case(type_name, rows, n_tokens, x_pad, rng)
+                uniform = struct.pack("<8I", n_tokens, rows, w.cols, x_stride, rows, 0, 0, 0)
+                got = gpu.run(quant.linear_shader(type_name, variant=variant, glu=act), uniform, [x.reshape(-1)],
+                              poisoned(n_tokens * rows), w.planes,
+                              quant.linear_dispatch(type_name, rows, n_tokens, variant=variant))
+                error = nmse(got.reshape(n_tokens, rows), gated[act] @ weights.T)
+                assert error <= 1e-10, f"{variant.key} {act} {rows}x{n_tokens}: NMSE {error:.3g}"
+    with pytest.raises(ValueError, match="unknown GLU activation"):
+        quant.linear_shader("Q4_1", glu="relu")
+
+
 @pytest.mark.gpu
 def test_linear_workgroup_sizes(gpu):
     # workgroups smaller than the values reduced (8 < 4 rows x 4 tokens), large ones, other row counts

@@ -88,8 +88,8 @@ class GpuBackend:
         self.rt = Runtime(adapter)
         self.cfg = K.choose_config(self.rt.caps)
         self.linear_choice = LinearChoice.for_runtime(self.rt, self.cfg)  # tuned winners if cached, else heuristic
-        self._matrices: dict[str, list[_Piece]] = {}  # GGUF name -> row pieces
-        self._vectors: dict[str, object] = {}  # GGUF name -> float32 buffer
+        self._matrices: dict[tuple[str, ...], list[_Piece]] = {}  # GGUF names (stacked) -> row pieces
+        self._vectors: dict[tuple[str, ...], object] = {}  # GGUF names -> float32 buffer
         self._rope: dict[tuple, object] = {}  # (n_rot, base, freq_scale) -> float32 buffer
         self.k_cache: dict[int, object] = {}  # layer -> (n_ctx, n_kv_head * head_dim) float32 buffer
         self.v_cache: dict[int, object] = {}
@@ -121,33 +121,53 @@ class GpuBackend:
         return max(1, self.rt.caps.max_binding // (4 * max(graph.widths.values())))
 
     # ---- weights (uploaded once per backend) ----
-    def matrix(self, name: str) -> list[_Piece]:
-        if name not in self._matrices:
+    def _shape(self, name: str) -> tuple[int, int]:
+        shape = self.gf.tensor(name).shape
+        return (1, shape[0]) if len(shape) == 1 else (int(np.prod(shape[:-1])), shape[-1])
+
+    def weight_groups(self, names) -> list[tuple[str, ...]]:
+        """The weights of one linear op as the device holds them: runs stacked into one matrix."""
+        from . import quant
+
+        info = [(n, quant.device_type(self.gf.tensor(n).type_name), self._shape(n)[1]) for n in names]
+        return [tuple(run) for run in quant.stacked_runs(info)]
+
+    def matrix(self, names) -> list[_Piece]:
+        """The device pieces of one weight, or of weights with the same type and columns stacked by rows."""
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if names not in self._matrices:
             from . import quant
 
             t0 = time.perf_counter()
-            info = self.gf.tensor(name)
-            rows, cols = (1, info.shape[0]) if len(info.shape) == 1 else (int(np.prod(info.shape[:-1])), info.shape[-1])
-            if info.type_name in quant.SUPPORTED_TYPES:
-                packed = quant.pack(info.type_name, np.asarray(self.gf.raw(name)), rows, cols)
+            types = [quant.device_type(self.gf.tensor(n).type_name) for n in names]
+            type_name, cols = types[0], self._shape(names[0])[1]
+            rows = sum(self._shape(n)[0] for n in names)
+            if any((t, self._shape(n)[1]) != (type_name, cols) for t, n in zip(types, names)):
+                raise ValueError(f"weights {', '.join(names)} differ in type or columns; they cannot be stacked")
+            if type_name == self.gf.tensor(names[0]).type_name:
+                raw = [np.asarray(self.gf.raw(n)).reshape(-1) for n in names]
             else:  # a type without a GPU kernel: float32 on the device
-                data = self.gf.dequantize(name).reshape(-1)
-                packed = quant.pack("F32", data.view(np.uint8), rows, cols)
+                raw = [self.gf.dequantize(n).reshape(-1).view(np.uint8) for n in names]
+            packed = quant.pack(type_name, raw[0] if len(raw) == 1 else np.concatenate(raw), rows, cols)
+            del raw
+            label = "+".join(names)
             pieces = []
             for first, piece in quant.split_rows(packed, self.rt.caps.max_binding):
-                planes = [self.rt.upload(p, f"{name}[{first}:] plane {i}") for i, p in enumerate(piece.planes)]
+                planes = [self.rt.upload(p, f"{label}[{first}:] plane {i}") for i, p in enumerate(piece.planes)]
                 self.weight_bytes += piece.nbytes()
                 pieces.append(_Piece(first, piece, planes))
-            self._matrices[name] = pieces
+            self._matrices[names] = pieces
             self.timings["weights_s"] += time.perf_counter() - t0
-        return self._matrices[name]
+        return self._matrices[names]
 
-    def vector(self, name: str):
-        if name not in self._vectors:
-            data = self.gf.dequantize(name).reshape(-1).astype(np.float32)
-            self._vectors[name] = self.rt.upload(data, name)
+    def vector(self, names):
+        """A float32 buffer of one vector weight, or of several side by side."""
+        names = (names,) if isinstance(names, str) else tuple(names)
+        if names not in self._vectors:
+            data = np.concatenate([self.gf.dequantize(n).reshape(-1).astype(np.float32) for n in names])
+            self._vectors[names] = self.rt.upload(data, "+".join(names))
             self.weight_bytes += data.nbytes
-        return self._vectors[name]
+        return self._vectors[names]
 
     def rope_freqs(self, n_rot: int, base: float, freq_scale: float):
         key = (n_rot, base, freq_scale)
@@ -192,6 +212,7 @@ class _Compiler:
         self.intents: list = []  # callables(resolve) -> Kernel, in execution order
         self.absorbed: dict[int, str] = {}  # op index -> how it was fused away
         self.temps: list[int] = []  # slots of copies made for the op being planned
+        self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
         self.ids = be.rt.storage(4 * n_tokens, "token ids")
 
     # ---- slots and views ----
@@ -326,11 +347,13 @@ class _Compiler:
         from . import quant
 
         cfg, base = self.cfg, 0
+        glu = self.glu_inputs.get(op.inputs[0], "")
         if matmul.prefill_path(x.rows) == "tiled":  # many tokens: the tiled mat-mat
-            self._emit_matmul(op, x, y, accumulate)
+            self._emit_matmul(op, x, y, accumulate, glu)
             return
-        for wname in op.weights:
-            for pc in self.be.matrix(wname):
+        for group in self.be.weight_groups(op.weights):
+            wname = "+".join(group)
+            for pc in self.be.matrix(group):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
                                    int(accumulate), 0], np.uint32).tobytes()
@@ -338,19 +361,20 @@ class _Compiler:
                 grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant, max_per_dim=cfg.max_per_dim)
 
                 def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname, variant=variant):
-                    src = quant.linear_shader(w.type_name, variant=variant)
+                    src = quant.linear_shader(w.type_name, variant=variant, glu=glu)
                     return K.foreign(f"{op.out}: linear {wname}[{pc.first_row}:]", src, params,
                                      [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
                                      grid)
                 self.intents.append(make)
-            base += self.g.weight_shapes[wname][0]
+            base += sum(self.g.weight_shapes[n][0] for n in group)
 
-    def _emit_matmul(self, op: Op, x: _Act, y: _Act, accumulate: bool) -> None:
+    def _emit_matmul(self, op: Op, x: _Act, y: _Act, accumulate: bool, glu: str) -> None:
         """The linear as tiled mat-mats (matmul.py): same bindings, parameters and planes as the
         mat-vec, each weight tile dequantized once per tile of tokens."""
         tiles, base = matmul.choose_tiles(self.be.rt.caps, x.rows), 0
-        for wname in op.weights:
-            for pc in self.be.matrix(wname):
+        for group in self.be.weight_groups(op.weights):
+            wname = "+".join(group)
+            for pc in self.be.matrix(group):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
                                    int(accumulate), 0], np.uint32).tobytes()
@@ -358,11 +382,11 @@ class _Compiler:
 
                 def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname):
                     return K.foreign(f"{op.out}: matmul {wname}[{pc.first_row}:]",
-                                     matmul.matmul_shader(w.type_name, tiles), params,
+                                     matmul.matmul_shader(w.type_name, tiles, glu), params,
                                      [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
                                      grid)
                 self.intents.append(make)
-            base += self.g.weight_shapes[wname][0]
+            base += sum(self.g.weight_shapes[n][0] for n in group)
 
     def _contiguous(self, name: str, x: _Act) -> _Act:
         """x itself when it starts at offset 0 (the quantized kernels take a row stride but no
@@ -393,9 +417,10 @@ class _Compiler:
 
     def _op_rms_norm(self, i, op):
         x = self.acts[op.inputs[0]]
-        w = self.be.vector(op.weights[0])
-        group = self.g.weight_shapes[op.weights[0]][1]
-        residual = rope = None
+        weights = op.weights
+        group = self.g.weight_shapes[weights[0]][1]
+        residual = rope = then = None
+        w_split = None
         fused = self._residual_of(i, x.rows)
         if fused is not None:
             # residual + rms_norm(x): the add is the norm's epilogue, in place over the residual
@@ -408,6 +433,14 @@ class _Compiler:
                 y = self._define(out_name, _Act(residual.slot, residual.offset, residual.stride, x.rows, x.width))
             else:
                 y = self._define(out_name, self._new(x.rows, x.width))
+            nxt = self.g.ops[j + 1] if j + 1 < len(self.g.ops) else None
+            if (nxt is not None and nxt.kind == "rms_norm" and nxt.inputs[0] == add.out and group == x.width
+                    and self.g.weight_shapes[nxt.weights[0]][1] == x.width):
+                # the norm reading the new residual (a post-norm's sum, then the next pre-norm) in
+                # the same workgroup, which holds the whole row
+                self.absorbed[j + 1] = "rms_norm fused into the previous rms_norm"
+                z = self._define(nxt.out, self._new(x.rows, x.width))
+                then = (nxt, z)
         else:
             out_name = op.out
             found = self._consumer(i, "rope")
@@ -416,19 +449,56 @@ class _Compiler:
                 j, rope = found
                 self.absorbed[j] = "rope fused into rms_norm"
                 out_name = rope.out
-            y = self._out_place(i, out_name, [op.inputs[0]], x.rows, x.width)
+                pair = self._norm_rope_pair(i, op, rope)
+                if pair is not None:
+                    # q and k of a fused QKV: both head norms and ropes in one dispatch, in place
+                    k_norm, k_rope, k = pair
+                    self.absorbed[i + 2] = self.absorbed[i + 3] = "merged with the previous head norm and rope"
+                    self._define(out_name, _Act(x.slot, x.offset, x.stride, x.rows, x.width))
+                    self._define(k_rope.out, _Act(k.slot, k.offset, k.stride, k.rows, k.width))
+                    w_split = x.width // group
+                    weights = weights + k_norm.weights
+                    x = y = _Act(x.slot, x.offset, x.stride, x.rows, x.width + k.width)
+            if w_split is None:
+                y = self._out_place(i, out_name, [op.inputs[0]], x.rows, x.width)
+        w = self.be.vector(weights)
         eps = op.param("eps")
         rope_args = freqs = None
         if rope is not None:
             p = rope.p
             rope_args = {"n_rot": p["n_rot"], "neox": p["neox"]}
             freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
+        then_args = None
+        if then is not None:
+            nxt, z = then
+            then_args = (self.be.vector(nxt.weights), nxt.param("eps"), z)
 
         def make(res):
+            second = None if then_args is None else (then_args[0], then_args[1], self._view(res, then_args[2]))
             return K.rms_norm(self.cfg, x.rows, x.width, group, eps, self._view(res, x), w, self._view(res, y),
                               residual=self._view(res, residual) if residual is not None else None,
-                              rope=rope_args, rope_freqs=freqs, label=f"{out_name}: rms_norm")
+                              rope=rope_args, rope_freqs=freqs, label=f"{out_name}: rms_norm", w_split=w_split,
+                              then=second)
         self.intents.append(make)
+
+    def _norm_rope_pair(self, i: int, op: Op, rope: Op):
+        """(k norm, k rope, k's place) when ops i .. i + 3 are rope(rms_norm(q)), rope(rms_norm(k))
+        with the same rope and group over adjacent columns of one buffer, both dying there."""
+        ops = self.g.ops
+        if i + 3 >= len(ops) or self.uses[op.out] != [i + 1]:
+            return None
+        k_norm, k_rope = ops[i + 2], ops[i + 3]
+        qn, kn = op.inputs[0], k_norm.inputs[0]
+        if not (k_norm.kind == "rms_norm" and k_rope.kind == "rope" and k_rope.params == rope.params
+                and k_rope.inputs[0] == k_norm.out and self.uses[k_norm.out] == [i + 3]
+                and k_norm.param("eps") == op.param("eps") and kn in self.acts
+                and self.g.weight_shapes[k_norm.weights[0]] == self.g.weight_shapes[op.weights[0]]):
+            return None
+        q, k = self.acts[qn], self.acts[kn]
+        if not (k.slot == q.slot and k.stride == q.stride and k.rows == q.rows and k.offset == q.offset + q.width
+                and self._can_overwrite(qn, i) and self._can_overwrite(kn, i + 2, ignore=(qn,))):
+            return None
+        return k_norm, k_rope, k
 
     def _op_rope(self, i, op):
         xname = op.inputs[0]
@@ -485,6 +555,13 @@ class _Compiler:
     def _op_glu(self, i, op):
         x = self.acts[op.inputs[0]]
         half = x.width // 2
+        if self._consumer(i, "linear") is not None and x.offset == 0:
+            # the linear reads act(gate) * up as it loads its input: the glu's output is a view
+            # of the gate columns (keeping gate and up alive) that the linear knows to combine
+            self.absorbed[i] = "glu fused into the linear reading it"
+            self.glu_inputs[op.out] = op.param("activation")
+            self._define(op.out, _Act(x.slot, x.offset, x.stride, x.rows, half))
+            return
         feeds_linear = any(self.g.ops[u].kind == "linear" for u in self.uses[op.out])
         if self._can_overwrite(op.inputs[0], i) and not (x.offset and feeds_linear):
             # act(gate) * up over the gate columns, keeping the input's row stride

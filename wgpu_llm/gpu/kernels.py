@@ -224,13 +224,20 @@ class View:
 
 # ---- kernels ----
 def rms_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x: View, w, y: View,
-             residual: View | None = None, rope: dict | None = None, rope_freqs=None, label="rms_norm") -> Kernel:
-    """y = x / rms(x) * w per group of `group` columns [+ residual] [then rope per group]."""
+             residual: View | None = None, rope: dict | None = None, rope_freqs=None, label="rms_norm",
+             w_split: int | None = None, then: tuple | None = None) -> Kernel:
+    """y = x / rms(x) * w per group of `group` columns [+ residual] [then rope per group].
+
+    w_split: groups from this one on take the weights at w[group:] (w holds two vectors);
+    then (w2, eps2, z: View): with a residual on whole rows, also z = y / rms(y) * w2."""
     n_groups = width // group
     wg = cfg.norm_wg if group <= 256 else cfg.norm_wg_wide
+    if then is not None and (residual is None or rope is not None or n_groups != 1):
+        raise ValueError(f"{label}: a second norm needs a residual, whole rows and no rope")
     params = [("rows", "u32", rows), ("n_groups", "u32", n_groups), ("group", "u32", group),
               ("eps", "f32", eps), ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
-              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride),
+              ("w_split", "u32", n_groups if w_split is None else w_split)]
     roles = [Role("x", x.buffer), Role("w", w)]
     if residual is not None:
         params += [("r_off", "u32", residual.offset), ("r_stride", "u32", residual.stride)]
@@ -239,8 +246,12 @@ def rms_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x
         params += [("n_rot", "u32", rope["n_rot"]), ("neox", "u32", int(rope["neox"]))]
         roles.append(Role("freq", rope_freqs))
     roles.append(Role("y", y.buffer, write=True))
+    if then is not None:
+        w2, eps2, z = then
+        params += [("eps2", "f32", eps2), ("z_off", "u32", z.offset), ("z_stride", "u32", z.stride)]
+        roles += [Role("w2", w2), Role("z", z.buffer, write=True)]
     return build("rms_norm", label, params, roles, fold_grid(rows * n_groups, cfg.max_per_dim),
-                 flags={"RESIDUAL": residual is not None, "ROPE": rope is not None},
+                 flags={"RESIDUAL": residual is not None, "ROPE": rope is not None, "NEXT": then is not None},
                  consts={"WG": wg, "GROUP": group}, uses_step=rope is not None)
 
 

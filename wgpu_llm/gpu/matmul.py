@@ -139,14 +139,15 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
 
 
 @cache
-def matmul_shader(type_name: str, tiles: Tiles = Tiles()) -> str:
+def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens, tiled.
 
-    Bindings as quant.linear_shader; dispatch with matmul_dispatch (same tiles)."""
+    Bindings and `glu` as quant.linear_shader; dispatch with matmul_dispatch (same tiles)."""
     _check_type(type_name)
     t = tiles
     dequant = _sections("quant_dequant.wgsl")
-    main = _fill(_sections("matmul.wgsl")["main"], BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
+    main = _fill(_sections("matmul.wgsl")["main"], X_VAL=quant.x_input_source(glu, "prm().cols"),
+                 BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
                  NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
                  WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
     return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[type_name],

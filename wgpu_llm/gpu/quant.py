@@ -164,6 +164,25 @@ def split_rows(w: PackedWeight, max_binding_bytes: int) -> list[tuple[int, Packe
     return pieces
 
 
+def device_type(type_name: str) -> str:
+    """The type a weight has on the device: its own, or F32 where no kernel reads that type."""
+    return type_name if type_name in SUPPORTED_TYPES else "F32"
+
+
+def stacked_runs(weights: list[tuple[str, str, int]]) -> list[list[str]]:
+    """The weights of one linear op, [(name, device type, cols)], in runs uploaded as one matrix
+    (rows stacked) and read by one dispatch: adjacent weights of the same type and columns."""
+    runs: list[list[str]] = []
+    key = None
+    for name, type_name, cols in weights:
+        if runs and key == (type_name, cols):
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+        key = (type_name, cols)
+    return runs
+
+
 # ---- shaders ----
 
 def _shader_dir() -> Path:
@@ -196,6 +215,26 @@ def _dequant_source(type_name: str) -> str:
     _check_type(type_name)
     sections = _sections("quant_dequant.wgsl")
     return sections["common"] + sections[type_name]
+
+
+# The activations of shaders/glu.wgsl, as WGSL expressions of g (the same clamps, see there).
+GLU_ACTIVATIONS = {
+    "silu": "g / (1.0 + exp(min(-g, 80.0)))",
+    "gelu_tanh": "(0.5 * g * (1.0 + tanh(clamp(0.7978845608028654 * (g + 0.044715 * g * g * g), -10.0, 10.0))))",
+}
+
+
+def x_input_source(glu: str, cols: str) -> str:
+    """WGSL `fn x_val(i) -> f32`: how a linear kernel reads its input element at flat index i.
+    glu "": x[i]; glu "silu" / "gelu_tanh": the gated linear unit act(x[i]) * x[i + cols] of a
+    gate | up row (the glu op fused into the linear that consumes it). cols: the WGSL expression
+    of the weight's column count in that shader."""
+    src = _sections("quant_linear.wgsl")
+    if not glu:
+        return src["x_plain"]
+    if glu not in GLU_ACTIVATIONS:
+        raise ValueError(f"unknown GLU activation {glu!r} (known: {', '.join(GLU_ACTIVATIONS)})")
+    return _fill(src["x_glu"], COLS=cols, ACT=GLU_ACTIVATIONS[glu])
 
 
 def _check_workgroup_size(workgroup_size: int) -> None:
@@ -317,8 +356,10 @@ def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: 
 
 
 def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0,
-                  variant: LinearVariant | None = None) -> str:
+                  variant: LinearVariant | None = None, glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens.
+    With glu (an activation of GLU_ACTIVATIONS) x[t, c] is act(x[t, c]) * x[t, c + cols] instead,
+    read from rows of 2 * cols (x_stride at least that).
 
     Bindings (group 0): 0 uniform LinearParams, 1 x (f32, read), 2 y (f32, read_write),
     3 + i plane i of the PackedWeight. The work split is `variant` (see LinearVariant); without
@@ -332,7 +373,7 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
     _check_type(type_name)
     v = _variant(variant, workgroup_size, subgroup_size)
     if v.kind == "row":
-        return _row_linear_shader(type_name, v)
+        return _row_linear_shader(type_name, v, glu)
     src = _sections("quant_linear.wgsl")
     rows, tt, wg = v.rows, v.tokens_per_pass(type_name), v.workgroup_size
     if v.kind == "subgroup":
@@ -355,12 +396,12 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
                             REDUCE=_fill(reduce_body, V=values).rstrip("\n"),
                             TOTAL=_fill(reduce_total, V=values).rstrip("\n")))
     main = _fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
-    header = _fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u")
+    header = _fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu, "p.cols"))
     return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), header,
                       reduce_decl, *passes, main])
 
 
-def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
+def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     """The row kind: quant_linear.wgsl's row sections (header, the type's block reader, main) and
     generated code in between whose loops over tokens and over a step's vec4s are written out (a
     CPU adapter keeps values in registers only where array indices are constants)."""
@@ -421,7 +462,8 @@ def _row_linear_shader(type_name: str, v: LinearVariant) -> str:
         share = "let xshare = sg_size == XB && n_sg * XB == WG;  // whole subgroups of XB lanes"
     else:
         builtins, share = "", "let xshare = false;\n    let lane = 0u;"
-    header = _fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u")
+    header = _fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
+                   X_VAL=x_input_source(glu, "prm().cols"))
     blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
     main = _fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
     return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
@@ -468,5 +510,6 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
     return gx, gy, max(1, -(-n_tokens // gy))
 
 
-__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "embed_dispatch", "embed_shader",
-           "linear_dispatch", "linear_shader", "pack", "plane_row_words", "row_step_cols", "split_rows"]
+__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "device_type", "embed_dispatch",
+           "embed_shader", "linear_dispatch", "linear_shader", "pack", "plane_row_words", "row_step_cols", "split_rows",
+           "stacked_runs"]
