@@ -179,8 +179,10 @@ def _llama_cpp_gpu_name(llama_cpp) -> str | None:
     except AttributeError:
         return None
     info = llama_cpp.llama_print_system_info().decode(errors="replace").lower()
+    # builds that load backends as libraries (libggml-vulkan.so ...) do not name them in the info
+    libs = " ".join(p.name.lower() for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml-*"))
     for name in ("vulkan", "cuda", "metal", "hip", "sycl", "opencl", "kompute"):
-        if name in info:
+        if name in info or f"ggml-{name}" in libs:
             return name
     return "gpu"
 
