@@ -130,11 +130,9 @@ class _CpuStep:
             run = self._attention(op, args, out)
         elif op.kind == "glu":
             x, act = args[0], p["activation"]
-            half = x.shape[1] // 2
 
             def run(ids, pos0):
-                out[...] = ops.silu(x[:, :half]) if act == "silu" else ops.gelu_tanh(x[:, :half])
-                np.multiply(out, x[:, half:], out=out)
+                ops.glu_into(x, act, out)
         elif op.kind == "add":
             x, y = args
 

@@ -134,12 +134,7 @@ def _softmax_rows(scores: np.ndarray) -> np.ndarray:
         np.exp(s, out=s)
         np.sum(s, axis=-1, keepdims=True, out=sums[r0:r1])
 
-    threads = _threads()
-    if threads == 1 or scores.size < (1 << 20):
-        part(0, flat.shape[0])
-    else:
-        step = -(-flat.shape[0] // threads)
-        list(_pool().map(lambda r0: part(r0, min(r0 + step, flat.shape[0])), range(0, flat.shape[0], step)))
+    _over_rows(flat.shape[0], flat.size, part)
     return sums.reshape(scores.shape[:-1] + (1,))
 
 
@@ -189,6 +184,45 @@ def glu(x: np.ndarray, activation: str) -> np.ndarray:
     half = x.shape[1] // 2
     act = {"silu": silu, "gelu_tanh": gelu_tanh}[activation]
     return act(x[:, :half]) * x[:, half:]
+
+
+def glu_into(x: np.ndarray, activation: str, out: np.ndarray) -> None:
+    """glu(x, activation) written into out (rows, half): in place, no temporaries, the rows of a
+    large step split over the thread pool (numpy's exp and tanh run on one core)."""
+    half = x.shape[1] // 2
+
+    def part(r0: int, r1: int) -> None:
+        g, u, o = x[r0:r1, :half], x[r0:r1, half:], out[r0:r1]
+        if activation == "silu":  # g / (1 + exp(-g))
+            np.negative(g, out=o)
+            np.exp(o, out=o)
+            o += np.float32(1.0)
+            np.divide(g, o, out=o)
+        elif activation == "gelu_tanh":  # 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+            np.multiply(g, g, out=o)
+            o *= np.float32(0.044715)
+            o += np.float32(1.0)
+            o *= g
+            o *= _SQRT_2_OVER_PI
+            np.tanh(o, out=o)
+            o += np.float32(1.0)
+            o *= g
+            o *= np.float32(0.5)
+        else:
+            raise ValueError(f"unknown GLU activation {activation!r}")
+        o *= u
+
+    _over_rows(out.shape[0], out.size, part)
+
+
+def _over_rows(n_rows: int, size: int, part) -> None:
+    """part(r0, r1) over all rows: split across the thread pool when the work is large."""
+    threads = min(_threads(), n_rows)
+    if threads <= 1 or size < (1 << 16):
+        part(0, n_rows)
+        return
+    step = -(-n_rows // threads)
+    list(_pool().map(lambda r0: part(r0, min(r0 + step, n_rows)), range(0, n_rows, step)))
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

@@ -6,13 +6,17 @@ semantics are the same (the attention op stores k, v of positions pos0.. then at
 
 What happens once, at compile:
 - weights are uploaded once per backend, still quantized (quant.pack / split_rows: a table larger
-  than one storage binding is split by rows); norm weights as float32;
+  than one storage binding is split by rows); the weights of one linear op with the same type and
+  columns (q, k, v; gate, up) as one stacked matrix, read by one dispatch; norm weights as float32;
 - the graph is planned: slices and last_row become views (an offset and a row stride into a
-  buffer, which every kernel takes), ops write in place over inputs that die there, and a few
-  fusions remove dispatches: a residual `add` of a linear becomes that linear accumulating into
-  the residual, a residual `add` of an rms_norm becomes the norm's epilogue, a rope of an rms_norm
-  (Gemma's q/k norms) runs inside the norm, two ropes over adjacent columns (q and k of a fused
-  QKV) become one dispatch, and the KV-cache store happens inside the attention kernel;
+  buffer, which every kernel takes), ops write in place over inputs that die there, and fusions
+  remove dispatches: a residual `add` of a linear becomes that linear accumulating into the
+  residual; a glu becomes the way the linear reading it loads its input (act(gate) * up); a
+  residual `add` of an rms_norm becomes the norm's epilogue, and a whole-row rms_norm of that sum
+  (Gemma's post-norm, then the next pre-norm) runs in the same workgroup; a rope of an rms_norm
+  (Gemma's q/k norms) runs inside the norm, q's and k's together when they are adjacent; two
+  ropes over adjacent columns (q and k of a fused QKV) become one dispatch; the KV-cache store
+  happens inside the attention kernel. A llama decode step is 8 dispatches per layer;
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
