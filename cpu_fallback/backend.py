@@ -6,7 +6,9 @@ The KV cache is preallocated for the whole context: (n_ctx, n_kv_head*head_dim) 
 
 `compile` turns the graph into a list of small closures over buffers allocated once, so a step
 writes every activation in place (matmuls with `out=`); only attention's score matrix, whose size
-grows with the position, is a temporary.
+grows with the position, is a temporary. An activation takes over the buffer of one that has been
+read for the last time (never one of its own op's inputs), so a step holds a few buffers, not one
+per op.
 """
 
 from __future__ import annotations
@@ -79,12 +81,48 @@ class _CpuStep:
     def __init__(self, backend: CpuBackend, graph: Graph, n_tokens: int):
         self.backend, self.graph, self.n_tokens = backend, graph, n_tokens
         self.env: dict[str, np.ndarray] = {}  # activation name -> its buffer (or a view of one)
-        self.program = [self._compile_op(op) for op in graph.ops]
+        # buffers are reused once every activation living in them has been read for the last time
+        self.last_use = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
+        self.last_use[graph.output] = len(graph.ops)
+        self.home: dict[str, int] = {}  # activation name -> index of the buffer it lives in
+        self.buffers: list[np.ndarray] = []  # flat float32 buffers
+        self.residents: list[int] = []  # live activations per buffer
+        self.free: list[int] = []
+        self.program = []
+        for i, op in enumerate(graph.ops):
+            self.program.append(self._compile_op(op))
+            self._release(i, op)
 
     def _buffer(self, op: Op, rows: int) -> np.ndarray:
-        buf = np.empty((rows, self.graph.widths[op.out]), np.float32)
+        """A (rows, width) buffer for op's output: the smallest free one that fits, else a new one."""
+        need = rows * self.graph.widths[op.out]
+        fitting = [b for b in self.free if self.buffers[b].size >= need]
+        if fitting:
+            b = min(fitting, key=lambda k: self.buffers[k].size)
+            self.free.remove(b)
+        else:
+            b = len(self.buffers)
+            self.buffers.append(np.empty(need, np.float32))
+            self.residents.append(0)
+        buf = self.buffers[b][:need].reshape(rows, self.graph.widths[op.out])
         self.env[op.out] = buf
+        self._settle(op.out, b)
         return buf
+
+    def _settle(self, name: str, b: int) -> None:
+        self.home[name] = b
+        self.residents[b] += 1
+
+    def _release(self, i: int, op: Op) -> None:
+        """After op i: a view lives in its input's buffer; names read for the last time leave theirs."""
+        if op.kind in ("slice", "last_row"):
+            self._settle(op.out, self.home[op.inputs[0]])
+        for name in set(op.inputs) | {op.out}:
+            if name in self.home and self.last_use.get(name, -1) <= i:
+                b = self.home.pop(name)
+                self.residents[b] -= 1
+                if self.residents[b] == 0:
+                    self.free.append(b)
 
     def _compile_op(self, op: Op):
         """A closure run(token_ids, pos0) that computes op into its preallocated buffer."""

@@ -31,3 +31,20 @@ def test_logits_match_llama_cpp(name, tmp_path):
     assert not np.isnan(ours).any()
     assert nmse(ours, ref) < tol, nmse(ours, ref)
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_cpu_step_reuses_buffers(arch, tmp_path):
+    """A compiled step holds a few activation buffers, not one per op, and still computes the same
+    logits when run again (every buffer is rewritten before it is read)."""
+    from cpu_fallback.backend import CpuBackend
+    from wgpu_llm.gguf_file import GGUFFile
+    from wgpu_llm.models import architecture
+
+    gf = GGUFFile(write_tiny_model(tmp_path / f"{arch}.gguf", arch, "F32", n_layer=4))
+    graph = architecture(gf).build_graph(gf, all_logits=True)
+    step = CpuBackend(gf, 64).compile(graph, 9)
+    ids = np.array(GOLDEN["tokens"][:9])
+    first = step(ids, 0).copy()
+    assert len(step.buffers) <= 8 < len(graph.ops) // 4, (len(step.buffers), len(graph.ops))
+    assert np.array_equal(step(ids, 0), first)
