@@ -18,15 +18,11 @@ import struct
 import numpy as np
 import pytest
 from test_gpu_quant import (  # noqa: F401  (gpu is a fixture)
-    LINEAR_NMSE,
-    POISON,
-    QUANTIZABLE,
     block_cols,
+    check_product,
     gpu,
     nmse,
     poisoned,
-    random_tensor,
-    reference,
 )
 
 from wgpu_llm.gpu import matmul, quant
@@ -47,31 +43,12 @@ def run_matmul(gpu_, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y: np.
 
 def check(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, tiles, seed=0, dispatch=None,
           cols=None) -> float:
-    rng = np.random.default_rng(seed)
     if cols is None:  # several K-steps, the last one partial for the float types
         cols = 277 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 2 if "K" in type_name else 7)
-    source = "quantize" if type_name in QUANTIZABLE else "random"
-    raw = random_tensor(type_name, rows, cols, rng, source)
-    w = quant.pack(type_name, raw, rows, cols)
-    weights = reference(type_name, raw, rows, cols).astype(np.float64)
-    x_stride = cols + x_pad
-    x = np.full((n_tokens, x_stride), np.nan, np.float32)  # the padding must never be read
-    x[:, :cols] = rng.standard_normal((n_tokens, cols))
-    y_stride = y_offset + rows + y_extra
-    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
-    region = (slice(None), slice(y_offset, y_offset + rows))
-    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
-    if accumulate:
-        y[region] = before
-    got = run_matmul(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate, tiles,
-                     dispatch).reshape(n_tokens, y_stride)
-    want = x[:, :cols].astype(np.float64) @ weights.T + (before if accumulate else 0.0)
-    error = nmse(got[region], want)
-    assert error <= LINEAR_NMSE, f"{type_name} {tiles} rows {rows} tokens {n_tokens}: NMSE {error:.3g}"
-    outside = np.ones(y.shape, bool)
-    outside[region] = False
-    assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
-    return error
+
+    def run(w, x, x_stride, y, y_stride, y_offset_, accumulate_):
+        return run_matmul(gpu_, w, x, x_stride, y, y_stride, y_offset_, accumulate_, tiles, dispatch)
+    return check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, run, seed, str(tiles))
 
 
 @pytest.mark.gpu

@@ -380,11 +380,12 @@ def linear_run(gpu_: Gpu, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y
     return gpu_.run(quant.linear_shader(w.type_name, variant=variant), uniform, [x], y, w.planes, dispatch)
 
 
-def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, variant,
-                 seed=0, dispatch=None) -> float:
+def check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, run, seed=0,
+                  label="") -> float:
+    """y[:, y_offset:][:, :rows] (+)= x @ W.T by `run(w, x, x_stride, y, y_stride, y_offset,
+    accumulate)` vs float64 numpy: NaN in x's row padding (never read), y poisoned (every element
+    written, nothing outside the piece's columns). Returns the NMSE."""
     rng = np.random.default_rng(seed)
-    # more 8-weight units per row than threads per workgroup, and not a multiple of it
-    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if "K" in type_name else 21)
     source = "quantize" if type_name in QUANTIZABLE else "random"
     raw = random_tensor(type_name, rows, cols, rng, source)
     w = quant.pack(type_name, raw, rows, cols)
@@ -398,15 +399,25 @@ def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate,
     before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
     if accumulate:
         y[region] = before
-    got = linear_run(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate,
-                     variant, dispatch).reshape(n_tokens, y_stride)
+    got = run(w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate).reshape(n_tokens, y_stride)
     want = x[:, :cols].astype(np.float64) @ weights.T + (before if accumulate else 0.0)
     error = nmse(got[region], want)
-    assert error <= LINEAR_NMSE, f"NMSE {error:.3g}"
+    assert error <= LINEAR_NMSE, f"{type_name} {label} rows {rows} tokens {n_tokens}: NMSE {error:.3g}"
     outside = np.ones(y.shape, bool)
     outside[region] = False
     assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
     return error
+
+
+def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, variant,
+                 seed=0, dispatch=None) -> float:
+    # more 8-weight units per row than threads per workgroup, and not a multiple of it
+    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if "K" in type_name else 21)
+
+    def run(w, x, x_stride, y, y_stride, y_offset_, accumulate_):
+        return linear_run(gpu_, w, x, x_stride, y, y_stride, y_offset_, accumulate_, variant, dispatch)
+    return check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, run, seed,
+                         variant.key)
 
 
 @pytest.mark.gpu
