@@ -150,11 +150,9 @@ def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: 
     qh = np.multiply(q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3), np.float32(scale), order="C")
     qh = qh.reshape(n_kv_head, group * n, head_dim)  # rows: (query head in group, token)
     scores = np.matmul(qh, k_t)  # (kv, group*n, total)
-    # the mask touches only keys after the first query (causal) and, with a window, keys that
-    # fall out of the last query's window: add -inf there, on those columns only
-    c0, c1 = pos0 + 1, total
-    if window > 0:
-        c0 = 0
+    # -inf where a key is not visible: without a window only keys after the first query can be
+    # (those columns only); with one, keys before a query's window too (every column)
+    c0, c1 = (0 if window > 0 else pos0 + 1), total
     if c0 < c1:
         qpos = pos0 + np.arange(n)[:, None]
         kpos = np.arange(c0, c1)[None, :]
