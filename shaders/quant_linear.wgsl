@@ -16,7 +16,9 @@
 // row_* sections below make the "row" kind for CPU-type adapters: every invocation walks whole
 // rows, see row_header.
 
-//! header
+//! params
+// The bindings, parameters and output store every linear kernel shares (this file's kinds and
+// shaders/matmul.wgsl).
 struct LinearParams {
     n_tokens: u32,
     rows: u32,
@@ -28,34 +30,45 @@ struct LinearParams {
     _pad: u32,
 }
 
-@group(0) @binding(0) var<uniform> p: LinearParams;
+@group(0) @binding(0) var<uniform> params: LinearParams;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
+// The parameters as the kernel reads them. Lavapipe (Mesa 22) recompiles a shader each time a
+// dispatch binds other buffers when branch conditions or loop bounds come straight from a
+// uniform buffer ("inlined uniforms"): milliseconds per dispatch. An OR with a value it cannot
+// see through (from the size of a storage buffer; always 0) keeps it from doing so.
+fn prm() -> LinearParams {
+    let z = u32(arrayLength(&y) == 0u);  // y is never empty
+    return LinearParams(params.n_tokens | z, params.rows | z, params.cols | z, params.x_stride | z,
+                        params.y_stride | z, params.y_offset | z, params.accumulate | z, 0u);
+}
+
+fn store_y(row: u32, t: u32, v: f32) {
+    if (row < prm().rows && t < prm().n_tokens) {
+        let i = t * prm().y_stride + prm().y_offset + row;
+        if (prm().accumulate == 1u) {
+            y[i] = y[i] + v;
+        } else {
+            y[i] = v;
+        }
+    }
+}
+
+//! header
 const WG: u32 = $WG;
 const ROWS: u32 = $ROWS;
 const TT: u32 = $TT;
 
 $X_VAL
 fn load_x4(t: u32, c: u32) -> vec4<f32> {
-    let i = t * p.x_stride + c;
+    let i = t * prm().x_stride + c;
     let v = vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
     if (PAD_COLS) {
         // padded columns: the weights are zero there, but x past the row may hold anything
-        return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(p.cols));
+        return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(prm().cols));
     }
     return v;
-}
-
-fn store_y(row: u32, t: u32, v: f32) {
-    if (row < p.rows && t < p.n_tokens) {
-        let i = t * p.y_stride + p.y_offset + row;
-        if (p.accumulate == 1u) {
-            y[i] = y[i] + v;
-        } else {
-            y[i] = v;
-        }
-    }
 }
 
 //! x_plain
@@ -69,7 +82,7 @@ fn x_val(i: u32) -> f32 {
 // (cols each): act(gate) * up, the glu kernel's computation (shaders/glu.wgsl) done on load
 fn x_val(i: u32) -> f32 {
     let g = x[i];
-    let u = x[i + $COLS];
+    let u = x[i + prm().cols];
     return $ACT * u;
 }
 
@@ -85,19 +98,19 @@ var<workgroup> red: array<f32, $RED_SIZE>;
 // $NT tokens starting at t0, rows row0 .. row0 + ROWS - 1
 fn pass_$PASS(row0: u32, t0: u32, lid: u32$SG_PARAMS) {
     var acc: array<f32, $V>;  // [row][token], zero-initialised
-    let units = row_units(p.cols);
+    let units = row_units(prm().cols);
     for (var u = lid; u < units; u += WG) {
         let cc = unit_cols(u);
         var xa: array<vec4<f32>, $NT>;
         var xb: array<vec4<f32>, $NT>;
         for (var i = 0u; i < $NT; i++) {
             // past the last token: any valid row will do, its sums are never stored
-            let t = min(t0 + i, p.n_tokens - 1u);
+            let t = min(t0 + i, prm().n_tokens - 1u);
             xa[i] = load_x4(t, cc.x);
             xb[i] = load_x4(t, cc.y);
         }
         for (var r = 0u; r < ROWS; r++) {
-            let w = dequant_unit(min(row0 + r, p.rows - 1u), u, p.cols);
+            let w = dequant_unit(min(row0 + r, prm().rows - 1u), u, prm().cols);
             for (var i = 0u; i < $NT; i++) {
                 acc[r * $NT + i] += dot(w.a, xa[i]) + dot(w.b, xb[i]);
             }
@@ -161,31 +174,6 @@ $TOTAL
 // steps of SUBW columns; load_head(row, b) reads a block's scales, sub_weights(row, b, j, head)
 // the weights of step j as SUBW / 4 vec4s in column order (columns b * BLOCK + j * SUBW + 4k ..
 // + 3), computed as dequant_unit (quant_dequant.wgsl) computes them.
-struct LinearParams {
-    n_tokens: u32,
-    rows: u32,
-    cols: u32,
-    x_stride: u32,    // f32 elements between token rows of x
-    y_stride: u32,    // f32 elements between token rows of y
-    y_offset: u32,    // first output column this piece writes
-    accumulate: u32,  // 1: y += result
-    _pad: u32,
-}
-
-@group(0) @binding(0) var<uniform> params: LinearParams;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-
-// The parameters as the kernel reads them. Lavapipe (Mesa 22) recompiles a shader each time a
-// dispatch binds other buffers when branch conditions or loop bounds come straight from a
-// uniform buffer ("inlined uniforms"): milliseconds per dispatch. An OR with a value it cannot
-// see through (from the size of a storage buffer; always 0) keeps it from doing so.
-fn prm() -> LinearParams {
-    let z = u32(arrayLength(&y) == 0u);  // y is never empty
-    return LinearParams(params.n_tokens | z, params.rows | z, params.cols | z, params.x_stride | z,
-                        params.y_stride | z, params.y_offset | z, params.accumulate | z, 0u);
-}
-
 const WG: u32 = $WG;
 const ROWS: u32 = $ROWS;  // output rows per workgroup
 const RPT: u32 = $RPT;    // output rows per invocation, WG apart
@@ -204,17 +192,6 @@ fn x_at(t: u32, c: u32) -> f32 {
 
 fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
-}
-
-fn store_y(row: u32, t: u32, v: f32) {
-    if (row < prm().rows && t < prm().n_tokens) {
-        let i = t * prm().y_stride + prm().y_offset + row;
-        if (prm().accumulate == 1u) {
-            y[i] = y[i] + v;
-        } else {
-            y[i] = v;
-        }
-    }
 }
 
 //! row_float
@@ -590,15 +567,15 @@ fn main(@builtin(local_invocation_index) lid: u32,
         @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>$SG_BUILTINS) {
     let row0 = (wid.x + wid.y * nwg.x) * ROWS;
-    if (row0 >= p.rows) {
+    if (row0 >= prm().rows) {
         return;
     }
-    if (p.n_tokens == 1u) {
+    if (prm().n_tokens == 1u) {
         if (wid.z == 0u) {
             pass_1(row0, 0u, lid$SG_ARGS);
         }
     } else {
-        for (var t0 = wid.z * TT; t0 < p.n_tokens; t0 += nwg.z * TT) {
+        for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
             pass_$TT_PASS(row0, t0, lid$SG_ARGS);
         }
     }

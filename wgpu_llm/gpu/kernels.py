@@ -16,6 +16,7 @@ Each kernel's numpy twin is in cpu_fallback/ops.py.
 from __future__ import annotations
 
 import re
+import string
 import struct
 from dataclasses import dataclass
 from functools import cache
@@ -31,6 +32,26 @@ def _shader_dir() -> Path:
         if (candidate / "attention.wgsl").is_file():
             return candidate
     raise FileNotFoundError(f"WGSL shaders not found in {package / 'shaders'} or {package.parent / 'shaders'}")
+
+
+@cache
+def shader_sections(file_name: str) -> dict[str, str]:
+    """The sections of a shader file assembled in Python (quant.py, matmul.py): the lines after
+    a `//! name` line, up to the next one."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in (_shader_dir() / file_name).read_text().splitlines(keepends=True):
+        if line.startswith("//! "):
+            current = line[4:].strip()
+            sections[current] = []
+        elif current is not None:
+            sections[current].append(line)
+    return {name: "".join(lines) for name, lines in sections.items()}
+
+
+def fill(template: str, **values) -> str:
+    """string.Template substitution of $NAME placeholders in a shader section."""
+    return string.Template(template).substitute({k: str(v) for k, v in values.items()})
 
 
 # ---- per-adapter choices ----

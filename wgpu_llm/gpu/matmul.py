@@ -14,43 +14,14 @@ the one-query-per-workgroup attention, e.g. to compare); `choose_tiles` picks th
 from __future__ import annotations
 
 import os
-import string
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from . import quant
+from .kernels import fill, shader_sections
 
 ENV_PREFILL = "WGPU_LLM_PREFILL"
 PREFILL_PATHS = ("auto", "tiled", "matvec")
-
-
-def _shader_dir() -> Path:
-    package = Path(__file__).resolve().parents[1]
-    for candidate in (package / "shaders", package.parent / "shaders"):  # installed wheel, source tree
-        if (candidate / "matmul.wgsl").is_file():
-            return candidate
-    raise FileNotFoundError(f"matmul.wgsl not found in {package / 'shaders'} or {package.parent / 'shaders'}")
-
-
-@cache
-def _sections(file_name: str) -> dict[str, str]:
-    """A WGSL file's sections: the lines after a `//! name` line, up to the next one."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in (_shader_dir() / file_name).read_text().splitlines(keepends=True):
-        if line.startswith("//! "):
-            current = line[4:].strip()
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    return {name: "".join(lines) for name, lines in sections.items()}
-
-
-def _check_type(type_name: str) -> None:
-    if type_name not in quant.SUPPORTED_TYPES:
-        raise ValueError(f"weight type {type_name!r} is not supported on the GPU "
-                         f"(supported: {', '.join(quant.SUPPORTED_TYPES)})")
 
 
 @dataclass(frozen=True)
@@ -99,10 +70,6 @@ class Tiles:
         return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}" + (f"/sg{self.sg}" if self.sg else "")
 
 
-def _fill(template: str, **values) -> str:
-    return string.Template(template).substitute({k: str(v) for k, v in values.items()})
-
-
 def _register_tile_code(t: Tiles) -> dict[str, str]:
     """The unrolled per-thread code: accumulators, one k4 step of the inner loop, the stores.
 
@@ -143,15 +110,16 @@ def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens, tiled.
 
     Bindings and `glu` as quant.linear_shader; dispatch with matmul_dispatch (same tiles)."""
-    _check_type(type_name)
+    quant.check_type(type_name)
     t = tiles
-    dequant = _sections("quant_dequant.wgsl")
-    main = _fill(_sections("matmul.wgsl")["main"], X_VAL=quant.x_input_source(glu, "prm().cols"),
-                 BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
-                 NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
-                 WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
+    dequant = shader_sections("quant_dequant.wgsl")
+    main = fill(shader_sections("matmul.wgsl")["main"], X_VAL=quant.x_input_source(glu),
+                BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
+                NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
+                WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
+    params = shader_sections("quant_linear.wgsl")["params"]  # the bindings and store of every linear kernel
     return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[type_name],
-                      main])
+                      params, main])
 
 
 def matmul_dispatch(rows: int, n_tokens: int, tiles: Tiles = Tiles(), max_per_dim: int = 65535

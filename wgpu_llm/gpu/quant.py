@@ -19,12 +19,11 @@ adapters; kernels.linear_variant picks one per adapter and tune.py can time them
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
-from functools import cache
-from pathlib import Path
 
 import numpy as np
+
+from .kernels import fill, shader_sections
 
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
@@ -42,7 +41,7 @@ _MAX_WORKGROUP_STORAGE = 16384  # bytes; WebGPU's default limit
 _MIN_SUBGROUP_SIZE = 4  # WebGPU guarantees subgroups of at least 4 invocations
 
 
-def _check_type(type_name: str) -> None:
+def check_type(type_name: str) -> None:
     if type_name not in SUPPORTED_TYPES:
         raise ValueError(f"weight type {type_name!r} is not supported on the GPU "
                          f"(supported: {', '.join(SUPPORTED_TYPES)})")
@@ -54,7 +53,7 @@ def _padded_cols(cols: int) -> int:
 
 def plane_row_words(type_name: str, cols: int) -> list[int]:
     """u32 words per weight row of each plane of a packed (rows, cols) tensor of this type."""
-    _check_type(type_name)
+    check_type(type_name)
     block = _BLOCKS[type_name][0]
     if cols <= 0 or cols % block:
         raise ValueError(f"{type_name}: cols {cols} is not a positive multiple of the block size {block}")
@@ -109,7 +108,7 @@ def pack(type_name: str, raw: np.ndarray, rows: int, cols: int) -> PackedWeight:
     raw: the tensor's bytes as stored in GGUF (uint8, rows * row_bytes), e.g. a read-only
     memory map; cols is the GGUF row length (the matrix is (rows, cols)).
     """
-    _check_type(type_name)
+    check_type(type_name)
     block, block_bytes = _BLOCKS[type_name]
     plane_row_words(type_name, cols)  # checks cols
     if rows <= 0:
@@ -185,35 +184,9 @@ def stacked_runs(weights: list[tuple[str, str, int]]) -> list[list[str]]:
 
 # ---- shaders ----
 
-def _shader_dir() -> Path:
-    here = Path(__file__).resolve().parent.parent
-    for candidate in (here / "shaders", here.parent / "shaders"):  # installed wheel, source tree
-        if (candidate / "quant_linear.wgsl").is_file():
-            return candidate
-    raise FileNotFoundError(f"quant_*.wgsl shaders not found next to {here}")
-
-
-@cache
-def _sections(file_name: str) -> dict[str, str]:
-    """A WGSL file's sections: lines after a `//! name` line, up to the next one."""
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in (_shader_dir() / file_name).read_text().splitlines(keepends=True):
-        if line.startswith("//! "):
-            current = line[4:].strip()
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    return {name: "".join(lines) for name, lines in sections.items()}
-
-
-def _fill(template: str, **values) -> str:
-    return string.Template(template).substitute({k: str(v) for k, v in values.items()})
-
-
 def _dequant_source(type_name: str) -> str:
-    _check_type(type_name)
-    sections = _sections("quant_dequant.wgsl")
+    check_type(type_name)
+    sections = shader_sections("quant_dequant.wgsl")
     return sections["common"] + sections[type_name]
 
 
@@ -224,17 +197,16 @@ GLU_ACTIVATIONS = {
 }
 
 
-def x_input_source(glu: str, cols: str) -> str:
+def x_input_source(glu: str) -> str:
     """WGSL `fn x_val(i) -> f32`: how a linear kernel reads its input element at flat index i.
     glu "": x[i]; glu "silu" / "gelu_tanh": the gated linear unit act(x[i]) * x[i + cols] of a
-    gate | up row (the glu op fused into the linear that consumes it). cols: the WGSL expression
-    of the weight's column count in that shader."""
-    src = _sections("quant_linear.wgsl")
+    gate | up row (the glu op fused into the linear that consumes it)."""
+    src = shader_sections("quant_linear.wgsl")
     if not glu:
         return src["x_plain"]
     if glu not in GLU_ACTIVATIONS:
         raise ValueError(f"unknown GLU activation {glu!r} (known: {', '.join(GLU_ACTIVATIONS)})")
-    return _fill(src["x_glu"], COLS=cols, ACT=GLU_ACTIVATIONS[glu])
+    return fill(src["x_glu"], ACT=GLU_ACTIVATIONS[glu])
 
 
 def _check_workgroup_size(workgroup_size: int) -> None:
@@ -341,7 +313,7 @@ class LinearVariant:
 def row_step_cols(type_name: str) -> int:
     """Columns the row kind reads per step of a row of this type (the activations one step holds
     per token: what makes several tokens per pass costly to compile)."""
-    _check_type(type_name)
+    check_type(type_name)
     return _ROW_STEP_COLS[type_name]
 
 
@@ -370,15 +342,15 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
     shader compiler (naga) rejects that directive and takes subgroup operations from the device
     feature instead.
     """
-    _check_type(type_name)
+    check_type(type_name)
     v = _variant(variant, workgroup_size, subgroup_size)
     if v.kind == "row":
         return _row_linear_shader(type_name, v, glu)
-    src = _sections("quant_linear.wgsl")
+    src = shader_sections("quant_linear.wgsl")
     rows, tt, wg = v.rows, v.tokens_per_pass(type_name), v.workgroup_size
     if v.kind == "subgroup":
         max_sg = v._max_subgroups()
-        reduce_decl = _fill(src["reduce_subgroup"], MAX_SG=f"{max_sg}u", RED_SIZE=max_sg * rows * tt)
+        reduce_decl = fill(src["reduce_subgroup"], MAX_SG=f"{max_sg}u", RED_SIZE=max_sg * rows * tt)
         sg_params = ", sg_lane: u32, sg_id: u32, n_sg: u32"
         sg_builtins = (",\n        @builtin(subgroup_invocation_id) sg_lane: u32,"
                        "\n        @builtin(subgroup_id) sg_id: u32,"
@@ -386,18 +358,18 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         sg_args = ", sg_lane, sg_id, n_sg"
         reduce_body, reduce_total = src["reduce_subgroup_body"], src["reduce_subgroup_total"]
     else:
-        reduce_decl = _fill(src["reduce_shared"], RED_SIZE=wg * rows * tt)
+        reduce_decl = fill(src["reduce_shared"], RED_SIZE=wg * rows * tt)
         sg_params = sg_builtins = sg_args = ""
         reduce_body, reduce_total = src["reduce_shared_body"], src["reduce_shared_total"]
     passes = []
     for nt in sorted({1, tt}):
         values = f"{rows * nt}u"
-        passes.append(_fill(src["pass"], PASS=nt, NT=f"{nt}u", V=values, SG_PARAMS=sg_params,
-                            REDUCE=_fill(reduce_body, V=values).rstrip("\n"),
-                            TOTAL=_fill(reduce_total, V=values).rstrip("\n")))
-    main = _fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
-    header = _fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu, "p.cols"))
-    return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), header,
+        passes.append(fill(src["pass"], PASS=nt, NT=f"{nt}u", V=values, SG_PARAMS=sg_params,
+                            REDUCE=fill(reduce_body, V=values).rstrip("\n"),
+                            TOTAL=fill(reduce_total, V=values).rstrip("\n")))
+    main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
+    header = fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu))
+    return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), src["params"], header,
                       reduce_decl, *passes, main])
 
 
@@ -405,7 +377,7 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     """The row kind: quant_linear.wgsl's row sections (header, the type's block reader, main) and
     generated code in between whose loops over tokens and over a step's vec4s are written out (a
     CPU adapter keeps values in registers only where array indices are constants)."""
-    src = _sections("quant_linear.wgsl")
+    src = shader_sections("quant_linear.wgsl")
     rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(type_name), v.workgroup_size
     step = _ROW_STEP_COLS[type_name]
     xb = v.x_broadcast if v.x_broadcast and step % v.x_broadcast == 0 else 0
@@ -462,12 +434,12 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
         share = "let xshare = sg_size == XB && n_sg * XB == WG;  // whole subgroups of XB lanes"
     else:
         builtins, share = "", "let xshare = false;\n    let lane = 0u;"
-    header = _fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
-                   X_VAL=x_input_source(glu, "prm().cols"))
+    header = fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
+                   X_VAL=x_input_source(glu))
     blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
-    main = _fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
+    main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
     return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
-                      header, blocks, *passes, main])
+                      src["params"], header, blocks, *passes, main])
 
 
 def linear_dispatch(type_name: str, rows: int, n_tokens: int, *, workgroup_size: int = 64,
@@ -477,7 +449,7 @@ def linear_dispatch(type_name: str, rows: int, n_tokens: int, *, workgroup_size:
     The row groups are folded into x * y when there are more than max_per_dim of them (the
     shader skips the extra groups); z spreads token tiles and may be any count >= 1.
     """
-    _check_type(type_name)
+    check_type(type_name)
     v = _variant(variant, workgroup_size, 0)
     groups = max(1, -(-rows // v.rows))
     gx = min(groups, max_per_dim)
@@ -496,14 +468,14 @@ def embed_shader(type_name: str) -> str:
     With scale == 1 the values are bit-identical to gguf.quants.dequantize. Dispatch with
     embed_dispatch.
     """
-    src = _sections("quant_embed.wgsl")
+    src = shader_sections("quant_embed.wgsl")
     return "\n".join([f"// embedding lookup for {type_name} weights\n", _dequant_source(type_name),
-                      _fill(src["main"], WG=EMBED_WORKGROUP_SIZE)])
+                      fill(src["main"], WG=EMBED_WORKGROUP_SIZE)])
 
 
 def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, int]:
     """Workgroup counts for embed_shader: x over the row's 8-weight units, y * z over tokens."""
-    _check_type(type_name)
+    check_type(type_name)
     units = -(-cols // 8)
     gx = max(1, -(-units // EMBED_WORKGROUP_SIZE))
     gy = max(1, min(n_tokens, 65535))
