@@ -348,45 +348,32 @@ class _Compiler:
         self._emit_linear(op, x, y, accumulate=False)
 
     def _emit_linear(self, op: Op, x: _Act, y: _Act, accumulate: bool) -> None:
+        """One dispatch per stacked weight matrix and row piece: the mat-vec kernel (quant.py), or
+        for many tokens the tiled mat-mat (matmul.py), which takes the same bindings and parameters
+        and dequantizes each weight tile once per tile of tokens."""
         from . import quant
 
         cfg, base = self.cfg, 0
         glu = self.glu_inputs.get(op.inputs[0], "")
-        if matmul.prefill_path(x.rows) == "tiled":  # many tokens: the tiled mat-mat
-            self._emit_matmul(op, x, y, accumulate, glu)
-            return
+        tiles = matmul.choose_tiles(self.be.rt.caps, x.rows) if matmul.prefill_path(x.rows) == "tiled" else None
         for group in self.be.weight_groups(op.weights):
             wname = "+".join(group)
             for pc in self.be.matrix(group):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
                                    int(accumulate), 0], np.uint32).tobytes()
-                variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
-                grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant, max_per_dim=cfg.max_per_dim)
+                if tiles is not None:
+                    kind, grid = "matmul", matmul.matmul_dispatch(w.rows, x.rows, tiles, cfg.max_per_dim)
+                    shader = (lambda w=w: matmul.matmul_shader(w.type_name, tiles, glu))
+                else:
+                    variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
+                    kind = "linear"
+                    grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant,
+                                                 max_per_dim=cfg.max_per_dim)
+                    shader = (lambda w=w, variant=variant: quant.linear_shader(w.type_name, variant=variant, glu=glu))
 
-                def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname, variant=variant):
-                    src = quant.linear_shader(w.type_name, variant=variant, glu=glu)
-                    return K.foreign(f"{op.out}: linear {wname}[{pc.first_row}:]", src, params,
-                                     [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
-                                     grid)
-                self.intents.append(make)
-            base += sum(self.g.weight_shapes[n][0] for n in group)
-
-    def _emit_matmul(self, op: Op, x: _Act, y: _Act, accumulate: bool, glu: str) -> None:
-        """The linear as tiled mat-mats (matmul.py): same bindings, parameters and planes as the
-        mat-vec, each weight tile dequantized once per tile of tokens."""
-        tiles, base = matmul.choose_tiles(self.be.rt.caps, x.rows), 0
-        for group in self.be.weight_groups(op.weights):
-            wname = "+".join(group)
-            for pc in self.be.matrix(group):
-                w = pc.weight
-                params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
-                                   int(accumulate), 0], np.uint32).tobytes()
-                grid = matmul.matmul_dispatch(w.rows, x.rows, tiles, self.cfg.max_per_dim)
-
-                def make(res, w=w, pc=pc, params=params, grid=grid, wname=wname):
-                    return K.foreign(f"{op.out}: matmul {wname}[{pc.first_row}:]",
-                                     matmul.matmul_shader(w.type_name, tiles, glu), params,
+                def make(res, pc=pc, params=params, grid=grid, wname=wname, kind=kind, shader=shader):
+                    return K.foreign(f"{op.out}: {kind} {wname}[{pc.first_row}:]", shader(), params,
                                      [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
                                      grid)
                 self.intents.append(make)
