@@ -230,6 +230,8 @@ def build(family: str, label: str, params: list, roles: list[Role], grid, *, fla
         buffers.append((binding, g[0].buffer, not write))
     header.append("fn flat_id(wid: vec3<u32>, nwg: vec3<u32>) -> u32 { return wid.x + wid.y * nwg.x; }")
     body = specialise(_shader_text(family), flags or {}, consts or {})
+    if "sincos(" in body:  # the shared accurate sin/cos (shaders/sincos.wgsl)
+        body = _shader_text("sincos") + "\n" + body
     source = "\n".join(header) + "\n\n" + body
     return Kernel(label, source, entry, pbytes, uses_step, buffers, tuple(grid), True)
 
