@@ -16,3 +16,23 @@ def gemma_path():
 @pytest.fixture(scope="session")
 def smollm_path():
     return zoo.model_path("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def adapter():
+    """The adapter GPU tests run on (a software one is fine); the test skips where there is none."""
+    from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
+
+    try:
+        found, _ = choose_adapter(allow_software=True)
+    except GpuUnavailable as e:
+        pytest.skip(f"no GPU adapter: {e}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def rt(adapter):
+    """A GPU runtime (device, pool, pipeline cache) on that adapter."""
+    from wgpu_llm.gpu.runtime import Runtime
+
+    return Runtime(adapter)

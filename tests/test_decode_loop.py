@@ -14,24 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_gpu_backend import GEMMA_SHAPE
 from tiny_models import write_tiny_model
 
 from wgpu_llm import LLM
-from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
 from wgpu_llm.sampling import Sampler, SamplingParams, top_k_filter
 
 pytestmark = pytest.mark.gpu
 PROMPT = "the cat sat on the mat"
-GEMMA_SHAPE = {"n_layer": 6, "n_kv_head": 1, "head_dim": 32, "d_ff": 128, "sliding_window": 4}
-
-
-@pytest.fixture(scope="module")
-def adapter():
-    try:
-        adapter, _ = choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
-    return adapter
 
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])

@@ -18,22 +18,12 @@ from tiny_models import write_tiny_model
 
 from cpu_fallback.backend import CpuBackend
 from wgpu_llm.gguf_file import GGUFFile
-from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
 from wgpu_llm.models import architecture
 
 NMSE_TOL = 5e-4
 # six layers: five slide over a window of 4 positions (fewer than a test's 7 + 5), the sixth is global
 GEMMA_SHAPE = {"n_layer": 6, "n_kv_head": 1, "head_dim": 32, "d_ff": 128, "sliding_window": 4}
 gpu = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def adapter():
-    try:
-        adapter, _ = choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
-    return adapter
 
 
 def nmse(got: np.ndarray, ref: np.ndarray) -> float:

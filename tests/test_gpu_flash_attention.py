@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_gpu_kernels import Bufs, cfg, nmse, rt  # noqa: F401  (rt, cfg are fixtures)
+from test_gpu_kernels import Bufs, cfg, nmse  # noqa: F401  (cfg is a fixture)
 
 from cpu_fallback import ops
 from wgpu_llm.gpu import attention as A

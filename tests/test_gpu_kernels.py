@@ -14,22 +14,10 @@ import pytest
 
 from cpu_fallback import ops
 from wgpu_llm.gpu import kernels as K
-from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
 
 ELTWISE_TOL = 1e-7
 REDUCE_TOL = 5e-4
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def rt():
-    try:
-        adapter, _ = choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
-    from wgpu_llm.gpu.runtime import Runtime
-
-    return Runtime(adapter)
 
 
 @pytest.fixture(scope="module")

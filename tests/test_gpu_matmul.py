@@ -153,20 +153,15 @@ def test_prefill_path(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0")])
-def test_tiny_model_tiled_prefill(tmp_path, monkeypatch, arch, qtype):
+def test_tiny_model_tiled_prefill(adapter, tmp_path, monkeypatch, arch, qtype):
     """Prefill steps with the mat-mat and flash attention (forced for any token count), then decode
     steps with the mat-vec, against the numpy backend; the compiled step shows which kernels ran."""
     from test_gpu_backend import GEMMA_SHAPE, NMSE_TOL, compare_backends
     from tiny_models import write_tiny_model
 
     from wgpu_llm.gguf_file import GGUFFile
-    from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
     from wgpu_llm.models import architecture
 
-    try:
-        adapter, _ = choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
     monkeypatch.setenv(matmul.ENV_PREFILL, "tiled")
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
     path = write_tiny_model(tmp_path / f"{arch}-{qtype}.gguf", arch, qtype, **shape)

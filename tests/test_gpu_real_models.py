@@ -22,13 +22,7 @@ DECODED_PROMPTS = 20 if os.environ.get("WGPU_LLM_ALL_PROMPTS") == "1" else 2
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def model(request):
-    from wgpu_llm.gpu.device import GpuUnavailable, choose_adapter
-
-    try:
-        choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
+def model(request, adapter):  # adapter: skips where there is none
     return LLM(request.param, backend="gpu", n_ctx=512), load_golden(request.param)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from wgpu_llm.gpu import kernels as K
 from wgpu_llm.gpu import quant, tune
-from wgpu_llm.gpu.device import AdapterInfo, GpuUnavailable, choose_adapter
+from wgpu_llm.gpu.device import AdapterInfo
 from wgpu_llm.gpu.quant import LinearVariant
 from wgpu_llm.gpu.runtime import Caps
 from wgpu_llm.gpu.tune import LinearCase, LinearChoice
@@ -157,17 +157,6 @@ def test_choice_takes_the_nearest_tuned_shape():
 
 
 # ---- on a real adapter ----
-@pytest.fixture(scope="module")
-def rt():
-    try:
-        adapter, _ = choose_adapter(allow_software=True)
-    except GpuUnavailable as e:
-        pytest.skip(f"no GPU adapter: {e}")
-    from wgpu_llm.gpu.runtime import Runtime
-
-    return Runtime(adapter)
-
-
 @pytest.mark.gpu
 def test_tiny_tuning_run(rt, cache_dir):
     cases = {LinearCase("Q4_0", 96, 256): 3, LinearCase("Q8_0", 40, 64, 3): 1}
