@@ -410,7 +410,7 @@ class _Compiler:
         x = self.acts[op.inputs[0]]
         weights = op.weights
         group = self.g.weight_shapes[weights[0]][1]
-        residual = rope = then = None
+        residual = rope = second = None  # second: (weights, eps, place) of a chained second norm
         w_split = None
         fused = self._residual_of(i, x.rows)
         if fused is not None:
@@ -431,7 +431,7 @@ class _Compiler:
                 # the same workgroup, which holds the whole row
                 self.absorbed[j + 1] = "rms_norm fused into the previous rms_norm"
                 z = self._define(nxt.out, self._new(x.rows, x.width))
-                then = (nxt, z)
+                second = (self.be.vector(nxt.weights), nxt.param("eps"), z)
         else:
             out_name = op.out
             found = self._consumer(i, "rope")
@@ -459,17 +459,12 @@ class _Compiler:
             p = rope.p
             rope_args = {"n_rot": p["n_rot"], "neox": p["neox"]}
             freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
-        then_args = None
-        if then is not None:
-            nxt, z = then
-            then_args = (self.be.vector(nxt.weights), nxt.param("eps"), z)
-
         def make(res):
-            second = None if then_args is None else (then_args[0], then_args[1], self._view(res, then_args[2]))
+            then = None if second is None else (second[0], second[1], self._view(res, second[2]))
             return K.rms_norm(self.cfg, x.rows, x.width, group, eps, self._view(res, x), w, self._view(res, y),
                               residual=self._view(res, residual) if residual is not None else None,
                               rope=rope_args, rope_freqs=freqs, label=f"{out_name}: rms_norm", w_split=w_split,
-                              then=second)
+                              then=then)
         self.intents.append(make)
 
     def _norm_rope_pair(self, i: int, op: Op, rope: Op):

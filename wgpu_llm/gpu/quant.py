@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -327,6 +328,7 @@ def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: 
     return LinearVariant("subgroup" if subgroup_size > 0 else "shared", workgroup_size)
 
 
+@cache  # one text per (type, variant, glu): a model compiles the same few many times
 def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0,
                   variant: LinearVariant | None = None, glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens.
