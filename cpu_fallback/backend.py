@@ -222,8 +222,8 @@ class _CpuStep:
             total = pos0 + rows
             k_cache[:, pos0:total] = k_heads.transpose(1, 0, 2)
             v_cache[:, pos0:total] = v_heads.transpose(1, 0, 2)
-            out[...] = ops.attention_heads(q, k_cache[:, :total], v_cache[:, :total], pos0, p["n_head"],
-                                           p["scale"], p["window"])
+            ops.attention_heads(q, k_cache[:, :total], v_cache[:, :total], pos0, p["n_head"], p["scale"],
+                                p["window"], out)
         return run
 
     def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:

@@ -5,27 +5,11 @@ Shapes: activations are (n_rows, width) float32; see wgpu_llm/graph.py for what 
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numpy as np
 
 _SQRT_2_OVER_PI = np.float32(0.7978845608028654)
-
-
-def _threads() -> int:
-    """Threads for elementwise work numpy runs on one core: as many as BLAS is given."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        value = os.environ.get(var, "")
-        if value.isdigit() and int(value) > 0:
-            return int(value)
-    return os.cpu_count() or 1
-
-
-@cache
-def _pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(_threads(), thread_name_prefix="wgpu-llm-cpu")
 
 
 def embed(table: np.ndarray, token_ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -91,15 +75,18 @@ def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int
     total = pos0 + q.shape[0]
     k_heads = k_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
     v_heads = v_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
-    return attention_heads(q, k_heads, v_heads, pos0, n_head, scale, window)
+    out = np.empty(q.shape, np.float32)
+    attention_heads(q, k_heads, v_heads, pos0, n_head, scale, window, out)
+    return out
 
 
 ATTENTION_QUERY_BLOCK = 64  # queries per block of a long step (measured on 2 cores: 64 beat 128..512)
 
 
 def attention_heads(q: np.ndarray, k_heads: np.ndarray, v_heads: np.ndarray, pos0: int, n_head: int,
-                    scale: float, window: int = 0) -> np.ndarray:
-    """attention() over a cache already split by KV head: k_heads, v_heads (n_kv_head, total, head_dim).
+                    scale: float, window: int, out: np.ndarray) -> None:
+    """attention() over a cache already split by KV head, k_heads, v_heads (n_kv_head, total, head_dim),
+    written into out (n, n_head*head_dim).
 
     A long step runs in blocks of queries, each over the keys it can see (up to its last query,
     from its first query's window on): half the work of the full causal square, and scores of
@@ -109,37 +96,24 @@ def attention_heads(q: np.ndarray, k_heads: np.ndarray, v_heads: np.ndarray, pos
     k_t = k_heads.transpose(0, 2, 1)  # (kv, head_dim, total)
     if n > 16:  # a contiguous copy makes the score products about 2x faster; worth it past decode
         k_t = np.ascontiguousarray(k_t)
-    if n <= ATTENTION_QUERY_BLOCK:
-        return _attention_block(q, k_t, v_heads, pos0, n_head, scale, window)
-    out = np.empty((n, q.shape[1]), np.float32)
     for b0 in range(0, n, ATTENTION_QUERY_BLOCK):
         b1 = min(n, b0 + ATTENTION_QUERY_BLOCK)
         lo = max(0, pos0 + b0 - window + 1) if window > 0 else 0  # keys before lo: outside every window
         hi = pos0 + b1
         # positions relative to key lo: the masks only compare query and key positions
-        out[b0:b1] = _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_heads[:, lo:hi], pos0 + b0 - lo, n_head,
-                                      scale, window)
-    return out
+        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_heads[:, lo:hi], pos0 + b0 - lo, n_head, scale, window,
+                         out[b0:b1])
 
 
-def _softmax_rows(scores: np.ndarray) -> np.ndarray:
-    """exp(scores - row max) in place over the last axis of a (.., rows, keys) array; returns the
-    row sums. Large arrays are split by rows over a thread pool (numpy's exp runs on one core)."""
-    flat = scores.reshape(-1, scores.shape[-1])
-    sums = np.empty((flat.shape[0], 1), np.float32)
-
-    def part(r0: int, r1: int) -> None:
-        s = flat[r0:r1]
-        s -= s.max(axis=-1, keepdims=True)
-        np.exp(s, out=s)
-        np.sum(s, axis=-1, keepdims=True, out=sums[r0:r1])
-
-    _over_rows(flat.shape[0], flat.size, part)
-    return sums.reshape(scores.shape[:-1] + (1,))
+@cache
+def _causal_mask(n: int) -> np.ndarray:
+    """(n, n - 1) additive mask of the last n - 1 keys of a block of n queries ending at the last key:
+    -inf where the key comes after the query (the first key of those is query 0's own)."""
+    return np.triu(np.full((n, n - 1), -np.inf, np.float32))
 
 
 def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: int, n_head: int,
-                     scale: float, window: int) -> np.ndarray:
+                     scale: float, window: int, out: np.ndarray) -> None:
     """k_t: the keys transposed, (n_kv_head, head_dim, total). The query heads sharing a KV head
     are stacked into one matrix so every product is a plain batched GEMM over KV heads (numpy
     hands those to BLAS; broadcast batch dims it does not)."""
@@ -150,23 +124,22 @@ def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: 
     qh = np.multiply(q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3), np.float32(scale), order="C")
     qh = qh.reshape(n_kv_head, group * n, head_dim)  # rows: (query head in group, token)
     scores = np.matmul(qh, k_t)  # (kv, group*n, total)
-    # -inf where a key is not visible: without a window only keys after the first query can be
-    # (those columns only); with one, keys before a query's window too (every column)
-    c0, c1 = (0 if window > 0 else pos0 + 1), total
-    if c0 < c1:
+    # -inf where a key is not visible: without a window, the keys after the first query (those
+    # columns only); with one, keys before a query's window too (every column)
+    per_query = scores.reshape(n_kv_head, group, n, total)
+    if window > 0:
         qpos = pos0 + np.arange(n)[:, None]
-        kpos = np.arange(c0, c1)[None, :]
-        masked = kpos > qpos
-        if window > 0:
-            masked |= kpos <= qpos - window
-        scores = scores.reshape(n_kv_head, group, n, total)
-        scores[..., c0:c1] += np.where(masked, np.float32(-np.inf), np.float32(0))  # broadcast over heads
-    scores = scores.reshape(n_kv_head, group * n, total)
-    sums = _softmax_rows(scores)
-    out = np.matmul(scores, v_heads)  # (kv, group*n, d), normalised after the product: fewer divisions
-    out /= sums
-    out = out.reshape(n_kv_head, group, n, head_dim).transpose(2, 0, 1, 3)
-    return np.ascontiguousarray(out).reshape(n, n_head * head_dim).astype(np.float32, copy=False)
+        kpos = np.arange(total)[None, :]
+        per_query += np.where((kpos > qpos) | (kpos <= qpos - window), np.float32(-np.inf), np.float32(0))
+    elif n > 1:  # keys pos0 + 1 .. total - 1, total = pos0 + n; a single query sees every key
+        per_query[..., pos0 + 1:] += _causal_mask(n)  # broadcast over heads
+    # softmax numerators in place; each row normalised after the product with V (fewer divisions)
+    scores -= scores.max(axis=-1, keepdims=True)
+    np.exp(scores, out=scores)
+    sums = scores.sum(axis=-1, keepdims=True)
+    heads = np.matmul(scores, v_heads)  # (kv, group*n, d)
+    heads /= sums
+    np.copyto(out.reshape(n, n_kv_head, group, head_dim), heads.reshape(n_kv_head, group, n, head_dim).transpose(2, 0, 1, 3))
 
 
 def silu(x: np.ndarray) -> np.ndarray:
@@ -185,42 +158,27 @@ def glu(x: np.ndarray, activation: str) -> np.ndarray:
 
 
 def glu_into(x: np.ndarray, activation: str, out: np.ndarray) -> None:
-    """glu(x, activation) written into out (rows, half): in place, no temporaries, the rows of a
-    large step split over the thread pool (numpy's exp and tanh run on one core)."""
+    """glu(x, activation) written into out (rows, half), in place, with no temporaries."""
     half = x.shape[1] // 2
-
-    def part(r0: int, r1: int) -> None:
-        g, u, o = x[r0:r1, :half], x[r0:r1, half:], out[r0:r1]
-        if activation == "silu":  # g / (1 + exp(-g))
-            np.negative(g, out=o)
-            np.exp(o, out=o)
-            o += np.float32(1.0)
-            np.divide(g, o, out=o)
-        elif activation == "gelu_tanh":  # 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
-            np.multiply(g, g, out=o)
-            o *= np.float32(0.044715)
-            o += np.float32(1.0)
-            o *= g
-            o *= _SQRT_2_OVER_PI
-            np.tanh(o, out=o)
-            o += np.float32(1.0)
-            o *= g
-            o *= np.float32(0.5)
-        else:
-            raise ValueError(f"unknown GLU activation {activation!r}")
-        o *= u
-
-    _over_rows(out.shape[0], out.size, part)
-
-
-def _over_rows(n_rows: int, size: int, part) -> None:
-    """part(r0, r1) over all rows: split across the thread pool when the work is large."""
-    threads = min(_threads(), n_rows)
-    if threads <= 1 or size < (1 << 16):
-        part(0, n_rows)
-        return
-    step = -(-n_rows // threads)
-    list(_pool().map(lambda r0: part(r0, min(r0 + step, n_rows)), range(0, n_rows, step)))
+    g, u = x[:, :half], x[:, half:]
+    if activation == "silu":  # g / (1 + exp(-g))
+        np.negative(g, out=out)
+        np.exp(out, out=out)
+        out += np.float32(1.0)
+        np.divide(g, out, out=out)
+    elif activation == "gelu_tanh":  # 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3)))
+        np.multiply(g, g, out=out)
+        out *= np.float32(0.044715)
+        out += np.float32(1.0)
+        out *= g
+        out *= _SQRT_2_OVER_PI
+        np.tanh(out, out=out)
+        out += np.float32(1.0)
+        out *= g
+        out *= np.float32(0.5)
+    else:
+        raise ValueError(f"unknown GLU activation {activation!r}")
+    out *= u
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
