@@ -88,6 +88,21 @@ def test_tiny_gemma3(adapter, tmp_path, qtype):
     assert step.n_dispatches == 8 * GEMMA_SHAPE["n_layer"] + 4
 
 
+@gpu
+@pytest.mark.parametrize(("arch", "qtype"), [("gemma3", "Q5_0"), ("llama", "Q4_0")])
+def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, arch, qtype):
+    """Q and K in Q5_0 / Q4_0 with a Q8_0 V (as in Gemma 3 270M's file): one Q8_0 QKV matrix,
+    so still 8 dispatches per layer, and the same results as the numpy backend."""
+    shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    path = write_tiny_model(tmp_path / f"{arch}-mixed.gguf", arch, qtype, layer_types={"attn_v": "Q8_0"}, **shape)
+    errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
+    assert max(errors) <= NMSE_TOL, errors
+    n_layer = shape.get("n_layer", 2)
+    assert step.n_dispatches == 8 * n_layer + (4 if arch == "gemma3" else 3)
+    qkv = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
+    assert [piece.weight.type_name for piece in gpu.matrix(qkv)] == ["Q8_0"]
+
+
 def _every_adapter():
     from wgpu_llm.gpu.device import list_adapters
 

@@ -177,6 +177,36 @@ def test_split_rows_gemma_embedding_size():
     assert all(plane.nbytes <= 128 << 20 for _, p in pieces for plane in p.planes)
 
 
+@pytest.mark.parametrize("type_name", quant.WIDENS_TO_Q8_0)
+def test_widen_to_q8_0_is_lossless(type_name):
+    """Random blocks (every bit pattern of the quants) dequantize to the same floats as Q8_0."""
+    rows, cols = 13, 96
+    raw = random_tensor(type_name, rows, cols, np.random.default_rng(7))
+    wide = quant.widen_to_q8_0(type_name, raw)
+    assert wide.size == rows * cols // 32 * 34
+    assert np.array_equal(reference("Q8_0", wide, rows, cols), reference(type_name, raw, rows, cols))
+    with pytest.raises(ValueError, match="cannot be widened"):
+        quant.widen_to_q8_0("Q4_1", random_tensor("Q4_1", 1, 32, np.random.default_rng(0)))
+
+
+def test_stacked_runs():
+    def runs(*weights):
+        return quant.stacked_runs(list(weights))
+
+    # same type and columns: one run; a different type or width starts a new one
+    assert runs(("q", "Q4_K", 64, 256), ("k", "Q4_K", 32, 256), ("v", "Q6_K", 32, 256)) == [
+        (["q", "k"], "Q4_K"), (["v"], "Q6_K")]
+    assert runs(("a", "F32", 8, 64), ("b", "F32", 8, 32)) == [(["a"], "F32"), (["b"], "F32")]
+    # Gemma 3 270M's attention: Q5_0 q and k stacked with a Q8_0 v as Q8_0 (small: widened)
+    assert runs(("q", "Q5_0", 1024, 640), ("k", "Q5_0", 256, 640), ("v", "Q8_0", 256, 640)) == [
+        (["q", "k", "v"], "Q8_0")]
+    assert runs(("q", "Q4_0", 64, 64), ("k", "Q5_0", 64, 64)) == [(["q", "k"], "Q8_0")]
+    # no lossless common type (Q4_1 has an offset), or too many widened bytes (a 7B model's q, k)
+    assert runs(("q", "Q4_1", 64, 64), ("v", "Q8_0", 64, 64)) == [(["q"], "Q4_1"), (["v"], "Q8_0")]
+    assert runs(("q", "Q5_0", 4096, 4096), ("k", "Q5_0", 4096, 4096), ("v", "Q8_0", 4096, 4096)) == [
+        (["q", "k"], "Q5_0"), (["v"], "Q8_0")]
+
+
 def test_dispatch_sizes():
     assert quant.linear_dispatch("Q4_K", 37, 1) == (10, 1, 1)
     assert quant.linear_dispatch("Q4_K", 262144, 1) == (65535, 2, 1)  # folded: 65536 row groups

@@ -65,8 +65,10 @@ def _add_norm(w: GGUFWriter, rng, name: str, n: int) -> None:
 
 def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
                      n_layer: int = 2, d_model: int = 64, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16,
-                     d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True) -> Path:
-    """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block."""
+                     d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
+                     layer_types: dict[str, str] | None = None) -> Path:
+    """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block.
+    layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     w = GGUFWriter(path, arch)
@@ -117,17 +119,19 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     _add_norm(w, rng, "output_norm.weight", d_model)
     if not tied_output:
         _add_weight(w, rng, "output.weight", n_vocab, d_model, qtype)
+    types = {name: qtype for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    types.update(layer_types or {})
     for i in range(n_layer):
         b = f"blk.{i}"
         _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
-        _add_weight(w, rng, f"{b}.attn_q.weight", q, d_model, qtype)
-        _add_weight(w, rng, f"{b}.attn_k.weight", kv, d_model, qtype)
-        _add_weight(w, rng, f"{b}.attn_v.weight", kv, d_model, qtype)
-        _add_weight(w, rng, f"{b}.attn_output.weight", d_model, q, qtype)
+        _add_weight(w, rng, f"{b}.attn_q.weight", q, d_model, types["attn_q"])
+        _add_weight(w, rng, f"{b}.attn_k.weight", kv, d_model, types["attn_k"])
+        _add_weight(w, rng, f"{b}.attn_v.weight", kv, d_model, types["attn_v"])
+        _add_weight(w, rng, f"{b}.attn_output.weight", d_model, q, types["attn_output"])
         _add_norm(w, rng, f"{b}.ffn_norm.weight", d_model)
-        _add_weight(w, rng, f"{b}.ffn_gate.weight", d_ff, d_model, qtype)
-        _add_weight(w, rng, f"{b}.ffn_up.weight", d_ff, d_model, qtype)
-        _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, qtype)
+        _add_weight(w, rng, f"{b}.ffn_gate.weight", d_ff, d_model, types["ffn_gate"])
+        _add_weight(w, rng, f"{b}.ffn_up.weight", d_ff, d_model, types["ffn_up"])
+        _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, types["ffn_down"])
         if arch == "gemma3":
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)

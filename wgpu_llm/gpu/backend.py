@@ -129,29 +129,37 @@ class GpuBackend:
         shape = self.gf.tensor(name).shape
         return (1, shape[0]) if len(shape) == 1 else (int(np.prod(shape[:-1])), shape[-1])
 
-    def weight_groups(self, names) -> list[tuple[str, ...]]:
-        """The weights of one linear op as the device holds them: runs stacked into one matrix."""
+    def _stacked_runs(self, names) -> list[tuple[list[str], str]]:
         from . import quant
 
-        info = [(n, quant.device_type(self.gf.tensor(n).type_name), self._shape(n)[1]) for n in names]
-        return [tuple(run) for run in quant.stacked_runs(info)]
+        info = [(n, quant.device_type(self.gf.tensor(n).type_name), *self._shape(n)) for n in names]
+        return quant.stacked_runs(info)
+
+    def weight_groups(self, names) -> list[tuple[str, ...]]:
+        """The weights of one linear op as the device holds them: runs stacked into one matrix."""
+        return [tuple(run) for run, _ in self._stacked_runs(names)]
 
     def matrix(self, names) -> list[_Piece]:
-        """The device pieces of one weight, or of weights with the same type and columns stacked by rows."""
+        """The device pieces of one weight, or of weights stacked by rows (see quant.stacked_runs)."""
         names = (names,) if isinstance(names, str) else tuple(names)
         if names not in self._matrices:
             from . import quant
 
             t0 = time.perf_counter()
-            types = [quant.device_type(self.gf.tensor(n).type_name) for n in names]
-            type_name, cols = types[0], self._shape(names[0])[1]
-            rows = sum(self._shape(n)[0] for n in names)
-            if any((t, self._shape(n)[1]) != (type_name, cols) for t, n in zip(types, names)):
+            runs = self._stacked_runs(names)
+            if len(runs) != 1:
                 raise ValueError(f"weights {', '.join(names)} differ in type or columns; they cannot be stacked")
-            if type_name == self.gf.tensor(names[0]).type_name:
-                raw = [np.asarray(self.gf.raw(n)).reshape(-1) for n in names]
-            else:  # a type without a GPU kernel: float32 on the device
-                raw = [self.gf.dequantize(n).reshape(-1).view(np.uint8) for n in names]
+            type_name, cols = runs[0][1], self._shape(names[0])[1]
+            rows = sum(self._shape(n)[0] for n in names)
+            raw = []
+            for n in names:
+                own = self.gf.tensor(n).type_name
+                if own == type_name:
+                    raw.append(np.asarray(self.gf.raw(n)).reshape(-1))
+                elif type_name == "F32":  # a type without a GPU kernel: float32 on the device
+                    raw.append(self.gf.dequantize(n).reshape(-1).view(np.uint8))
+                else:  # stacked with Q8_0 weights
+                    raw.append(quant.widen_to_q8_0(own, self.gf.raw(n)))
             packed = quant.pack(type_name, raw[0] if len(raw) == 1 else np.concatenate(raw), rows, cols)
             del raw
             label = "+".join(names)

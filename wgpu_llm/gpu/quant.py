@@ -169,18 +169,61 @@ def device_type(type_name: str) -> str:
     return type_name if type_name in SUPPORTED_TYPES else "F32"
 
 
-def stacked_runs(weights: list[tuple[str, str, int]]) -> list[list[str]]:
-    """The weights of one linear op, [(name, device type, cols)], in runs uploaded as one matrix
-    (rows stacked) and read by one dispatch: adjacent weights of the same type and columns."""
-    runs: list[list[str]] = []
-    key = None
-    for name, type_name, cols in weights:
-        if runs and key == (type_name, cols):
-            runs[-1].append(name)
+# Every Q4_0 / Q5_0 block is a Q8_0 block with the same f16 scale (its q - 8 / q - 16 fit in
+# an int8), so such weights can be stacked with Q8_0 ones as Q8_0, losslessly.
+WIDENS_TO_Q8_0 = ("Q4_0", "Q5_0")
+# A dispatch costs about as much as reading 1 MiB of weights (about 5 us at 200 GB/s): weights are
+# widened so as to be stacked only where that adds fewer bytes (small models, where dispatches
+# dominate a decode step; never the large matrices of a big model, where bandwidth does).
+MAX_WIDENING_BYTES = 1 << 20
+
+
+def _stack_type(run: list[tuple[str, str, int, int]]) -> str | None:
+    """The device type of a run of (name, device type, rows, cols) stacked as one matrix, or None
+    where the run cannot be stacked."""
+    types = {t for _, t, _, _ in run}
+    if len({cols for *_, cols in run}) > 1:
+        return None
+    if len(types) == 1:
+        return types.pop()
+    if not types <= {"Q8_0", *WIDENS_TO_Q8_0}:
+        return None
+    extra = sum(rows * cols // 32 * (_BLOCKS["Q8_0"][1] - _BLOCKS[t][1]) for _, t, rows, cols in run if t != "Q8_0")
+    return "Q8_0" if extra <= MAX_WIDENING_BYTES else None
+
+
+def stacked_runs(weights: list[tuple[str, str, int, int]]) -> list[tuple[list[str], str]]:
+    """The weights of one linear op, [(name, device type, rows, cols)], in runs uploaded as one
+    matrix (rows stacked) and read by one dispatch, each with its type on the device: adjacent
+    weights of the same type and columns, and Q4_0 / Q5_0 weights next to Q8_0 ones widened to
+    Q8_0 where that adds at most MAX_WIDENING_BYTES."""
+    runs: list[list[tuple[str, str, int, int]]] = []
+    for weight in weights:
+        if runs and _stack_type(runs[-1] + [weight]) is not None:
+            runs[-1].append(weight)
         else:
-            runs.append([name])
-        key = (type_name, cols)
-    return runs
+            runs.append([weight])
+    return [([name for name, *_ in run], _stack_type(run)) for run in runs]
+
+
+def widen_to_q8_0(type_name: str, raw: np.ndarray) -> np.ndarray:
+    """The bytes of a Q4_0 or Q5_0 tensor re-encoded as Q8_0 (same values, bit for bit)."""
+    if type_name not in WIDENS_TO_Q8_0:
+        raise ValueError(f"{type_name} cannot be widened to Q8_0 (only {', '.join(WIDENS_TO_Q8_0)})")
+    block_bytes = _BLOCKS[type_name][1]
+    blocks = np.asarray(raw, np.uint8).reshape(-1, block_bytes)
+    nibbles = blocks[:, block_bytes - 16:]  # weight j in the low nibble of byte j, weight j + 16 in the high
+    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1).astype(np.int16)
+    if type_name == "Q5_0":  # bit j of the 32-bit qh: the fifth bit of weight j
+        qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")
+        q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int16) << 4
+        q -= 16
+    else:
+        q -= 8
+    out = np.empty((len(blocks), _BLOCKS["Q8_0"][1]), np.uint8)
+    out[:, :2] = blocks[:, :2]  # the f16 scale
+    out[:, 2:] = q.astype(np.int8).view(np.uint8)
+    return out.reshape(-1)
 
 
 # ---- shaders ----
@@ -486,4 +529,4 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
 
 __all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "device_type", "embed_dispatch",
            "embed_shader", "linear_dispatch", "linear_shader", "pack", "plane_row_words", "row_step_cols", "split_rows",
-           "stacked_runs"]
+           "stacked_runs", "widen_to_q8_0"]

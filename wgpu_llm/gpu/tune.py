@@ -77,7 +77,8 @@ class LinearCase:
 def model_cases(gguf_file, n_tokens: tuple[int, ...] = (1,), max_binding: int | None = None) -> dict[LinearCase, int]:
     """The linear dispatches of one step of the model: {case: dispatches per step}.
 
-    Adjacent weights of one op with the same type and columns are one stacked matrix; a matrix
+    Adjacent weights of one op are stacked into one matrix as the backend stacks them
+    (quant.stacked_runs: same type and columns, or Q4_0 / Q5_0 widened to Q8_0); a matrix
     makes one case per piece when max_binding splits it by rows (as the GPU backend does); types
     without a GPU kernel are uploaded as F32, so they are tuned as F32.
     """
@@ -88,10 +89,9 @@ def model_cases(gguf_file, n_tokens: tuple[int, ...] = (1,), max_binding: int | 
     for op in graph.ops:
         if op.kind != "linear":
             continue
-        info = [(n, quant.device_type(gguf_file.tensor(n).type_name), graph.weight_shapes[n][1]) for n in op.weights]
-        for run in quant.stacked_runs(info):  # as the backend uploads them: runs of weights stacked
+        info = [(n, quant.device_type(gguf_file.tensor(n).type_name), *graph.weight_shapes[n]) for n in op.weights]
+        for run, type_name in quant.stacked_runs(info):  # as the backend uploads them: runs of weights stacked
             rows, cols = sum(graph.weight_shapes[n][0] for n in run), graph.weight_shapes[run[0]][1]
-            type_name = quant.device_type(gguf_file.tensor(run[0]).type_name)
             pieces = [rows]
             if max_binding:
                 max_rows = max(1, max_binding // (4 * max(quant.plane_row_words(type_name, cols))))
