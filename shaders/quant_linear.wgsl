@@ -194,6 +194,10 @@ fn hsum(v: vec4<f32>) -> f32 {
     return (v.x + v.y) + (v.z + v.w);
 }
 
+// the 4 weights in the low / high nibbles of the bytes of a word (Q4_0, Q4_1, Q4_K)
+fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
+fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
+
 //! row_float
 // F32 / F16 / BF16: a block is one 8-column unit, read by dequant_unit
 const BLOCK: u32 = 8u;
@@ -211,8 +215,9 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 2> {
     return array<vec4<f32>, 2>(w.a, w.b);
 }
 
-//! row_Q8_0
-// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
+//! row_scale_pairs
+// Q8_0, Q4_0, Q5_0 (before the type's own section): a block here is two GGUF blocks, whose f16
+// scales share a word of plane 1 (the last one may be alone)
 const BLOCK: u32 = 64u;
 const SUBW: u32 = 32u;
 
@@ -227,6 +232,7 @@ fn load_head(row: u32, b: u32) -> Head {
     return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
 }
 
+//! row_Q8_0
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
     let i = row * (8u * (prm().cols / 32u)) + 16u * b + 8u * j;
     let d = h.d[j];
@@ -236,25 +242,6 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
 }
 
 //! row_Q4_0
-// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
-const BLOCK: u32 = 64u;
-const SUBW: u32 = 32u;
-
-struct Head {
-    d: vec2<f32>,
-}
-
-fn n_blocks(cols: u32) -> u32 { return (cols + 32u) / 64u; }
-
-fn load_head(row: u32, b: u32) -> Head {
-    let nb = prm().cols / 32u;
-    return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
-}
-
-// byte i of w holds weight i (low nibble) and weight i + 16 (high nibble)
-fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
-fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
-
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
     let i = row * (4u * (prm().cols / 32u)) + 8u * b + 4u * j;
     let w0 = plane0[i];
@@ -281,9 +268,6 @@ fn load_head(row: u32, b: u32) -> Head {
     return Head(unpack2x16float(plane0[row * (5u * (prm().cols / 32u)) + 5u * b]));
 }
 
-fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
-fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
-
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
     let i = row * (5u * (prm().cols / 32u)) + 5u * b + 1u;
     let w0 = plane0[i];
@@ -298,21 +282,6 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
 }
 
 //! row_Q5_0
-// a block here is two GGUF blocks, whose f16 scales share a word (the last one may be alone)
-const BLOCK: u32 = 64u;
-const SUBW: u32 = 32u;
-
-struct Head {
-    d: vec2<f32>,
-}
-
-fn n_blocks(cols: u32) -> u32 { return (cols + 32u) / 64u; }
-
-fn load_head(row: u32, b: u32) -> Head {
-    let nb = prm().cols / 32u;
-    return Head(unpack2x16float(plane1[row * ((nb + 1u) / 2u) + b]));
-}
-
 // weights 4j .. 4j + 3 (nibble shift 0) or 16 + 4j .. (shift 4) of a block with 5th bits qh
 fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
     let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
@@ -389,9 +358,6 @@ fn load_head(row: u32, b: u32) -> Head {
     let i = row * (36u * (prm().cols / 256u)) + 36u * b;
     return Head(unpack2x16float(plane0[i]), plane0[i + 1u], plane0[i + 2u], plane0[i + 3u]);
 }
-
-fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
-fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
 
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 16> {
     let i = row * (36u * (prm().cols / 256u)) + 36u * b + 4u + 8u * j;

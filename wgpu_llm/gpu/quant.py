@@ -482,6 +482,8 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     header = fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
                    X_VAL=x_input_source(glu))
     blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
+    if type_name in ("Q8_0", "Q4_0", "Q5_0"):
+        blocks = src["row_scale_pairs"] + blocks
     main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
     return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
                       src["params"], header, blocks, *passes, main])
