@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_gpu_kernels import Bufs, cfg, nmse  # noqa: F401  (cfg is a fixture)
+from test_gpu_kernels import cfg, nmse, run_attention  # noqa: F401  (cfg is a fixture)
 
-from cpu_fallback import ops
 from wgpu_llm.gpu import attention as A
-from wgpu_llm.gpu import kernels as K
 
 TOL = 5e-4
 pytestmark = pytest.mark.gpu
@@ -26,27 +24,13 @@ pytestmark = pytest.mark.gpu
 def run_case(rt, cfg, n, pos0, n_head, n_kv, hd, window, tiles=None, in_place=False, seed=0) -> float:
     rng = np.random.default_rng(seed)
     tiles = tiles or A.choose_flash_tiles(rt.caps, hd)
-    n_ctx = pos0 + n + 5
-    kvw = n_kv * hd
-    b = Bufs(rt)
-    qkv = rng.standard_normal((n, (n_head + 2 * n_kv) * hd)).astype(np.float32)
-    qkv[:, :n_head * hd] *= 2.0  # peaked softmaxes, where a wrong running max shows
-    stride = qkv.shape[1]
-    kc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
-    vc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
-    kc[pos0:] = np.nan  # written by the kernel (the step's rows) or never touched (the rest)
-    vc[pos0:] = np.nan
-    bqkv, bkc, bvc = b.up(qkv), b.up(kc), b.up(vc)
-    by = bqkv if in_place else b.out((n, n_head * hd))
-    ystride = stride if in_place else n_head * hd
-    scale = 1.0 / np.sqrt(hd)
-    kernel = A.flash_attention(cfg, n, n_head, n_kv, hd, scale, window, K.View(bqkv, 0, stride),
-                               K.View(bqkv, n_head * hd, stride), K.View(bqkv, n_head * hd + kvw, stride), bkc, bvc,
-                               K.View(by, 0, ystride), tiles=tiles)
-    got_y, got_kc, got_vc = b.run([kernel], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
-    kc[pos0:pos0 + n] = qkv[:, n_head * hd:n_head * hd + kvw]
-    vc[pos0:pos0 + n] = qkv[:, n_head * hd + kvw:]
-    ref = ops.attention(qkv[:, :n_head * hd], kc, vc, pos0, n_head, n_kv, hd, scale, window)
+
+    def make_kernel(scale, *views):
+        return A.flash_attention(cfg, n, n_head, n_kv, hd, scale, window, *views, tiles=tiles)
+
+    # peaked softmaxes (q x 2), where a wrong running max shows
+    got_y, got_kc, got_vc, ref, kc, vc, qkv = run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel,
+                                                            pos0 + n + 5, in_place, q_gain=2.0)
     error = nmse(got_y[:, :n_head * hd], ref)
     assert error <= TOL, f"n={n} pos0={pos0} heads {n_head}/{n_kv} hd={hd} window={window} {tiles}: NMSE {error:.3g}"
     assert np.array_equal(got_kc[:pos0 + n], kc[:pos0 + n]) and np.array_equal(got_vc[:pos0 + n], vc[:pos0 + n])

@@ -184,29 +184,41 @@ def test_rope_in_place_on_slice(rt, cfg, rng):
 
 
 # ---- attention ----
-def _attention_case(rt, cfg, rng, n, pos0, n_head, n_kv, hd, window, n_ctx=None, in_place=False):
-    n_ctx = n_ctx or pos0 + n + 3
+def run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel, n_ctx, in_place=False, q_gain=1.0):
+    """Run an attention kernel on q | k | v side by side in one buffer, as the fused QKV projection
+    leaves them, with the cache rows from pos0 on NaN (the kernel must write the step's rows before
+    anyone could read them). make_kernel(scale, q, k, v, k_cache, v_cache, y) builds the kernel.
+
+    Returns the output buffer (all its columns) and both caches as read back, the numpy reference
+    output, the caches as they should be, and the input qkv."""
     kvw = n_kv * hd
     b = Bufs(rt)
-    # q | k | v side by side in one buffer, as the fused QKV projection leaves them
     qkv = rng.standard_normal((n, (n_head + 2 * n_kv) * hd)).astype(np.float32)
+    qkv[:, :n_head * hd] *= q_gain
     stride = qkv.shape[1]
     kc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
     vc = rng.standard_normal((n_ctx, kvw)).astype(np.float32)
-    kc[pos0:] = np.nan  # the kernel must write the step's rows before anyone could read them
+    kc[pos0:] = np.nan
     vc[pos0:] = np.nan
     bqkv, bkc, bvc = b.up(qkv), b.up(kc), b.up(vc)
     by = bqkv if in_place else b.out((n, n_head * hd))
     ystride = stride if in_place else n_head * hd
     scale = 1.0 / np.sqrt(hd)
-    k = K.attention(cfg, n, n_head, n_kv, hd, scale, window, K.View(bqkv, 0, stride),
-                    K.View(bqkv, n_head * hd, stride), K.View(bqkv, n_head * hd + kvw, stride), bkc, bvc,
-                    K.View(by, 0, ystride))
-    got_y, got_kc, got_vc = b.run([k], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
-    q = qkv[:, :n_head * hd]
+    kernel = make_kernel(scale, K.View(bqkv, 0, stride), K.View(bqkv, n_head * hd, stride),
+                         K.View(bqkv, n_head * hd + kvw, stride), bkc, bvc, K.View(by, 0, ystride))
+    got_y, got_kc, got_vc = b.run([kernel], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
     kc[pos0:pos0 + n] = qkv[:, n_head * hd:n_head * hd + kvw]
     vc[pos0:pos0 + n] = qkv[:, n_head * hd + kvw:]
-    ref = ops.attention(q, kc, vc, pos0, n_head, n_kv, hd, scale, window)
+    ref = ops.attention(qkv[:, :n_head * hd], kc, vc, pos0, n_head, n_kv, hd, scale, window)
+    return got_y, got_kc, got_vc, ref, kc, vc, qkv
+
+
+def _attention_case(rt, cfg, rng, n, pos0, n_head, n_kv, hd, window, n_ctx=None, in_place=False):
+    def make_kernel(scale, *views):
+        return K.attention(cfg, n, n_head, n_kv, hd, scale, window, *views)
+
+    got_y, got_kc, got_vc, ref, kc, vc, _ = run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel,
+                                                          n_ctx or pos0 + n + 3, in_place)
     got = got_y[:, :n_head * hd]
     assert nmse(got, ref) <= REDUCE_TOL
     assert np.array_equal(got_kc[:pos0 + n], kc[:pos0 + n])
