@@ -390,13 +390,9 @@ class Program:
             src, probe = self._probe
             times = []
             rt.queue.submit([enc.finish()])
-            for pipe, bg, grid in self.calls:
+            for call in self.calls:
                 enc = rt.device.create_command_encoder()
-                cp = enc.begin_compute_pass()
-                cp.set_pipeline(pipe)
-                cp.set_bind_group(0, bg)
-                cp.dispatch_workgroups(*grid)
-                cp.end()
+                _one_dispatch_pass(enc, call)
                 enc.copy_buffer_to_buffer(src, 0, probe, 0, 16)
                 t0 = time.perf_counter()
                 rt.queue.submit([enc.finish()])
@@ -415,14 +411,10 @@ class Program:
             staging = rt.buffer(8 * n, u.MAP_READ | u.COPY_DST, f"{self.label} timestamps staging")
             self._ts = (sets, resolve, staging, timestamp_period_ns(rt) * 1e-9)
         sets, resolve, staging, _ = self._ts
-        for d, (pipe, bg, grid) in enumerate(self.calls):
+        for d, call in enumerate(self.calls):
             qs, first = sets[2 * d // _QUERIES_PER_SET], 2 * d % _QUERIES_PER_SET
-            cp = enc.begin_compute_pass(timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": first,
-                                                          "end_of_pass_write_index": first + 1})
-            cp.set_pipeline(pipe)
-            cp.set_bind_group(0, bg)
-            cp.dispatch_workgroups(*grid)
-            cp.end()
+            _one_dispatch_pass(enc, call, timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": first,
+                                                            "end_of_pass_write_index": first + 1})
         n = 2 * len(self.calls)
         for j, qs in enumerate(sets):
             enc.resolve_query_set(qs, 0, min(_QUERIES_PER_SET, n - j * _QUERIES_PER_SET), resolve,
@@ -448,6 +440,16 @@ class Program:
 
 
 _QUERIES_PER_SET = 4096  # WebGPU's limit on a query set's size
+
+
+def _one_dispatch_pass(enc, call, **pass_args) -> None:
+    """Record one (pipeline, bind group, grid) dispatch as a compute pass of its own."""
+    pipe, bg, grid = call
+    cp = enc.begin_compute_pass(**pass_args)
+    cp.set_pipeline(pipe)
+    cp.set_bind_group(0, bg)
+    cp.dispatch_workgroups(*grid)
+    cp.end()
 
 
 def timestamp_period_ns(rt: Runtime) -> float:
