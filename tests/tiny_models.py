@@ -66,9 +66,12 @@ def _add_norm(w: GGUFWriter, rng, name: str, n: int) -> None:
 def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
                      n_layer: int = 2, d_model: int = 64, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16,
                      d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
-                     layer_types: dict[str, str] | None = None) -> Path:
+                     layer_types: dict[str, str] | None = None, extra_metadata: dict | None = None,
+                     extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
     """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block.
-    layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}."""
+    layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}.
+    extra_metadata: more keys (str, float, bool or int values; ints written as uint32).
+    extra_tensors: more float32 tensors, by name."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     w = GGUFWriter(path, arch)
@@ -112,6 +115,15 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         w.add_add_space_prefix(False)
     else:
         raise ValueError(arch)
+    for key, value in (extra_metadata or {}).items():
+        if isinstance(value, str):
+            w.add_string(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_uint32(key, value)
     n_vocab = len(tokens)
     q, kv = n_head * head_dim, n_kv_head * head_dim
     embd_type = "F32" if qtype in ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K") and d_model % 256 else qtype
@@ -137,6 +149,8 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.post_attention_norm.weight", d_model)
             _add_norm(w, rng, f"{b}.post_ffw_norm.weight", d_model)
+    for name, data in (extra_tensors or {}).items():
+        w.add_tensor(name, np.asarray(data, np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

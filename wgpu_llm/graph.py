@@ -137,6 +137,10 @@ class Graph:
     def set_output(self, x: str) -> None:
         self.output = x
 
+    def weights_used(self) -> set[str]:
+        """Names of every tensor some op reads."""
+        return {w for op in self.ops for w in op.weights}
+
     def kv_layers(self) -> dict[int, tuple[int, int]]:
         """layer -> (n_kv_head, head_dim) for every attention op: what the KV cache must hold."""
         return {op.param("layer"): (op.param("n_kv_head"), op.param("head_dim"))

@@ -1,4 +1,7 @@
-"""What every architecture file shares: reading hyper-parameters and checking tensor shapes."""
+"""What every architecture file shares: reading hyper-parameters, checking tensor shapes, and
+refusing what a family's graph does not implement (unknown metadata of the architecture, unused
+tensors): a file that needs more than the graph computes must fail by name, never load and compute
+something else."""
 
 from __future__ import annotations
 
@@ -28,6 +31,87 @@ def positive(gf: GGUFFile, key: str, value: int) -> int:
     return value
 
 
+def positive_float(gf: GGUFFile, key: str, value: float) -> float:
+    if not 0 < value < float("inf"):  # NaN fails too
+        raise GGUFError(f"{gf.path}: metadata {key!r} = {value}: expected a positive finite number")
+    return value
+
+
 def output_weight(gf: GGUFFile) -> str:
     """The output head: `output.weight`, or the token embedding when the two are tied."""
     return "output.weight" if "output.weight" in gf.tensors else "token_embd.weight"
+
+
+# metadata every family reads the same way, or that never changes the computation
+COMMON_KEYS = frozenset({
+    "context_length", "embedding_length", "block_count", "feed_forward_length", "vocab_size",
+    "attention.head_count", "attention.head_count_kv", "attention.key_length", "attention.value_length",
+    "attention.layer_norm_rms_epsilon", "rope.freq_base",
+    # rope scaling: the type is checked by the family (only "none" and "linear" are implemented); the
+    # others only describe a linear scaling's origin
+    "rope.scaling.type", "rope.scaling.factor", "rope.scaling.original_context_length", "rope.scaling.finetuned",
+    # expert counts: refused unless 0 (check_no_experts); the expert tensors would be unused anyway
+    "expert_count", "expert_used_count",
+})
+
+# what a tensor the graph does not use usually means, by name suffix (for the error message)
+_UNUSED_TENSOR_HINTS = {
+    "rope_freqs.weight": "Llama 3.1+ rope frequency factors are not implemented",
+    "rope_factors_long.weight": "LongRoPE frequency factors are not implemented",
+    "rope_factors_short.weight": "LongRoPE frequency factors are not implemented",
+    ".bias": "biases are not implemented for this architecture",
+    "_exps.weight": "mixture-of-experts layers are not implemented",
+}
+
+
+def check_metadata(gf: GGUFFile, known: frozenset[str]) -> None:
+    """Every `<arch>.*` metadata key must be one the family knows (`known`: the suffixes after
+    `<arch>.`); any other may change the math (a soft-cap, a multiplier, a new rope) and is refused."""
+    prefix = f"{gf.architecture}."
+    for key, value in gf.metadata.items():
+        if key.startswith(prefix) and key[len(prefix):] not in known:
+            raise GGUFError(f"{gf.path}: metadata {key!r} = {_short(value)} is not implemented by the "
+                            f"{gf.architecture!r} graph (it may change what the model computes); refusing "
+                            f"to run a different model than the file describes")
+
+
+def check_equal(gf: GGUFFile, key: str, value, expected, why: str) -> None:
+    """An optional key that must equal what the graph assumes (when present)."""
+    if value is not None and value != expected:
+        raise GGUFError(f"{gf.path}: metadata {key!r} = {value}: only {expected} is implemented ({why})")
+
+
+def rope_freq_scale(gf: GGUFFile) -> float:
+    """1 / factor for linear rope scaling, 1 for none; any other scaling type is refused."""
+    a = gf.architecture
+    scaling = gf.get(f"{a}.rope.scaling.type", str, "none")
+    factor = gf.get(f"{a}.rope.scaling.factor", float, 1.0)
+    if scaling not in ("none", "linear"):
+        raise GGUFError(f"{gf.path}: metadata '{a}.rope.scaling.type' = {scaling!r}: only 'none' and 'linear' "
+                        f"rope scaling are implemented")
+    if scaling == "linear":
+        if not 0 < factor < float("inf"):
+            raise GGUFError(f"{gf.path}: metadata '{a}.rope.scaling.factor' = {factor}: expected a positive number")
+        return 1.0 / factor
+    return 1.0
+
+
+def check_no_experts(gf: GGUFFile) -> None:
+    a = gf.architecture
+    for key in (f"{a}.expert_count", f"{a}.expert_used_count"):
+        check_equal(gf, key, gf.get(key, int, None), 0, "mixture-of-experts layers are not implemented")
+
+
+def check_all_tensors_used(gf: GGUFFile, used: set[str]) -> None:
+    """Every tensor of the file must be read by the graph: one it ignores would make it another model."""
+    unused = sorted(set(gf.tensors) - used)
+    if unused:
+        hint = next((h for suffix, h in _UNUSED_TENSOR_HINTS.items() if unused[0].endswith(suffix)), None)
+        more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+        raise GGUFError(f"{gf.path}: tensor {unused[0]!r}{more} is not used by the {gf.architecture!r} graph"
+                        f"{': ' + hint if hint else ''}; refusing to run a different model than the file describes")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

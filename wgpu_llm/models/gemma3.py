@@ -12,12 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFFile
+from ..gguf_file import GGUFError, GGUFFile
 from ..graph import Graph
-from .base import check_tensors, output_weight, positive, weight_shapes
+from .base import (COMMON_KEYS, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
 
 SLIDING_WINDOW_PATTERN = 6  # layer i is global when (i + 1) % 6 == 0 (as llama.cpp and HF's config)
 LOCAL_ROPE_BASE = 10000.0  # HF rope_local_base_freq; GGUF files usually do not carry it
+KNOWN_KEYS = COMMON_KEYS | {"rope.freq_base_swa", "attention.sliding_window"}
 
 
 @dataclass(frozen=True)
@@ -39,27 +41,34 @@ class Config:
     @classmethod
     def from_gguf(cls, gf: GGUFFile) -> "Config":
         a = gf.architecture
-        scaling = gf.get(f"{a}.rope.scaling.type", str, "none")
-        factor = gf.get(f"{a}.rope.scaling.factor", float, 1.0)
+        check_metadata(gf, KNOWN_KEYS)
+        check_no_experts(gf)
         n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
         n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.require(f"{a}.attention.head_count_kv", int))
         if n_head % n_kv_head:
-            raise ValueError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
+            raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
+        head_dim = positive(gf, f"{a}.attention.key_length", gf.require(f"{a}.attention.key_length", int))
+        check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
+                    "value heads as wide as key heads")
+        n_vocab = gf.tensor("token_embd.weight").shape[0]
+        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
         return cls(
-            n_vocab=gf.tensor("token_embd.weight").shape[0],
+            n_vocab=n_vocab,
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),
             d_model=positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int)),
             n_layer=positive(gf, f"{a}.block_count", gf.require(f"{a}.block_count", int)),
             d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
             n_head=n_head,
             n_kv_head=n_kv_head,
-            head_dim=positive(gf, f"{a}.attention.key_length", gf.require(f"{a}.attention.key_length", int)),
-            rope_base=gf.get(f"{a}.rope.freq_base", float, 1000000.0),
-            rope_base_local=gf.get(f"{a}.rope.freq_base_swa", float, LOCAL_ROPE_BASE),
-            rope_freq_scale=1.0 / factor if scaling == "linear" and factor > 0 else 1.0,
+            head_dim=head_dim,
+            rope_base=positive_float(gf, f"{a}.rope.freq_base", gf.get(f"{a}.rope.freq_base", float, 1000000.0)),
+            rope_base_local=positive_float(gf, f"{a}.rope.freq_base_swa",
+                                           gf.get(f"{a}.rope.freq_base_swa", float, LOCAL_ROPE_BASE)),
+            rope_freq_scale=rope_freq_scale(gf),
             sliding_window=positive(gf, f"{a}.attention.sliding_window",
                                     gf.require(f"{a}.attention.sliding_window", int)),
-            norm_eps=gf.require(f"{a}.attention.layer_norm_rms_epsilon", float),
+            norm_eps=positive_float(gf, f"{a}.attention.layer_norm_rms_epsilon",
+                                    gf.require(f"{a}.attention.layer_norm_rms_epsilon", float)),
         )
 
     def is_sliding(self, layer: int) -> bool:
@@ -115,4 +124,5 @@ def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
         x = g.last_row(x)
     x = g.rms_norm(x, "output_norm.weight", eps)
     g.set_output(g.linear(x, [head], name="logits"))
+    check_all_tensors_used(gf, g.weights_used())
     return g

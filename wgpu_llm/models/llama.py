@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFFile
+from ..gguf_file import GGUFError, GGUFFile
 from ..graph import Graph
-from .base import check_tensors, output_weight, positive, weight_shapes
+from .base import (COMMON_KEYS, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
+
+KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count"}
 
 
 @dataclass(frozen=True)
@@ -32,14 +35,24 @@ class Config:
     @classmethod
     def from_gguf(cls, gf: GGUFFile) -> "Config":
         a = gf.architecture
+        check_metadata(gf, KNOWN_KEYS)
+        check_no_experts(gf)
         d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
         n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
         n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
-        head_dim = gf.get(f"{a}.attention.key_length", int, d_model // n_head)
-        scaling = gf.get(f"{a}.rope.scaling.type", str, "none")
-        factor = gf.get(f"{a}.rope.scaling.factor", float, 1.0)
-        cfg = cls(
-            n_vocab=gf.tensor("token_embd.weight").shape[0],
+        head_dim = positive(gf, f"{a}.attention.key_length", gf.get(f"{a}.attention.key_length", int, d_model // n_head))
+        check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
+                    "value heads as wide as key heads")
+        n_vocab = gf.tensor("token_embd.weight").shape[0]
+        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
+        if n_head % n_kv_head:
+            raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
+        n_rot = gf.get(f"{a}.rope.dimension_count", int, head_dim)
+        if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
+            raise GGUFError(f"{gf.path}: metadata '{a}.rope.dimension_count' = {n_rot}: expected an even number "
+                            f"in 2..{head_dim} (the head size)")
+        return cls(
+            n_vocab=n_vocab,
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),
             d_model=d_model,
             n_layer=positive(gf, f"{a}.block_count", gf.require(f"{a}.block_count", int)),
@@ -47,14 +60,12 @@ class Config:
             n_head=n_head,
             n_kv_head=n_kv_head,
             head_dim=head_dim,
-            n_rot=gf.get(f"{a}.rope.dimension_count", int, head_dim),
-            rope_base=gf.get(f"{a}.rope.freq_base", float, 10000.0),
-            rope_freq_scale=1.0 / factor if scaling == "linear" and factor > 0 else 1.0,
-            norm_eps=gf.require(f"{a}.attention.layer_norm_rms_epsilon", float),
+            n_rot=n_rot,
+            rope_base=positive_float(gf, f"{a}.rope.freq_base", gf.get(f"{a}.rope.freq_base", float, 10000.0)),
+            rope_freq_scale=rope_freq_scale(gf),
+            norm_eps=positive_float(gf, f"{a}.attention.layer_norm_rms_epsilon",
+                                    gf.require(f"{a}.attention.layer_norm_rms_epsilon", float)),
         )
-        if n_head % n_kv_head:
-            raise ValueError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
-        return cfg
 
     def expected_tensors(self) -> dict[str, tuple[int, ...]]:
         d, q, kv, f = self.d_model, self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.d_ff
@@ -97,4 +108,5 @@ def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
         x = g.last_row(x)
     x = g.rms_norm(x, "output_norm.weight", cfg.norm_eps)
     g.set_output(g.linear(x, [head], name="logits"))
+    check_all_tensors_used(gf, g.weights_used())
     return g

@@ -1,0 +1,58 @@
+"""A file that needs more than a family's graph computes is refused by name, never run as another model."""
+
+import numpy as np
+import pytest
+
+from tiny_models import write_tiny_model
+from wgpu_llm import LLM
+from wgpu_llm.gguf_file import GGUFError
+
+
+def load(tmp_path, arch="llama", name=None, **kw):
+    return LLM(write_tiny_model(tmp_path / f"{name or arch}.gguf", arch, "F32", **kw), backend="cpu")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_plain_tiny_models_load(arch, tmp_path):
+    assert load(tmp_path, arch).n_vocab > 0
+
+
+@pytest.mark.parametrize("arch,name,hint", [
+    ("llama", "rope_freqs.weight", "Llama 3.1\\+ rope frequency factors"),
+    ("llama", "blk.0.attn_q.bias", "biases are not implemented"),
+    ("gemma3", "blk.1.ffn_gate_exps.weight", "mixture-of-experts"),
+    ("gemma3", "blk.0.layer_output_scale", "refusing to run a different model"),
+])
+def test_unused_tensor_is_refused(arch, name, hint, tmp_path):
+    with pytest.raises(GGUFError, match=f"{arch}.gguf: tensor '{name}' is not used by the '{arch}' graph.*{hint}"):
+        load(tmp_path, arch, extra_tensors={name: np.ones(16, np.float32)})
+
+
+@pytest.mark.parametrize("arch,key,value,message", [
+    ("llama", "llama.rope.scaling.type", "yarn", "'llama.rope.scaling.type' = 'yarn': only 'none' and 'linear'"),
+    ("llama", "llama.rope.scaling.type", "longrope", "only 'none' and 'linear' rope scaling"),
+    ("gemma3", "gemma3.final_logit_softcapping", 30.0, "'gemma3.final_logit_softcapping' = 30.0 is not implemented"),
+    ("llama", "llama.logit_scale", 0.25, "'llama.logit_scale' = 0.25 is not implemented by the 'llama' graph"),
+    ("llama", "llama.expert_count", 8, "'llama.expert_count' = 8: only 0 is implemented"),
+    ("llama", "llama.vocab_size", 7, "'llama.vocab_size' = 7: only 267 is implemented"),
+    ("llama", "llama.rope.dimension_count", 15, "'llama.rope.dimension_count' = 15: expected an even number"),
+    ("llama", "llama.rope.freq_base", float("nan"), "'llama.rope.freq_base' = nan: expected a positive finite"),
+    ("gemma3", "gemma3.attention.layer_norm_rms_epsilon", float("inf"), "= inf: expected a positive finite"),
+    ("llama", "llama.rope.scaling.factor", 0.0, "'llama.rope.scaling.factor' = 0.0"),
+])
+def test_unimplemented_metadata_is_refused(arch, key, value, message, tmp_path):
+    extra = {key: value}
+    if key.endswith("scaling.factor"):
+        extra[f"{arch}.rope.scaling.type"] = "linear"
+    # a key the tiny writer already sets is written again last: GGUF keeps the later one
+    with pytest.raises(GGUFError, match=message.replace("(", "\\(").replace("+", "\\+")):
+        load(tmp_path, arch, extra_metadata=extra)
+
+
+def test_linear_rope_scaling_is_applied(tmp_path):
+    plain = load(tmp_path, "llama")
+    scaled = load(tmp_path, "llama", name="scaled", extra_metadata={"llama.rope.scaling.type": "linear",
+                                                                    "llama.rope.scaling.factor": 4.0})
+    assert scaled.config.rope_freq_scale == 0.25 and plain.config.rope_freq_scale == 1.0
+    ids = plain.tokenize("the cat sat on the mat")
+    assert not np.allclose(plain.logits(ids)[1:], scaled.logits(ids)[1:])
