@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from wgpu_llm.sampling import (Sampler, SamplingParams, apply_repeat_penalty, min_p_filter, top_k_filter,
-                               top_p_filter)
+from wgpu_llm.sampling import (InvalidSamplingParam, Sampler, SamplingParams, apply_repeat_penalty, min_p_filter,
+                               top_k_filter, top_p_filter)
 
 
 def test_repeat_penalty_follows_llama_cpp_rule():
@@ -49,8 +49,20 @@ def test_sampling_distribution_matches_softmax():
     assert np.allclose(counts, [0.6, 0.3, 0.1], atol=0.04)
 
 
-@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(min_p=1),
-                                 dict(top_k=-1), dict(repeat_penalty=0)])
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(temperature=float("inf")), dict(temperature=float("nan")),
+                                 dict(top_p=0), dict(top_p=1.5), dict(top_p=float("nan")), dict(min_p=1),
+                                 dict(min_p=-0.01), dict(min_p=float("nan")), dict(top_k=-1), dict(repeat_penalty=0),
+                                 dict(repeat_penalty=float("inf")), dict(repeat_penalty=float("nan")),
+                                 dict(repeat_last_n=-1), dict(seed=-1)])
 def test_bad_parameters_are_named(bad):
-    with pytest.raises(ValueError, match=list(bad)[0]):
+    (name, value), = bad.items()
+    with pytest.raises(InvalidSamplingParam, match=f"^sampling parameter {name}={value!r} must ") as err:
         SamplingParams(**bad)
+    assert isinstance(err.value, ValueError) and err.value.name == name and err.value.why in str(err.value)
+    assert err.value.value is value
+
+
+def test_edge_parameters_are_accepted():
+    for good in (dict(temperature=0), dict(top_p=1), dict(min_p=0), dict(top_k=0), dict(repeat_penalty=1e-6),
+                 dict(repeat_last_n=0), dict(seed=0), dict(seed=None)):
+        SamplingParams(**good)

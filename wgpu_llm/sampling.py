@@ -6,9 +6,18 @@ random generator, so the same seed gives the same tokens.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+
+class InvalidSamplingParam(ValueError):
+    """A sampling parameter out of its range; `name` is the field, `value` what was given."""
+
+    def __init__(self, name: str, value, why: str):
+        super().__init__(f"sampling parameter {name}={value!r} {why}")
+        self.name, self.value, self.why = name, value, why
 
 
 @dataclass(frozen=True)
@@ -22,17 +31,20 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        # written so that NaN fails every range test; inf is refused explicitly (temperature=inf
+        # would divide every logit to 0, repeat_penalty=inf turn logits into 0 and -inf)
         checks = [
-            ("temperature", self.temperature >= 0, "must be >= 0"),
+            ("temperature", 0 <= self.temperature < math.inf, "must be a finite number >= 0 (0 = greedy)"),
             ("top_k", self.top_k >= 0, "must be >= 0 (0 = off)"),
-            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
-            ("min_p", 0 <= self.min_p < 1, "must be in [0, 1)"),
-            ("repeat_penalty", self.repeat_penalty > 0, "must be > 0 (1 = off)"),
+            ("top_p", 0 < self.top_p <= 1, "must be in (0, 1] (1 = off)"),
+            ("min_p", 0 <= self.min_p < 1, "must be in [0, 1) (0 = off)"),
+            ("repeat_penalty", 0 < self.repeat_penalty < math.inf, "must be a finite number > 0 (1 = off)"),
             ("repeat_last_n", self.repeat_last_n >= 0, "must be >= 0"),
+            ("seed", self.seed is None or self.seed >= 0, "must be >= 0 or None (random)"),
         ]
         for name, ok, why in checks:
             if not ok:
-                raise ValueError(f"sampling parameter {name}={getattr(self, name)!r} {why}")
+                raise InvalidSamplingParam(name, getattr(self, name), why)
 
     @property
     def greedy(self) -> bool:
