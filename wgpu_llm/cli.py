@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import string
 import sys
+from pathlib import Path
 
 import click
 
 from .backends import BACKENDS
+from .sampling import InvalidSamplingParam, SamplingParams
 
 
 def _fail(message: str) -> None:
@@ -14,9 +17,19 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _model_arg(model: str | None) -> str | None:
+    """MODEL as given when it is a known name or an existing path; otherwise fail naming both kinds."""
+    from . import zoo
+
+    if model is None or model in zoo.KNOWN_MODELS or Path(model).exists():
+        return model
+    _fail(f"{model}: no such file, and not a known model name (known: {', '.join(zoo.KNOWN_MODELS)})")
+
+
 def _open(model, backend, n_ctx, adapter, trace=None):
     from . import LLM
 
+    model = _model_arg(model)
     try:
         llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace)
     except (ValueError, RuntimeError, OSError) as e:
@@ -25,18 +38,81 @@ def _open(model, backend, n_ctx, adapter, trace=None):
     return llm
 
 
+_ESCAPES = {"n": b"\n", "t": b"\t", "r": b"\r", "\\": b"\\", '"': b'"', "'": b"'"}
+
+
+def unescape(text: str) -> str:
+    """Interpret the backslash escapes llama.cpp interprets in prompts and reverse prompts:
+    \\n \\t \\r \\\\ \\" \\' , \\xNN (one byte, as in llama.cpp: "\\xC3\\xA9" is "é") and \\uNNNN
+    (one character). Any other backslash, or bytes that do not form UTF-8, is a ValueError naming it."""
+    out, i = bytearray(), 0
+    while (at := text.find("\\", i)) >= 0:
+        out += text[i:at].encode("utf-8", "surrogateescape")  # (undecodable argv bytes stay bytes)
+        kind = text[at + 1:at + 2]
+        n_hex = {"x": 2, "u": 4}.get(kind, 0)
+        digits = text[at + 2:at + 2 + n_hex]
+        if kind in _ESCAPES:
+            out += _ESCAPES[kind]
+        elif not n_hex:
+            what = f"unknown escape \\{kind}" if kind else "a lone \\ at the end"
+            raise ValueError(f"{what} (position {at}; known: \\n \\t \\r \\\\ \\\" \\' \\xNN \\uNNNN; "
+                             f"write \\\\ for a backslash)")
+        elif len(digits) < n_hex or not all(d in string.hexdigits for d in digits):
+            raise ValueError(f"\\{kind} at position {at} needs {n_hex} hex digits, got '{text[at:at + 2 + n_hex]}'")
+        elif kind == "x":
+            out.append(int(digits, 16))
+        elif 0xD800 <= int(digits, 16) <= 0xDFFF:
+            raise ValueError(f"\\u{digits} at position {at} is a UTF-16 surrogate, not a character")
+        else:
+            out += chr(int(digits, 16)).encode()
+        i = at + 2 + n_hex
+    out += text[i:].encode("utf-8", "surrogateescape")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the \\x escapes of {text!r} do not form UTF-8 ({e.reason} at byte {e.start}); "
+                         f"write a character as \\uNNNN or as all of its UTF-8 bytes") from None
+
+
+def _stop_strings(ctx, param, values):
+    try:
+        return [unescape(v) for v in values]
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
+# command-line names of SamplingParams fields, for error messages
+_OPTION_OF = {"temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p", "min_p": "--min-p",
+              "repeat_penalty": "--repeat-penalty", "seed": "--seed"}
+
+
+def _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed) -> dict:
+    """The sampling options checked by SamplingParams (before any model is opened), as keyword
+    arguments for LLM.stream; a bad one is a usage error naming the option."""
+    kwargs = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty,
+                  seed=seed)
+    try:
+        SamplingParams(**kwargs)
+    except InvalidSamplingParam as e:
+        raise click.BadParameter(f"{e.value!r} {e.why}", param_hint=f"'{_OPTION_OF[e.name]}'") from None
+    return kwargs
+
+
 _sampling_options = [
-    click.option("-n", "--max-tokens", default=128, show_default=True, help="tokens to generate"),
+    click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=128, show_default=True,
+                 help="tokens to generate"),
     click.option("--temperature", default=0.8, show_default=True, help="0 = greedy"),
     click.option("--top-k", default=40, show_default=True, help="0 = off"),
     click.option("--top-p", default=0.95, show_default=True, help="1 = off"),
     click.option("--min-p", default=0.05, show_default=True, help="0 = off"),
     click.option("--repeat-penalty", default=1.0, show_default=True, help="1 = off"),
     click.option("--seed", type=int, default=None, help="random seed (default: random)"),
-    click.option("--stop", multiple=True, help="stop string (repeatable)"),
+    click.option("--stop", multiple=True, callback=_stop_strings,
+                 help="stop string (repeatable); escapes \\n \\t \\r \\\\ \\\" \\' \\xNN \\uNNNN are interpreted"),
     click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True),
     click.option("--adapter", default=None, help="GPU adapter index or name (default: best; env WGPU_LLM_ADAPTER)"),
-    click.option("--ctx-size", "n_ctx", type=int, default=None, help="context size (default: min(4096, model's))"),
+    click.option("--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
+                 help="context size (default: min(4096, model's))"),
 ]
 
 
@@ -63,11 +139,11 @@ def main():
 def run(model, prompt, trace, trace_json, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
         backend, adapter, n_ctx):
     """Generate text after PROMPT with MODEL (a GGUF path or a known name; default: Gemma 3 270M)."""
+    sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     llm = _open(model, backend, n_ctx, adapter, trace=True if trace or trace_json else None)
     stats: dict = {}
     try:
-        for piece in llm.stream(prompt, max_tokens, stop=list(stop), stats=stats, temperature=temperature,
-                                top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed):
+        for piece in llm.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling):
             click.echo(piece, nl=False)
             sys.stdout.flush()
     except ValueError as e:
@@ -94,6 +170,7 @@ def _summary(stats: dict) -> str:
 def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, backend,
          adapter, n_ctx):
     """Interactive chat with the model's chat template (empty line or EOF ends)."""
+    sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     llm = _open(model, backend, n_ctx, adapter)
     messages = [{"role": "system", "content": system}] if system else []
     while True:
@@ -108,8 +185,7 @@ def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_pen
         try:
             ids = llm.chat_prompt(messages)
             reply = ""
-            for piece in llm.stream(ids, max_tokens, stop=list(stop), stats=stats, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, min_p=min_p, repeat_penalty=repeat_penalty, seed=seed):
+            for piece in llm.stream(ids, max_tokens, stop=stop, stats=stats, **sampling):
                 reply += piece
                 click.echo(piece, nl=False)
         except ValueError as e:
@@ -127,7 +203,7 @@ def inspect(model, all_tensors):
     from .report import inspect_model
 
     try:
-        inspect_model(model, all_tensors)
+        inspect_model(_model_arg(model), all_tensors)
     except (ValueError, OSError) as e:
         _fail(str(e))
 
@@ -185,8 +261,6 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
     """Time the linear-kernel variants for MODEL's weight shapes on a GPU adapter and cache the winners.
 
     The GPU backend then uses them on this adapter (WGPU_LLM_TUNE=0 ignores the cache)."""
-    from pathlib import Path
-
     from rich.console import Console
     from rich.table import Table
 
@@ -201,6 +275,7 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
     except ImportError as e:
         _fail(f"the gpu backend cannot be loaded: {e}")
     try:
+        model = _model_arg(model)
         if model is None or model in zoo.KNOWN_MODELS:
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:

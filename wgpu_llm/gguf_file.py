@@ -192,6 +192,8 @@ class GGUFFile:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise GGUFError(f"{self.path}: is a directory, not a GGUF file")
         if not self.path.is_file():
             raise GGUFError(f"{self.path}: no such file")
         self.file_size = self.path.stat().st_size
