@@ -1,17 +1,25 @@
 """The benchmark engine on a tiny random model: wgpu-llm:cpu only, tiny cases, a few seconds."""
 
 import json
+import subprocess
+from pathlib import Path
 
+import numpy as np
 from tiny_models import write_tiny_model
 
 from wgpu_llm import bench
+
+
+def _git(root, *args):
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def test_bench_tiny_model_json(tmp_path):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama")
     cases = [bench.Case("prefill_24", 24, 1, 2), bench.Case("decode_16", 16, 6, 1),
              bench.Case("too_long", 300, 4, 1)]  # longer than the tiny model's 256-token context
-    doc = bench.run_suite([str(model)], cases, ["wgpu-llm:cpu"], threads=1, timeout=120, log=lambda m: None)
+    doc = bench.run_suite([str(model)], cases, ["wgpu-llm:cpu"], threads=1, timeout=120, log=lambda m: None,
+                          command="wgpu-llm bench --engines wgpu-llm:cpu")
     out = tmp_path / "r.json"
     out.write_text(json.dumps(bench._clean_doc(doc)))
     doc = json.loads(out.read_text())
@@ -23,6 +31,17 @@ def test_bench_tiny_model_json(tmp_path):
     info = doc["models"]["tiny"]
     assert info["weight_bytes_per_token"]["float32"] > 0 and info["n_ctx"] == 256
     assert doc["engines"]["wgpu-llm:cpu"]["runs"]["tiny"]["status"] == "ok"
+
+    # provenance: the code that ran, how it was asked for, with which versions
+    assert doc["command"] == "wgpu-llm bench --engines wgpu-llm:cpu"
+    assert doc["date"] <= doc["finished"]
+    assert doc["settings"]["repeat"] == {"prefill_24": 2, "decode_16": 1, "too_long": 1}
+    assert doc["engines"]["wgpu-llm:cpu"]["versions"]["numpy"] == np.__version__
+    assert "adapter" not in doc["engines"]["wgpu-llm:cpu"] and "adapter" not in doc["machine"]
+    if (bench.ROOT / ".git").exists():
+        assert doc["git_commit"] == _git(bench.ROOT, "rev-parse", "HEAD") and isinstance(doc["git_dirty"], bool)
+    else:  # an unpacked source archive: no commit to name, and the file says why
+        assert doc["git_commit"] is None and doc["git_dirty"] is None and doc["git_note"]
 
     rows = {r["case"]: r for r in doc["rows"]}
     assert set(rows) == {"prefill_24", "decode_16", "too_long"}
@@ -51,7 +70,8 @@ def test_weight_bytes_and_prompt(tmp_path):
 
 
 def test_options_and_ratios():
-    assert bench.expand_engines(["wgpu-llm", "llama.cpp"], "all") == ["wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp"]
+    assert bench.expand_engines(["wgpu-llm", "llama.cpp"], "all", llama_cpp_gpu=False) == [
+        "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp:cpu"]
     quick = bench.select_cases(["decode_128"], quick=True, repeat=None)
     assert quick[0].prompt_tokens < 128 and bench.select_cases(None, False, 5)[0].repeat == 5
     row = {"model": "m", "case": "decode_128", "kind": "decode", "status": "ok", "new_tokens": 3,
@@ -60,3 +80,50 @@ def test_options_and_ratios():
             {**row, "engine": "llama.cpp", "tokens": [1, 2, 4], "decode_tokens_per_s": 8.0}]
     (r,) = bench.ratios(rows)
     assert r["vs"] == "llama.cpp" and r["ratio"] == 0.5 and r["same_leading_tokens"] == 2
+
+
+def test_git_provenance(tmp_path):
+    """git_dirty follows the runtime paths only: a changed or new file there, not a changed README."""
+    repo = tmp_path / "repo"
+    for rel in ("wgpu_llm/api.py", "shaders/a.wgsl", "cpu_fallback/ops.py", "README.md"):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (repo / rel).write_text("x\n")
+    _git(repo.parent, "init", "-q", str(repo))
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    head = _git(repo, "rev-parse", "HEAD")
+
+    assert bench.git_provenance(repo) == {"git_commit": head, "git_dirty": False, "git_dirty_paths": [],
+                                          "git_note": None}
+    (repo / "README.md").write_text("changed\n")
+    assert bench.git_provenance(repo)["git_dirty"] is False
+    (repo / "cpu_fallback/ops.py").write_text("changed\n")
+    (repo / "shaders/new.wgsl").write_text("new\n")
+    prov = bench.git_provenance(repo)
+    assert prov["git_commit"] == head and prov["git_dirty"] is True
+    assert sorted(prov["git_dirty_paths"]) == ["cpu_fallback/ops.py", "shaders/new.wgsl"]
+
+    plain = tmp_path / "plain"  # not a checkout: None, with the reason
+    plain.mkdir()
+    prov = bench.git_provenance(plain)
+    assert prov["git_commit"] is None and prov["git_dirty"] is None and "git" in prov["git_note"]
+    prov = bench.git_provenance(repo / "wgpu_llm")  # inside a repository, but not at its top
+    assert prov["git_commit"] is None and "not at the top" in prov["git_note"]
+
+
+def test_llama_cpp_rows_and_command(monkeypatch):
+    # llama.cpp's CPU backend is always a row; a GPU build adds its GPU backend next to it
+    assert bench.expand_engines(["llama.cpp"], "cpu", llama_cpp_gpu=False) == ["llama.cpp:cpu"]
+    assert bench.expand_engines(["wgpu-llm", "llama.cpp"], "gpu", llama_cpp_gpu=True) == [
+        "wgpu-llm:gpu", "llama.cpp:cpu", "llama.cpp:gpu"]
+    assert bench.expand_engines(["llama.cpp:gpu"], "cpu", llama_cpp_gpu=False) == ["llama.cpp:gpu"]
+    cpu = {"name": "CPU", "description": "AMD EPYC"}
+    vk = {"name": "Vulkan0", "description": "llvmpipe (LLVM 15.0.6, 256 bits)"}
+    assert bench._gpu_devices({"gpu_backend": "vulkan", "devices": [cpu, vk]}) == [vk]
+    assert bench._gpu_devices({"gpu_backend": "vulkan", "devices": [cpu]}) == []  # the engine refuses this
+    assert bench._gpu_devices({"gpu_backend": "vulkan", "devices": None}) is None  # an old build: unknown
+
+    monkeypatch.setattr("sys.argv", [str(Path("benchmarks") / "run.py")])
+    assert bench.command_line(["--models", "a b.gguf"]) == "python benchmarks/run.py --models 'a b.gguf'"
+    monkeypatch.setattr("sys.argv", ["/usr/bin/wgpu-llm", "bench"])
+    assert bench.command_line(["--quick"]) == "wgpu-llm bench --quick"

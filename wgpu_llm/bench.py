@@ -15,6 +15,10 @@ Definitions (the same for every engine):
                   that compute in float32 -- wgpu-llm:cpu, transformers -- GGUF bytes for engines
                   that read the quantized file layout -- wgpu-llm:gpu, llama.cpp)
 
+Every results file says what it measured: the git commit of the checkout (and whether the runtime
+code had uncommitted changes), the command line, the date, the machine, the GPU adapter, the versions
+of every engine, and per engine, model and case the absolute figures (tok/s, ttft, peak memory).
+
 Use ``main(argv)`` (what ``wgpu-llm bench`` and ``benchmarks/run.py`` call) or ``run_suite``.
 """
 
@@ -22,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import json
 import math
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -34,14 +40,22 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 
 DEFAULT_MODELS = ("gemma3-270m", "smollm2-135m")
 DEFAULT_ENGINES = ("wgpu-llm", "llama.cpp", "transformers")
-ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp", "llama.cpp:cpu", "transformers")
+ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp", "llama.cpp:cpu", "llama.cpp:gpu", "transformers")
 N_BATCH = 512  # prompt tokens per prefill step, for every engine that has the notion
 WARMUP_PROMPT = 512  # the warm-up run uses the first min(prompt, this) prompt tokens
-SCHEMA = 1
+SCHEMA = 2  # 2: git_commit, git_dirty, command, environment, adapter and per-engine versions
+ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages) holding wgpu_llm
+# The code a measurement depends on: git_dirty looks at these paths, and a results file describes HEAD
+# only while these paths are unchanged since its git_commit (benchmarks/readme_table.py checks that).
+RUNTIME_PATHS = ("wgpu_llm", "shaders", "cpu_fallback")
+# Environment variables that change what runs (engine builds on the path, adapter and driver choice,
+# thread counts): recorded in the results file and shown in front of the command.
+ENV_PREFIXES = ("PYTHONPATH", "WGPU_LLM_", "VK_", "GGML_", "OMP_", "OPENBLAS_", "MKL_")
 
 
 @dataclass(frozen=True)
@@ -154,11 +168,23 @@ class WgpuLLMEngine:
             raise EngineUnavailable(str(e)) from None
         if backend == "gpu" and self.llm.backend.name == "cpu":
             raise EngineUnavailable(f"no GPU backend ({self.llm.backend_reason})")
+        import numpy as np
+
         self.label = f"wgpu-llm:{backend}"
         self.description = f"{self.llm.backend.describe()} ({self.llm.backend_reason})"
-        be = self.llm.backend
-        info = getattr(getattr(be, "rt", None), "info", None) or getattr(be, "adapter", None)  # AdapterInfo
-        self.adapter = (getattr(info, "name", None) or be.describe()) if backend == "gpu" else None
+        self.versions = {"numpy": np.__version__}
+        self.adapter = None
+        if backend == "gpu":
+            import wgpu
+
+            self.versions["wgpu"] = wgpu.__version__
+            be = self.llm.backend
+            info = getattr(getattr(be, "rt", None), "info", None)  # a gpu.device.AdapterInfo
+            raw = dict(getattr(getattr(info, "adapter", None), "info", None) or {})  # wgpu's own description
+            self.adapter = {"name": getattr(info, "name", None) or be.describe(),
+                            "vendor": getattr(info, "vendor", None), "backend": getattr(info, "backend", None),
+                            "type": getattr(info, "type", None), "software": getattr(info, "is_software", None),
+                            "driver": raw.get("description") or None}
 
     def run(self, ids: list[int], n_new: int) -> Measure:
         out = self.llm.generate(list(ids), max_tokens=n_new, temperature=0.0, ignore_eos=True)
@@ -171,6 +197,11 @@ class WgpuLLMEngine:
         return int(value) if isinstance(value, (int, float)) else None
 
 
+def _llama_cpp_libraries(llama_cpp) -> list[str]:
+    """The ggml libraries shipped with this llama-cpp-python build (libggml-vulkan.so, ...)."""
+    return sorted(p.name for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml*"))
+
+
 def _llama_cpp_gpu_name(llama_cpp) -> str | None:
     """The GPU backend compiled into this llama-cpp-python build, or None for a CPU-only build."""
     try:
@@ -180,30 +211,106 @@ def _llama_cpp_gpu_name(llama_cpp) -> str | None:
         return None
     info = llama_cpp.llama_print_system_info().decode(errors="replace").lower()
     # builds that load backends as libraries (libggml-vulkan.so ...) do not name them in the info
-    libs = " ".join(p.name.lower() for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml-*"))
+    libs = " ".join(name.lower() for name in _llama_cpp_libraries(llama_cpp))
     for name in ("vulkan", "cuda", "metal", "hip", "sycl", "opencl", "kompute"):
         if name in info or f"ggml-{name}" in libs:
             return name
     return "gpu"
 
 
-class LlamaCppEngine:
-    def __init__(self, path: Path, force_cpu: bool, n_ctx: int, threads: int):
+def _ggml_devices(llama_cpp) -> list[dict] | None:
+    """The devices ggml registered in this build, [{"name": "Vulkan0", "description": "llvmpipe ..."}, ...],
+    read through ggml's device API; None where the build's libraries do not export it (old builds)."""
+    import ctypes
+
+    for lib in ("libggml.so", "libggml.dylib", "ggml.dll", "libggml-base.so"):
+        path = Path(llama_cpp.__file__).parent / "lib" / lib
+        if not path.is_file():
+            continue
         try:
-            import llama_cpp
-        except ImportError as e:
-            raise EngineUnavailable(f"llama-cpp-python is not installed ({e})") from None
+            ggml = ctypes.CDLL(str(path))  # already loaded by llama_cpp: the same registry
+            count, get = ggml.ggml_backend_dev_count, ggml.ggml_backend_dev_get
+            name, description = ggml.ggml_backend_dev_name, ggml.ggml_backend_dev_description
+        except (OSError, AttributeError):
+            continue
+        count.restype, get.restype, get.argtypes = ctypes.c_size_t, ctypes.c_void_p, [ctypes.c_size_t]
+        for fn in (name, description):
+            fn.restype, fn.argtypes = ctypes.c_char_p, [ctypes.c_void_p]
+        devices = [get(i) for i in range(count())]
+        return [{"name": name(d).decode(errors="replace"), "description": description(d).decode(errors="replace")}
+                for d in devices]
+    return None
+
+
+def llama_cpp_build() -> dict:
+    """Which llama-cpp-python is importable here and which ggml GPU backend it was built with:
+    {"version", "gpu_backend" (None for a CPU-only build), "libraries", "devices" (what ggml found, the
+    GPU ones named after the backend: "Vulkan0", ...; None where unknown)}, or {"error": why not}."""
+    try:
+        import llama_cpp
+    except ImportError as e:
+        return {"error": f"llama-cpp-python is not installed ({e})"}
+    except OSError as e:  # the package is there but its shared library does not load
+        return {"error": f"llama-cpp-python does not load ({e})"}
+    return {"version": llama_cpp.__version__, "gpu_backend": _llama_cpp_gpu_name(llama_cpp),
+            "libraries": _llama_cpp_libraries(llama_cpp), "devices": _ggml_devices(llama_cpp)}
+
+
+def _gpu_devices(build: dict) -> list[dict] | None:
+    """The build's devices of its GPU backend (ggml names them after it: Vulkan0, CUDA0, ...)."""
+    if build.get("devices") is None or not build.get("gpu_backend"):
+        return None
+    return [d for d in build["devices"] if d["name"].lower().startswith(build["gpu_backend"])]
+
+
+@lru_cache(maxsize=1)
+def llama_cpp_probe() -> dict:
+    """llama_cpp_build() as a worker sees it (same environment), without loading llama.cpp here."""
+    code = "import json, wgpu_llm.bench as b; print(json.dumps(b.llama_cpp_build()))"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], check=False, env=_worker_env(None), capture_output=True,
+                              text=True, timeout=120)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        return {"error": f"could not probe llama-cpp-python ({type(e).__name__}: {e})"}
+
+
+class LlamaCppEngine:
+    """llama-cpp-python on its CPU backend (device "cpu") or on the GPU backend it was built with ("gpu")."""
+
+    def __init__(self, path: Path, device: str, n_ctx: int, threads: int):
+        build = llama_cpp_build()
+        if "error" in build:
+            raise EngineUnavailable(build["error"])
+        import llama_cpp
         import numpy as np
 
         self._np, self._llama_cpp = np, llama_cpp
-        gpu = None if force_cpu else _llama_cpp_gpu_name(llama_cpp)
-        self.label = f"llama.cpp:{gpu}" if gpu else ("llama.cpp:cpu" if force_cpu else "llama.cpp")
+        gpu = build["gpu_backend"] if device == "gpu" else None
+        gpu_devices = _gpu_devices(build)
+        if device == "gpu" and gpu is None:
+            raise EngineUnavailable(f"llama-cpp-python {build['version']} is a CPU-only build "
+                                    f"(libraries: {', '.join(build['libraries']) or 'none found'})")
+        if device == "gpu" and gpu_devices == []:  # layers "offloaded" to no device would run on the CPU
+            raise EngineUnavailable(
+                f"llama-cpp-python {build['version']}'s {gpu} backend found no device (newer llama.cpp skips "
+                "software adapters such as lavapipe unless GGML_VK_VISIBLE_DEVICES=0 names them)")
+        options = {}
+        if gpu is None and "op_offload" in inspect.signature(llama_cpp.Llama).parameters:
+            options["op_offload"] = False  # a GPU build would otherwise run big prefill products on the GPU
+        self.label = f"llama.cpp:{gpu or 'cpu'}"
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
-                                   n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0, seed=0, verbose=False)
+                                   n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0, seed=0, verbose=False,
+                                   **options)
         self.n_vocab = self.llm.n_vocab()
-        self.description = (f"llama-cpp-python {llama_cpp.__version__}, {threads} threads, "
+        self.description = (f"llama-cpp-python {build['version']}, {threads} threads, "
                             f"{'all layers on ' + gpu if gpu else 'CPU'}")
-        self.adapter = gpu
+        self.versions = {"llama-cpp-python": build["version"], "ggml_gpu_backend": build["gpu_backend"],
+                         "ggml_libraries": build["libraries"], "ggml_devices": build["devices"],
+                         "numpy": np.__version__}
+        self.adapter = None
+        if gpu:  # with several devices llama.cpp splits the layers over them; one is the usual case
+            self.adapter = {"backend": gpu, "device": ", ".join(d["description"] for d in gpu_devices or []) or None}
 
     def _argmax(self) -> int:
         logits = self._np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1),
@@ -246,6 +353,7 @@ class TransformersEngine:
         self.label = "transformers"
         self.description = (f"transformers {transformers.__version__} float32, torch {torch.__version__}, "
                             f"{threads} threads, attention {self.model.config._attn_implementation}")
+        self.versions = {"transformers": transformers.__version__, "torch": torch.__version__}
         self.adapter = None
 
     def run(self, ids: list[int], n_new: int) -> Measure:
@@ -281,8 +389,8 @@ class TransformersEngine:
 def _open_engine(engine: str, path: Path, n_ctx: int, threads: int):
     if engine.startswith("wgpu-llm:"):
         return WgpuLLMEngine(path, engine.split(":", 1)[1], n_ctx, threads)
-    if engine in ("llama.cpp", "llama.cpp:cpu"):
-        return LlamaCppEngine(path, engine == "llama.cpp:cpu", n_ctx, threads)
+    if engine in ("llama.cpp:cpu", "llama.cpp:gpu"):
+        return LlamaCppEngine(path, engine.split(":", 1)[1], n_ctx, threads)
     if engine == "transformers":
         return TransformersEngine(path, n_ctx, threads)
     raise ValueError(f"unknown engine {engine!r}")
@@ -303,7 +411,7 @@ def _worker(job_path: str, out_path: str) -> int:
         t = time.perf_counter()
         engine = _open_engine(job["engine"], Path(job["model_path"]), job["n_ctx"], job["threads"])
         result.update(label=engine.label, description=engine.description, adapter=engine.adapter,
-                      load_s=time.perf_counter() - t)
+                      versions=engine.versions, load_s=time.perf_counter() - t)
         result["load_peak_mib"], result["peak_method"] = _peak_rss_mib()
         if not can_reset:
             result["peak_method"] += " (cumulative: the peak could not be reset between cases)"
@@ -441,6 +549,53 @@ def machine_info() -> dict:
     return info
 
 
+def _git(root: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(root), *args], check=False, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip().splitlines() or [f"git exit {proc.returncode}"])[-1])
+    return proc.stdout
+
+
+def git_provenance(root: Path = ROOT) -> dict:
+    """The code that was measured: git_commit (full sha of HEAD) and git_dirty.
+
+    git_dirty is true when RUNTIME_PATHS (wgpu_llm/, shaders/, cpu_fallback/) hold changes that are in
+    no commit: modified tracked files, or new files git does not ignore (an uncommitted module or
+    shader runs too). Changes elsewhere (docs, tests, results files) do not change a measurement,
+    and in a checkout that others edit they would make the flag always true. git_dirty_paths lists
+    the changed paths. Outside a git checkout (an installed package, a source archive) both are None
+    and git_note says why."""
+    out = {"git_commit": None, "git_dirty": None, "git_dirty_paths": [], "git_note": None}
+    try:
+        top = Path(_git(root, "rev-parse", "--show-toplevel").strip()).resolve()
+        if top != root.resolve():  # e.g. site-packages inside some other repository
+            out["git_note"] = f"wgpu_llm is not at the top of a git checkout (the repository there is {top.name})"
+            return out
+        out["git_commit"] = _git(root, "rev-parse", "HEAD").strip()
+        status = _git(root, "status", "--porcelain", "--", *RUNTIME_PATHS)
+    except FileNotFoundError:
+        out["git_note"] = "git is not installed"
+        return out
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+        out["git_note"] = f"not run from a git checkout ({e})"
+        return out
+    out["git_dirty_paths"] = [line[3:] for line in status.splitlines() if line.strip()]
+    out["git_dirty"] = bool(out["git_dirty_paths"])
+    return out
+
+
+def _environment() -> dict:
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)}
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that ran, as typed in the repository root: `python benchmarks/run.py ...`,
+    `python -m wgpu_llm.bench ...` or `wgpu-llm bench ...` (no absolute path of this machine)."""
+    script = Path(sys.argv[0]).name if sys.argv else ""
+    prog = {"run.py": "python benchmarks/run.py", "bench.py": "python -m wgpu_llm.bench"}.get(script, "wgpu-llm bench")
+    return shlex.join([*prog.split(), *argv])
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "unknown"
 
@@ -452,14 +607,20 @@ def machine_label(machine: dict) -> str:
     return f"cpu-{machine.get('cores') or 0}core"
 
 
+def _worker_env(threads: int | None) -> dict:
+    """A worker's environment: this wgpu_llm (and cpu_fallback) first on the path, the thread count."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
 def _run_worker(engine: str, model_name: str, path: Path, cases: list[dict], n_ctx: int, threads: int,
                 timeout: float | None) -> dict:
-    env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)  # where wgpu_llm (and cpu_fallback) live
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env = _worker_env(threads)
     with tempfile.TemporaryDirectory(prefix="wgpu-llm-bench-") as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps({"engine": engine, "model": model_name, "model_path": str(path),
@@ -560,13 +721,20 @@ def select_cases(names: list[str] | None, quick: bool, repeat: int | None) -> li
     return [replace(table[n], repeat=repeat) if repeat else table[n] for n in names]
 
 
-def expand_engines(names: list[str], backend: str) -> list[str]:
+def expand_engines(names: list[str], backend: str, llama_cpp_gpu: bool | None = None) -> list[str]:
+    """The worker engines for --engines: 'wgpu-llm' follows --backend; 'llama.cpp' is its CPU backend
+    (always a row: the reference every engine is compared with) plus the GPU backend the installed
+    build has, if any (llama_cpp_gpu; None: ask the installed build)."""
     out: list[str] = []
     for name in names:
         if name not in ENGINES:
             raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
         if name == "wgpu-llm":
             expanded = ["wgpu-llm:cpu", "wgpu-llm:gpu"] if backend == "all" else [f"wgpu-llm:{backend}"]
+        elif name == "llama.cpp":
+            if llama_cpp_gpu is None:
+                llama_cpp_gpu = bool(llama_cpp_probe().get("gpu_backend"))
+            expanded = ["llama.cpp:cpu", "llama.cpp:gpu"] if llama_cpp_gpu else ["llama.cpp:cpu"]
         else:
             expanded = [name]
         out += [e for e in expanded if e not in out]
@@ -574,15 +742,20 @@ def expand_engines(names: list[str], backend: str) -> list[str]:
 
 
 def run_suite(models: list[str], cases: list[Case], engines: list[str], *, threads: int | None = None,
-              timeout: float | None = None, log=None) -> dict:
-    """Run every (engine, model) in a worker process; returns the result document (see README)."""
+              timeout: float | None = None, log=None, command: str | None = None) -> dict:
+    """Run every (engine, model) in a worker process; returns the result document (see README).
+    command: the command line that asked for this run (recorded as it is)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     threads = threads or os.cpu_count() or 1
     machine = machine_info()
+    if any(e.startswith("llama.cpp") for e in engines):
+        machine["llama_cpp"] = llama_cpp_probe()
     started = datetime.datetime.now().astimezone()
-    doc = {"schema": SCHEMA, "date": started.isoformat(timespec="seconds"), "machine": machine,
+    doc = {"schema": SCHEMA, "date": started.isoformat(timespec="seconds"), **git_provenance(),
+           "command": command, "environment": _environment(), "machine": machine,
            "settings": {"threads": threads, "n_batch": N_BATCH, "warmup_prompt_tokens": WARMUP_PROMPT,
-                        "engines": engines, "cases": [asdict(c) for c in cases]},
+                        "engines": engines, "cases": [asdict(c) for c in cases],
+                        "repeat": {c.name: c.repeat for c in cases}},
            "load_average": {"before": _loadavg()}, "models": {}, "engines": {}, "rows": []}
     for spec in models:
         name, path = resolve_model(spec)
@@ -603,16 +776,22 @@ def run_suite(models: list[str], cases: list[Case], engines: list[str], *, threa
             jobs = [{"name": c.name, "prompt_ids": prompts[c.name], "new_tokens": c.new_tokens,
                      "repeat": c.repeat} for c in cases]
             result = _run_worker(engine, name, path, jobs, n_ctx, threads, timeout)
-            doc["engines"].setdefault(result.get("label", engine), {}).setdefault("runs", {})[name] = {
+            entry = doc["engines"].setdefault(result.get("label", engine), {})
+            for key in ("versions", "adapter"):  # the same for every model: kept once per engine
+                if result.get(key):
+                    entry[key] = result[key]
+            entry.setdefault("runs", {})[name] = {
                 **{k: result.get(k) for k in ("description", "status", "load_s", "load_peak_mib", "peak_method")},
                 "wall_s": round(time.perf_counter() - t, 1), "load_average": [load_before, _loadavg()]}
             if result.get("adapter") and result.get("label", "").startswith("wgpu-llm:gpu"):
-                machine["gpu"] = result["adapter"]
+                machine["gpu"] = result["adapter"]["name"]
+                machine["adapter"] = result["adapter"]
             if "traceback" in result:
                 log(result["traceback"])
             log(f"[bench]   {result.get('label', engine)}: {result['status']} ({time.perf_counter() - t:.0f} s)")
             doc["rows"] += _rows_from(result, name, cases, weights)
     doc["load_average"]["after"] = _loadavg()
+    doc["finished"] = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     doc["ratios"] = ratios(doc["rows"])
     doc["label"] = machine_label(machine)
     return doc
@@ -654,6 +833,12 @@ def print_report(doc: dict, console=None) -> None:
     mem = f"{m['memory_bytes'] / 2**30:.1f} GiB" if m.get("memory_bytes") else "?"
     console.print(f"[bold]machine[/bold] {doc['label']}: {m['cpu']}, {m['cores']} cores, {mem} RAM"
                   + (f", GPU {m['gpu']}" if m.get("gpu") else "") + f"; {doc['settings']['threads']} threads")
+    if doc.get("git_commit"):
+        dirty = doc.get("git_dirty_paths") or []
+        console.print(f"commit {doc['git_commit'][:12]}"
+                      + (f" [red]with uncommitted changes: {', '.join(dirty)}[/red]" if dirty else ""))
+    else:
+        console.print(f"commit unknown: {doc.get('git_note')}")
     la = doc["load_average"]
     console.print(f"load average (1/5/15 min) before {la['before']}, after {la['after']}")
     for label, info in doc["engines"].items():
@@ -770,7 +955,8 @@ def main(argv: list[str] | None = None) -> int:
         engines = expand_engines(_split(args.engines), args.backend)
         if args.repeat is not None and args.repeat < 1:
             raise ValueError("--repeat must be >= 1")
-        doc = run_suite(_split(args.models), cases, engines, threads=args.threads, timeout=args.timeout)
+        doc = run_suite(_split(args.models), cases, engines, threads=args.threads, timeout=args.timeout,
+                        command=command_line(argv))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
