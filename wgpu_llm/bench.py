@@ -202,20 +202,24 @@ def _llama_cpp_libraries(llama_cpp) -> list[str]:
     return sorted(p.name for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml*"))
 
 
+GGML_GPU_BACKENDS = ("vulkan", "cuda", "metal", "hip", "sycl", "opencl", "kompute")
+
+
 def _llama_cpp_gpu_name(llama_cpp) -> str | None:
     """The GPU backend compiled into this llama-cpp-python build, or None for a CPU-only build."""
+    # a backend built as a library (libggml-vulkan.so ...) is there even when it finds no device, in
+    # which case llama_supports_gpu_offload() is false: the build is still not a CPU-only one
+    libs = " ".join(name.lower() for name in _llama_cpp_libraries(llama_cpp))
+    for name in GGML_GPU_BACKENDS:
+        if f"ggml-{name}" in libs:
+            return name
     try:
         if not llama_cpp.llama_supports_gpu_offload():
             return None
     except AttributeError:
         return None
     info = llama_cpp.llama_print_system_info().decode(errors="replace").lower()
-    # builds that load backends as libraries (libggml-vulkan.so ...) do not name them in the info
-    libs = " ".join(name.lower() for name in _llama_cpp_libraries(llama_cpp))
-    for name in ("vulkan", "cuda", "metal", "hip", "sycl", "opencl", "kompute"):
-        if name in info or f"ggml-{name}" in libs:
-            return name
-    return "gpu"
+    return next((name for name in GGML_GPU_BACKENDS if name in info), "gpu")
 
 
 def _ggml_devices(llama_cpp) -> list[dict] | None:
