@@ -2,11 +2,12 @@
 
 Weights are dequantized once at load with gguf-py's dequantizers; the weights of a multi-weight
 `linear` (QKV, gate+up) are concatenated into one matrix so the step does one matmul for them.
-The KV cache is preallocated for the whole context: (n_ctx, n_kv_head*head_dim) per layer.
+The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim) per layer.
 
-`compile` turns the graph into a list of small closures over buffers allocated once, so a step
-writes every activation in place (matmuls with `out=`); only attention's score matrix, whose size
-grows with the position, is a temporary. An activation takes over the buffer of one that has been
+`compile` turns the graph into a list of small closures over buffers allocated once, each calling
+the op's function in ops.py (the reference the GPU kernels are tested against) with `out=` its
+buffer, so a step writes every activation in place; only attention's score matrix, whose size
+grows with the position, is a temporary. Slices and last_row are views. An activation takes over the buffer of one that has been
 read for the last time (never one of its own op's inputs), so a step holds a few buffers, not one
 per op.
 """
@@ -137,93 +138,50 @@ class _CpuStep:
             return None
         out = self._buffer(op, rows)
         if op.kind == "embed":
-            table, scale = b._weight(op.weights), np.float32(p["scale"])
+            table, scale = b._weight(op.weights), p["scale"]
 
             def run(ids, pos0):
-                np.take(table, ids, axis=0, out=out)
-                if scale != 1:
-                    np.multiply(out, scale, out=out)
+                ops.embed(table, ids, scale, out)
         elif op.kind == "rms_norm":
-            weight = b._weight(op.weights).reshape(-1)
-            x = args[0]
-            group = weight.shape[0]
-            xg, og = x.reshape(rows, -1, group), out.reshape(rows, -1, group)
-            mean_sq = np.empty((rows, xg.shape[1], 1), np.float32)
-            eps, inv_group = np.float32(p["eps"]), np.float32(1.0 / group)
+            weight, x, eps = b._weight(op.weights), args[0], p["eps"]
 
             def run(ids, pos0):
-                np.einsum("rgi,rgi->rg", xg, xg, out=mean_sq[..., 0])
-                mean_sq[...] = mean_sq * inv_group + eps
-                np.sqrt(mean_sq, out=mean_sq)
-                np.divide(xg, mean_sq, out=og)
-                np.multiply(og, weight, out=og)
+                ops.rms_norm(x, weight, eps, out)
         elif op.kind == "linear":
-            weight_t, x = b._weight(op.weights).T, args[0]
+            weight, x = b._weight(op.weights), args[0]
 
             def run(ids, pos0):
-                np.matmul(x, weight_t, out=out)
+                ops.linear(x, weight, out)
         elif op.kind == "rope":
-            run = self._rope(op, args[0], out)
+            x, head_dim, n_rot, neox = args[0], p["head_dim"], p["n_rot"], p["neox"]
+            cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"])
+
+            def run(ids, pos0):
+                ops.rope(x, cos[pos0:pos0 + rows], sin[pos0:pos0 + rows], head_dim, n_rot, neox, out)
         elif op.kind == "attention":
-            run = self._attention(op, args, out)
+            q, k, v = args
+            k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
+            n_head, scale, window = p["n_head"], p["scale"], p["window"]
+
+            def run(ids, pos0):
+                ops.attention(q, k, v, k_cache, v_cache, pos0, n_head, scale, window, out)
         elif op.kind == "glu":
             x, act = args[0], p["activation"]
 
             def run(ids, pos0):
-                ops.glu_into(x, act, out)
+                ops.glu(x, act, out)
         elif op.kind == "add":
             x, y = args
 
             def run(ids, pos0):
-                np.add(x, y, out=out)
+                ops.add(x, y, out)
         elif op.kind == "scale":
-            x, factor = args[0], np.float32(p["factor"])
+            x, factor = args[0], p["factor"]
 
             def run(ids, pos0):
-                np.multiply(x, factor, out=out)
+                ops.scale(x, factor, out)
         else:
             raise NotImplementedError(f"cpu backend: op {op.kind!r}")
-        return run
-
-    def _rope(self, op: Op, x: np.ndarray, out: np.ndarray):
-        p = op.p
-        head_dim, n_rot = p["head_dim"], p["n_rot"]
-        cos_all, sin_all = self.backend.rope_table(n_rot, p["base"], p["freq_scale"])
-        rows = x.shape[0]
-        xh, oh = x.reshape(rows, -1, head_dim), out.reshape(rows, -1, head_dim)
-        half = n_rot // 2
-        if p["neox"]:
-            a, b, oa, ob = xh[..., :half], xh[..., half:n_rot], oh[..., :half], oh[..., half:n_rot]
-        else:
-            a, b, oa, ob = xh[..., 0:n_rot:2], xh[..., 1:n_rot:2], oh[..., 0:n_rot:2], oh[..., 1:n_rot:2]
-        tmp = np.empty_like(oa)
-
-        def run(ids, pos0):
-            cos, sin = cos_all[pos0:pos0 + rows, None], sin_all[pos0:pos0 + rows, None]
-            np.multiply(a, cos, out=oa)
-            np.multiply(b, sin, out=tmp)
-            np.subtract(oa, tmp, out=oa)
-            np.multiply(a, sin, out=ob)
-            np.multiply(b, cos, out=tmp)
-            np.add(ob, tmp, out=ob)
-            if n_rot < head_dim:
-                oh[..., n_rot:] = xh[..., n_rot:]
-        return run
-
-    def _attention(self, op: Op, args, out: np.ndarray):
-        p, b = op.p, self.backend
-        q, k, v = args
-        k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
-        rows = q.shape[0]
-        n_kv, _, head_dim = k_cache.shape
-        k_heads, v_heads = k.reshape(rows, n_kv, head_dim), v.reshape(rows, n_kv, head_dim)
-
-        def run(ids, pos0):
-            total = pos0 + rows
-            k_cache[:, pos0:total] = k_heads.transpose(1, 0, 2)
-            v_cache[:, pos0:total] = v_heads.transpose(1, 0, 2)
-            ops.attention_heads(q, k_cache[:, :total], v_cache[:, :total], pos0, p["n_head"], p["scale"],
-                                p["window"], out)
         return run
 
     def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:

@@ -1,6 +1,9 @@
-"""The numpy reference of every graph op (float32). GPU kernels are tested against these.
+"""The numpy reference of every graph op (float32): the very functions the numpy backend runs,
+so the GPU kernels are tested against the code that computes the CPU path's results.
 
 Shapes: activations are (n_rows, width) float32; see wgpu_llm/graph.py for what each op means.
+Every op takes `out=`, a preallocated float32 (n_rows, width) array it writes (the backend's step
+buffers), and returns it; without one it allocates. `out` must not overlap the op's inputs.
 """
 
 from __future__ import annotations
@@ -12,88 +15,100 @@ import numpy as np
 _SQRT_2_OVER_PI = np.float32(0.7978845608028654)
 
 
-def embed(table: np.ndarray, token_ids: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """table: (n_vocab, d) float32; token_ids: (n,) -> (n, d)."""
-    out = table[token_ids]
+def _out(out: np.ndarray | None, rows: int, width: int) -> np.ndarray:
+    return np.empty((rows, width), np.float32) if out is None else out
+
+
+def embed(table: np.ndarray, token_ids: np.ndarray, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """table: (n_vocab, d) float32; token_ids: (n,) -> rows of table times scale, (n, d)."""
+    out = _out(out, len(token_ids), table.shape[1])
+    np.take(table, token_ids, axis=0, out=out)
     if scale != 1.0:
-        out *= np.float32(scale)
+        np.multiply(out, np.float32(scale), out=out)
     return out
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """Normalise each group of len(weight) columns of x by its root mean square."""
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | None = None) -> np.ndarray:
+    """Normalise each group of len(weight) columns of x by its root mean square, times weight."""
     n, width = x.shape
-    group = weight.shape[-1]
-    xg = x.reshape(n, width // group, group)
-    mean_sq = np.mean(xg * xg, axis=-1, keepdims=True, dtype=np.float32)
-    return (xg / np.sqrt(mean_sq + np.float32(eps)) * weight.reshape(group)).reshape(n, width)
+    weight = weight.reshape(-1)
+    group = weight.shape[0]
+    out = _out(out, n, width)
+    xg, og = x.reshape(n, -1, group), out.reshape(n, -1, group)
+    mean_sq = np.einsum("rgi,rgi->rg", xg, xg)[..., None]  # sums of squares; x may be a strided view
+    mean_sq *= np.float32(1.0 / group)
+    mean_sq += np.float32(eps)
+    np.sqrt(mean_sq, out=mean_sq)
+    np.divide(xg, mean_sq, out=og)
+    np.multiply(og, weight, out=og)
+    return out
 
 
-def linear(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> (n, m)."""
-    return x @ weight.T
+def linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> x @ weight.T, (n, m)."""
+    return np.matmul(x, weight.T, out=_out(out, x.shape[0], weight.shape[0]))
 
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0):
-    """cos, sin of shape (n, n_rot/2) for the given positions."""
+    """cos, sin of shape (n, n_rot/2) for the given positions (angles in float64, then float32)."""
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
     angles = np.outer(positions.astype(np.float64) * freq_scale, inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def rope(x: np.ndarray, positions: np.ndarray, head_dim: int, n_rot: int, base: float, neox: bool,
-         freq_scale: float = 1.0) -> np.ndarray:
-    """Rotary embedding of each head of x (n, n_heads*head_dim) at the given positions (n,).
+def rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, head_dim: int, n_rot: int, neox: bool,
+         out: np.ndarray | None = None) -> np.ndarray:
+    """Rotary embedding of each head of x (n, n_heads*head_dim); cos, sin: (n, n_rot/2), the rows of
+    rope_tables for the rows' positions.
 
     neox: pairs (i, i + n_rot/2) rotate together (GPT-NeoX / Gemma layout); otherwise adjacent
     pairs (2i, 2i+1) (the original / llama.cpp "normal" layout). Columns past n_rot pass through.
     """
     n, width = x.shape
-    cos, sin = rope_tables(positions, n_rot, base, freq_scale)
-    xh = x.reshape(n, width // head_dim, head_dim)
-    out = xh.copy()
+    out = _out(out, n, width)
+    xh, oh = x.reshape(n, -1, head_dim), out.reshape(n, -1, head_dim)
     half = n_rot // 2
     if neox:
-        a, b = xh[..., :half], xh[..., half:n_rot]
-        out[..., :half] = a * cos[:, None] - b * sin[:, None]
-        out[..., half:n_rot] = a * sin[:, None] + b * cos[:, None]
+        a, b, oa, ob = xh[..., :half], xh[..., half:n_rot], oh[..., :half], oh[..., half:n_rot]
     else:
-        a, b = xh[..., 0:n_rot:2], xh[..., 1:n_rot:2]
-        out[..., 0:n_rot:2] = a * cos[:, None] - b * sin[:, None]
-        out[..., 1:n_rot:2] = a * sin[:, None] + b * cos[:, None]
-    return out.reshape(n, width)
-
-
-def attention(q: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int, n_head: int,
-              n_kv_head: int, head_dim: int, scale: float, window: int = 0) -> np.ndarray:
-    """Causal attention of q (n, n_head*head_dim), rows at positions pos0.., over the cache.
-
-    k_cache, v_cache: (n_ctx_used, n_kv_head*head_dim) holding positions 0..pos0+n-1 (the step's
-    own keys included). window > 0: a query at position p sees keys in (p - window, p].
-    Returns (n, n_head*head_dim).
-    """
-    total = pos0 + q.shape[0]
-    k_heads = k_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
-    v_heads = v_cache[:total].reshape(total, n_kv_head, head_dim).transpose(1, 0, 2)
-    out = np.empty(q.shape, np.float32)
-    attention_heads(q, k_heads, v_heads, pos0, n_head, scale, window, out)
+        a, b, oa, ob = xh[..., 0:n_rot:2], xh[..., 1:n_rot:2], oh[..., 0:n_rot:2], oh[..., 1:n_rot:2]
+    cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+    tmp = np.empty(oa.shape, np.float32)
+    np.multiply(a, cos, out=oa)  # a cos - b sin
+    np.multiply(b, sin, out=tmp)
+    np.subtract(oa, tmp, out=oa)
+    np.multiply(a, sin, out=ob)  # a sin + b cos
+    np.multiply(b, cos, out=tmp)
+    np.add(ob, tmp, out=ob)
+    if n_rot < head_dim:
+        oh[..., n_rot:] = xh[..., n_rot:]
     return out
 
 
 ATTENTION_QUERY_BLOCK = 64  # queries per block of a long step (measured on 2 cores: 64 beat 128..512)
 
 
-def attention_heads(q: np.ndarray, k_heads: np.ndarray, v_heads: np.ndarray, pos0: int, n_head: int,
-                    scale: float, window: int, out: np.ndarray) -> None:
-    """attention() over a cache already split by KV head, k_heads, v_heads (n_kv_head, total, head_dim),
-    written into out (n, n_head*head_dim).
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
+              n_head: int, scale: float, window: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Store k, v (n, n_kv_head*head_dim) at positions pos0..pos0+n-1 of the KV cache, then causal
+    attention of q (n, n_head*head_dim), row r at position pos0 + r, over the cache.
+
+    k_cache, v_cache: (n_kv_head, n_ctx, head_dim), one (positions, head_dim) block per KV head
+    (GEMM-friendly), positions 0..pos0-1 already filled. GQA: query head h reads KV head
+    h // (n_head / n_kv_head). window > 0: a query at position p sees keys in (p - window, p].
+    Returns (n, n_head*head_dim).
 
     A long step runs in blocks of queries, each over the keys it can see (up to its last query,
     from its first query's window on): half the work of the full causal square, and scores of
     (heads, block, keys) instead of (heads, n, keys) in memory.
     """
     n = q.shape[0]
-    k_t = k_heads.transpose(0, 2, 1)  # (kv, head_dim, total)
+    n_kv_head, _, head_dim = k_cache.shape
+    total = pos0 + n
+    k_cache[:, pos0:total] = k.reshape(n, n_kv_head, head_dim).transpose(1, 0, 2)
+    v_cache[:, pos0:total] = v.reshape(n, n_kv_head, head_dim).transpose(1, 0, 2)
+    out = _out(out, n, q.shape[1])
+    k_t = k_cache[:, :total].transpose(0, 2, 1)  # (kv, head_dim, total)
     if n > 16:  # a contiguous copy makes the score products about 2x faster; worth it past decode
         k_t = np.ascontiguousarray(k_t)
     for b0 in range(0, n, ATTENTION_QUERY_BLOCK):
@@ -101,8 +116,10 @@ def attention_heads(q: np.ndarray, k_heads: np.ndarray, v_heads: np.ndarray, pos
         lo = max(0, pos0 + b0 - window + 1) if window > 0 else 0  # keys before lo: outside every window
         hi = pos0 + b1
         # positions relative to key lo: the masks only compare query and key positions
-        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_heads[:, lo:hi], pos0 + b0 - lo, n_head, scale, window,
+        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_cache[:, lo:hi], pos0 + b0 - lo, n_head, scale, window,
                          out[b0:b1])
+    return out
+
 
 
 @cache
@@ -142,24 +159,10 @@ def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: 
     np.copyto(out.reshape(n, n_kv_head, group, head_dim), heads.reshape(n_kv_head, group, n, head_dim).transpose(2, 0, 1, 3))
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    return x / (np.float32(1.0) + np.exp(-x))
-
-
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x)))
-
-
-def glu(x: np.ndarray, activation: str) -> np.ndarray:
-    """x = [gate | up] along columns -> act(gate) * up."""
+def glu(x: np.ndarray, activation: str, out: np.ndarray | None = None) -> np.ndarray:
+    """x = [gate | up] along columns -> act(gate) * up, (rows, half), in place with no temporaries."""
     half = x.shape[1] // 2
-    act = {"silu": silu, "gelu_tanh": gelu_tanh}[activation]
-    return act(x[:, :half]) * x[:, half:]
-
-
-def glu_into(x: np.ndarray, activation: str, out: np.ndarray) -> None:
-    """glu(x, activation) written into out (rows, half), in place, with no temporaries."""
-    half = x.shape[1] // 2
+    out = _out(out, x.shape[0], half)
     g, u = x[:, :half], x[:, half:]
     if activation == "silu":  # g / (1 + exp(-g))
         np.negative(g, out=out)
@@ -179,13 +182,12 @@ def glu_into(x: np.ndarray, activation: str, out: np.ndarray) -> None:
     else:
         raise ValueError(f"unknown GLU activation {activation!r}")
     out *= u
+    return out
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+def add(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.add(a, b, out=_out(out, *a.shape))
 
 
-def argmax(logits: np.ndarray) -> np.ndarray:
-    """Index of the largest value per row (lowest index on ties)."""
-    return np.argmax(logits, axis=-1)
+def scale(x: np.ndarray, factor: float, out: np.ndarray | None = None) -> np.ndarray:
+    return np.multiply(x, np.float32(factor), out=_out(out, *x.shape))

@@ -65,6 +65,12 @@ def view(buf, offset=0, stride=None, width=None):
     return K.View(buf, offset, stride if stride is not None else width)
 
 
+def rope_ref(x, pos0, head_dim, n_rot, base, neox, freq_scale=1.0):
+    """ops.rope of x's rows at positions pos0, pos0 + 1, ..."""
+    cos, sin = ops.rope_tables(np.arange(pos0, pos0 + x.shape[0]), n_rot, base, freq_scale)
+    return ops.rope(x, cos, sin, head_dim, n_rot, neox)
+
+
 # ---- rms_norm ----
 @pytest.mark.parametrize("n,width,group", [(5, 300, 300), (3, 4 * 64, 64), (1, 2048, 2048), (2, 9 * 33, 33)])
 def test_rms_norm(rt, cfg, rng, n, width, group):
@@ -106,7 +112,7 @@ def test_rms_norm_rope(rt, cfg, rng, neox, in_place):
     k = K.rms_norm(cfg, n, width, hd, 1e-6, view(bx, width=width), bw, view(by, width=width),
                    rope={"n_rot": n_rot, "neox": neox}, rope_freqs=freqs)
     (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[by])
-    ref = ops.rope(ops.rms_norm(x, w, 1e-6), np.arange(pos0, pos0 + n), hd, n_rot, 10000.0, neox, 0.5)
+    ref = rope_ref(ops.rms_norm(x, w, 1e-6), pos0, hd, n_rot, 10000.0, neox, 0.5)
     assert nmse(got, ref) <= REDUCE_TOL / 100
 
 
@@ -122,9 +128,8 @@ def test_rms_norm_two_weights_with_rope(rt, cfg, rng):
     k = K.rms_norm(cfg, n, width, hd, 1e-6, view(bx, stride=width + 16), bw, view(bx, stride=width + 16),
                    rope={"n_rot": hd, "neox": True}, rope_freqs=freqs, w_split=q_heads)
     (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[bx])
-    pos = np.arange(pos0, pos0 + n)
-    q_ref = ops.rope(ops.rms_norm(x[:, :q_heads * hd], wq, 1e-6), pos, hd, hd, 10000.0, True)
-    k_ref = ops.rope(ops.rms_norm(x[:, q_heads * hd:width], wk, 1e-6), pos, hd, hd, 10000.0, True)
+    q_ref = rope_ref(ops.rms_norm(x[:, :q_heads * hd], wq, 1e-6), pos0, hd, hd, 10000.0, True)
+    k_ref = rope_ref(ops.rms_norm(x[:, q_heads * hd:width], wk, 1e-6), pos0, hd, hd, 10000.0, True)
     assert nmse(got[:, :width], np.concatenate([q_ref, k_ref], axis=1)) <= REDUCE_TOL / 100
     assert np.array_equal(got[:, width:], x[:, width:])
 
@@ -162,7 +167,7 @@ def test_rope(rt, cfg, rng, neox, hd, n_rot, pos0):
     freqs = b.up(K.rope_freqs(n_rot, 1e6 if hd == 256 else 10000.0))
     k = K.rope(cfg, n, width, hd, n_rot, neox, freqs, view(bx, width=width), view(by, width=width))
     (got,) = b.run([k], pos0=pos0, n_tokens=n, read=[by])
-    ref = ops.rope(x, np.arange(pos0, pos0 + n), hd, n_rot, 1e6 if hd == 256 else 10000.0, neox)
+    ref = rope_ref(x, pos0, hd, n_rot, 1e6 if hd == 256 else 10000.0, neox)
     assert nmse(got, ref) <= ELTWISE_TOL
 
 
@@ -176,9 +181,8 @@ def test_rope_in_place_on_slice(rt, cfg, rng):
     freqs = b.up(K.rope_freqs(hd, 1e5))
     kq = K.rope(cfg, n, (nq + nkv) * hd, hd, hd, False, freqs, K.View(bqkv, 0, width), K.View(bqkv, 0, width))
     (got,) = b.run([kq], pos0=11, n_tokens=n, read=[bqkv])
-    pos = np.arange(11, 11 + n)
     ref = qkv.copy()
-    ref[:, :(nq + nkv) * hd] = ops.rope(np.ascontiguousarray(qkv[:, :(nq + nkv) * hd]), pos, hd, hd, 1e5, False)
+    ref[:, :(nq + nkv) * hd] = rope_ref(qkv[:, :(nq + nkv) * hd], 11, hd, hd, 1e5, False)
     assert nmse(got, ref) <= ELTWISE_TOL
     assert np.array_equal(got[:, (nq + nkv) * hd:], qkv[:, (nq + nkv) * hd:])
 
@@ -209,7 +213,12 @@ def run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel, n_ctx
     got_y, got_kc, got_vc = b.run([kernel], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
     kc[pos0:pos0 + n] = qkv[:, n_head * hd:n_head * hd + kvw]
     vc[pos0:pos0 + n] = qkv[:, n_head * hd + kvw:]
-    ref = ops.attention(qkv[:, :n_head * hd], kc, vc, pos0, n_head, n_kv, hd, scale, window)
+    # the reference's cache: one (positions, head_dim) block per KV head, positions before pos0 filled
+    k_heads, v_heads = (np.zeros((n_kv, n_ctx, hd), np.float32) for _ in range(2))
+    k_heads[:, :pos0] = kc[:pos0].reshape(pos0, n_kv, hd).transpose(1, 0, 2)
+    v_heads[:, :pos0] = vc[:pos0].reshape(pos0, n_kv, hd).transpose(1, 0, 2)
+    ref = ops.attention(qkv[:, :n_head * hd], qkv[:, n_head * hd:n_head * hd + kvw], qkv[:, n_head * hd + kvw:],
+                        k_heads, v_heads, pos0, n_head, scale, window)
     return got_y, got_kc, got_vc, ref, kc, vc, qkv
 
 
@@ -311,7 +320,7 @@ def test_argmax(rt, cfg, rng):
     bx, bout = b.up(x), b.out((n,), np.uint32)
     k = K.argmax(cfg, n, width, view(bx, width=width), bout)
     (got,) = b.run([k], read=[bout])
-    assert got.tolist() == ops.argmax(x).tolist()
+    assert got.tolist() == np.argmax(x, axis=-1).tolist()  # numpy: the lowest index on ties
 
 
 # ---- errors ----
