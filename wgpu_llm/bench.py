@@ -198,8 +198,10 @@ class WgpuLLMEngine:
 
 
 def _llama_cpp_libraries(llama_cpp) -> list[str]:
-    """The ggml libraries shipped with this llama-cpp-python build (libggml-vulkan.so, ...)."""
-    return sorted(p.name for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml*"))
+    """The ggml libraries shipped with this llama-cpp-python build (libggml-vulkan.so.0.25.3, ...): the
+    most specific name of each, not its shorter aliases (libggml-vulkan.so, libggml-vulkan.so.0)."""
+    names = sorted(p.name for p in (Path(llama_cpp.__file__).parent / "lib").glob("*ggml*"))
+    return [n for n in names if not any(o != n and o.startswith(n + ".") for o in names)]
 
 
 GGML_GPU_BACKENDS = ("vulkan", "cuda", "metal", "hip", "sycl", "opencl", "kompute")
@@ -261,10 +263,11 @@ def llama_cpp_build() -> dict:
 
 
 def _gpu_devices(build: dict) -> list[dict] | None:
-    """The build's devices of its GPU backend (ggml names them after it: Vulkan0, CUDA0, ...)."""
+    """The build's GPU devices (Vulkan0, CUDA0, ROCm0, ...): every ggml device but the CPU and the
+    CPU-side accelerators (BLAS, AMX) and remote ones (RPC); None where the devices are unknown."""
     if build.get("devices") is None or not build.get("gpu_backend"):
         return None
-    return [d for d in build["devices"] if d["name"].lower().startswith(build["gpu_backend"])]
+    return [d for d in build["devices"] if not d["name"].upper().startswith(("CPU", "BLAS", "AMX", "RPC"))]
 
 
 @lru_cache(maxsize=1)
