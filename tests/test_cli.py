@@ -15,6 +15,12 @@ from wgpu_llm.cli import main, unescape
 PROMPT = "the cat sat on the mat"
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    """A fresh cache per test: no tokenizer built by another run (or by other code) is reused."""
+    monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A llama model (gpt2 vocab, chat template) and a gemma3 one (no chat template)."""
@@ -223,12 +229,9 @@ def test_unescape_errors(text, message):
 def test_stop_escape_stops_at_a_newline(tiny):
     base = ["run", tiny["llama"], "-p", PROMPT, "-n", "48", "--backend", "cpu", "--top-k", "0", "--top-p", "1",
             "--min-p", "0", "--temperature", "1.5"]
-    for seed in range(100):  # a seed whose sampled text has a newline after some other text
-        text = cli(*base, "--seed", str(seed)).stdout[:-1]
-        if "\n" in text[1:]:
-            break
-    else:
-        pytest.fail("no seed gave a newline")
+    seed = 72  # the first seed whose text has a newline after some other text (found by a search over 0..99)
+    text = cli(*base, "--seed", str(seed)).stdout[:-1]
+    assert "\n" in text[1:], "this tiny model's text has no newline: search another seed"
     stopped = cli(*base, "--seed", str(seed), "--stop", "\\n")
     assert stopped.stdout == text[:text.index("\n")] + "\n"
     # several stops: the first that occurs wins; a literal backslash-n never occurs in this text

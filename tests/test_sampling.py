@@ -1,5 +1,7 @@
 """Sampler chain: each filter on its own, then the chain's determinism."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -66,3 +68,63 @@ def test_edge_parameters_are_accepted():
     for good in (dict(temperature=0), dict(top_p=1), dict(min_p=0), dict(top_k=0), dict(repeat_penalty=1e-6),
                  dict(repeat_last_n=0), dict(seed=0), dict(seed=None)):
         SamplingParams(**good)
+
+
+def _reference_top_k(logits: np.ndarray, k: int) -> list[int]:
+    """The k best ids, by descending logit then ascending id (what the GPU top-k kernel returns)."""
+    order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))
+    return order[:k] if k > 0 else order
+
+
+def test_top_k_matches_a_plain_sort_with_ties():
+    rng = np.random.default_rng(3)
+    for n, levels in ((7, 1000), (300, 3), (300, 1000), (40, 1)):
+        logits = rng.integers(0, levels, size=n).astype(np.float32)  # few levels: many ties
+        for k in (0, 1, 2, 3, 5, n // 2, n - 1, n, n + 5):
+            ids, vals = top_k_filter(np.arange(n), logits, k)
+            assert ids.tolist() == _reference_top_k(logits, k), (n, levels, k)
+            assert vals.tolist() == logits[ids].tolist()
+
+
+def test_top_p_of_one_keeps_every_candidate():
+    # float32 softmax mass reaches exactly 1.0 after the first candidate; p = 1 still keeps all
+    logits = np.array([0.0, -30.0, -40.0], np.float32)
+    assert top_p_filter(np.arange(3), logits, 1.0)[0].tolist() == [0, 1, 2]
+    assert top_p_filter(np.arange(3), logits, 0.999)[0].tolist() == [0]
+
+
+def test_min_p_keeps_the_boundary_and_zero_is_silent():
+    logits = np.array([0.0, -1.0, -1.5], np.float32)
+    assert np.log(np.exp(-1.0)) == -1.0  # so the second candidate lies exactly on the boundary
+    assert min_p_filter(np.arange(3), logits, float(np.exp(-1.0)))[0].tolist() == [0, 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # min_p = 0 is "off", not log(0)
+        assert min_p_filter(np.arange(3), logits, 0.0)[0].tolist() == [0, 1, 2]
+
+
+def test_temperature_sharpens_the_distribution():
+    logits = np.log(np.array([0.6, 0.3, 0.1], np.float32))
+    s = Sampler(SamplingParams(temperature=0.5, top_k=0, top_p=1.0, min_p=0.0, seed=2))
+    counts = np.bincount([s(logits, []) for _ in range(3000)], minlength=3) / 3000
+    assert np.allclose(counts, np.array([36, 9, 1]) / 46, atol=0.03)  # p^(1/T), normalised
+
+
+def test_repeat_penalty_in_the_chain():
+    logits = np.array([3.0, 2.0, -1.0], np.float32)
+    greedy = dict(temperature=0, repeat_penalty=2.0)
+    assert Sampler(SamplingParams(**greedy))(logits, [0]) == 1  # 3/2 < 2
+    assert Sampler(SamplingParams(**greedy, repeat_last_n=1))(logits, [0, 1]) == 0  # only the last token counts
+    assert Sampler(SamplingParams(**greedy, repeat_last_n=0))(logits, [0]) == 0  # window 0: off
+    assert Sampler(SamplingParams(temperature=0, repeat_penalty=1.0))(logits, [0]) == 0
+
+
+@pytest.mark.parametrize("params, plan", [
+    (dict(temperature=0), ("greedy", 0)),
+    (dict(temperature=0, repeat_penalty=1.1), ("full", 0)),
+    (dict(temperature=0, repeat_penalty=1.1, repeat_last_n=0), ("greedy", 0)),
+    (dict(temperature=0.8, top_k=1), ("top_k", 1)),
+    (dict(temperature=0.8, top_k=40, repeat_penalty=2.0), ("full", 0)),
+    (dict(temperature=0.8, top_k=0), ("full", 0)),
+])
+def test_plan(params, plan):
+    assert Sampler(SamplingParams(**params)).plan() == plan

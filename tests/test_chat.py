@@ -1,0 +1,84 @@
+"""Chat templates: rendered from the model's own Jinja template, in a sandbox, with clear errors."""
+
+import pytest
+
+from wgpu_llm.chat import render_chat
+
+TOKENS = ["<unk>", "<s>", "</s>", "hi"]
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}")
+
+
+def _metadata(template=TEMPLATE, **ids) -> dict:
+    md = {"tokenizer.chat_template": template, "tokenizer.ggml.tokens": TOKENS,
+          "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2}
+    md.update({f"tokenizer.ggml.{k}_token_id": v for k, v in ids.items()})
+    return {k: v for k, v in md.items() if v is not None}
+
+
+MESSAGES = [{"role": "system", "content": "be terse"}, {"role": "user", "content": "hi"}]
+
+
+def test_renders_roles_contents_and_special_tokens():
+    assert render_chat(_metadata(), None, MESSAGES) == "<s>[system]be terse</s>[user]hi</s>[assistant]"
+    assert render_chat(_metadata(), None, MESSAGES, add_generation_prompt=False) == "<s>[system]be terse</s>[user]hi</s>"
+    assert render_chat(_metadata(), None, []) == "<s>[assistant]"
+
+
+def test_trim_blocks_and_lstrip_blocks():
+    # as transformers renders chat templates: a block tag's own newline and indentation vanish
+    template = "{% for m in messages %}\n    {% if true %}\n{{ m['content'] }}\n    {% endif %}\n{% endfor %}"
+    assert render_chat(_metadata(template), None, MESSAGES) == "be terse\nhi\n"
+
+
+@pytest.mark.parametrize("ids, bos, eos", [
+    (dict(bos=None, eos=None), "", ""),  # no ids: empty texts
+    (dict(bos=4, eos=-1), "", ""),  # out of range: empty, not an IndexError
+    (dict(bos=3, eos=0), "hi", "<unk>"),  # the lowest and highest ids are in range
+    (dict(bos="1", eos=2.0), "", "")  # not integers
+])
+def test_special_token_texts(ids, bos, eos):
+    template = "{{ bos_token }}|{{ eos_token }}"
+    assert render_chat(_metadata(template, **ids), None, MESSAGES) == f"{bos}|{eos}"
+    metadata = _metadata(template)
+    del metadata["tokenizer.ggml.tokens"]
+    assert render_chat(metadata, None, MESSAGES) == "|"
+
+
+@pytest.mark.parametrize("template", [None, "", 42])
+def test_no_template(template):
+    metadata = _metadata()
+    if template is None:
+        del metadata["tokenizer.chat_template"]
+    else:
+        metadata["tokenizer.chat_template"] = template
+    with pytest.raises(ValueError, match=r"^this model has no chat template \(metadata 'tokenizer.chat_template'\); "
+                                         r"use generate\(\)$"):
+        render_chat(metadata, None, MESSAGES)
+
+
+@pytest.mark.parametrize("bad", [
+    "hi", {"role": "user"}, {"content": "hi"}, {"role": 1, "content": "hi"}, {"role": "user", "content": None},
+])
+def test_bad_messages_are_named(bad):
+    with pytest.raises(ValueError) as err:
+        render_chat(_metadata(), None, [MESSAGES[0], bad])
+    assert str(err.value) == f"message #1 must be a dict with string 'role' and 'content', got {bad!r}"
+
+
+def test_template_errors_are_value_errors():
+    raising = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('roles must start with user') }}{% endif %}"
+    with pytest.raises(ValueError, match=r"^the model's chat template failed: roles must start with user$"):
+        render_chat(_metadata(raising), None, MESSAGES)
+    assert render_chat(_metadata(raising), None, MESSAGES[1:]) == ""
+    with pytest.raises(ValueError, match="^the model's chat template failed: "):
+        render_chat(_metadata("{% for %}"), None, MESSAGES)  # a syntax error
+
+
+def test_sandbox_refuses_unsafe_access():
+    escape = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(ValueError, match="chat template failed"):
+        render_chat(_metadata(escape), None, MESSAGES)
+    with pytest.raises(ValueError, match="chat template failed"):  # immutable: no appending to the messages
+        render_chat(_metadata("{{ messages.append(1) }}"), None, MESSAGES)
+    assert len(MESSAGES) == 2
