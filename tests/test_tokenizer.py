@@ -240,3 +240,15 @@ def test_other_pre_tokenizers_build():
         tok = Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": pre})
         assert tok.decode(tok.encode(" ab ab12")) == " ab ab12"
     assert Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": "llama3"}).add_bos  # llama.cpp default
+
+
+def test_spm_space_prefix_after_special_tokens():
+    tok = Tokenizer.from_metadata(_tiny_spm())
+    # llama.cpp cuts special tokens out first and prefixes a space to the text after each one
+    assert tok.encode("ab</s>ab") == [1, 9, 2, 9]
+    assert tok.encode("</s>ab</s>", add_special=False) == [2, 9, 2]
+    # a long text takes the n-gram shortcut; the specials in it are still cut out
+    long = "ab" * 600
+    ids = tok.encode(long + "</s>ab<s>ab")
+    assert ids[-4:] == [2, 9, 1, 9] and ids[:2] == [1, 9]
+    assert tok.decode(ids, skip_special=False) == "<s> " + long + "</s> ab<s> ab"
