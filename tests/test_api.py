@@ -31,9 +31,11 @@ def test_logits_shape_and_chunking(tiny):
     logits = tiny.logits(ids)
     assert logits.shape == (len(ids), tiny.n_vocab) and logits.dtype == np.float32
     one_chunk = LLM(tiny.file.path, backend="cpu", n_batch=512).logits(ids)
-    assert np.abs(logits - one_chunk).max() < 1e-3
+    # float32 rounding only (BLAS blocks the products differently for other row counts)
+    scale = np.abs(logits).max()
+    assert np.abs(logits - one_chunk).max() < 2e-6 * scale
     # a prefix gives the same logits: causal, fresh context each call
-    assert np.abs(tiny.logits(ids[:5]) - logits[:5]).max() < 1e-3
+    assert np.abs(tiny.logits(ids[:5]) - logits[:5]).max() < 2e-6 * scale
 
 
 def test_decode_steps_equal_prefill(tiny):
@@ -49,10 +51,12 @@ def test_generate_stats_and_stream_agree(tiny):
     assert out.finish_reason in ("length", "stop")
     assert out.stats["prompt_tokens"] == len(tiny.tokenize(TEXT))
     assert out.stats["generated_tokens"] == len(out.tokens)
-    for key in ("ttft_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
-        assert out.stats[key] >= 0
+    assert out.stats["ttft_s"] > 0 and out.stats["prefill_tokens_per_s"] > 0
+    assert (out.stats["decode_tokens_per_s"] > 0) == (len(out.tokens) > 1)
     assert "".join(tiny.stream(TEXT, max_tokens=8, temperature=0)) == out.text
-    assert out.text == tiny.detokenize(out.tokens)
+    # the text is the generated tokens' bytes, decoded (no clean-up of spaces, nothing dropped)
+    raw = b"".join(tiny.tokenizer.token_bytes(t) for t in out.tokens).decode("utf-8", errors="replace")
+    assert out.text == raw
 
 
 def test_seed_reproducible(tiny):
@@ -62,14 +66,13 @@ def test_seed_reproducible(tiny):
 
 
 def test_stop_string_cuts_text(tiny):
-    full = tiny.generate(TEXT, max_tokens=12, temperature=0)
-    if len(full.text) < 4:
-        pytest.skip("tiny model generated too little text")
+    full = tiny.generate(TEXT, max_tokens=12, temperature=0, ignore_eos=True)
+    assert len(full.text) >= 4, full.text
     stop = full.text[2:4]
-    cut = tiny.generate(TEXT, max_tokens=12, temperature=0, stop=[stop])
+    cut = tiny.generate(TEXT, max_tokens=12, temperature=0, stop=[stop], ignore_eos=True)
     assert cut.text == full.text[:full.text.index(stop)]
     assert cut.finish_reason == "stop"
-    assert stop not in "".join(tiny.stream(TEXT, max_tokens=12, temperature=0, stop=[stop]))
+    assert "".join(tiny.stream(TEXT, max_tokens=12, temperature=0, stop=[stop], ignore_eos=True)) == cut.text
 
 
 def test_context_overflow_is_clear(tiny):
@@ -99,7 +102,7 @@ def test_bad_ids_and_arguments(tiny):
 def test_chat_template(tmp_path):
     llm = LLM(write_tiny_model(tmp_path / "chat.gguf", "llama", "F32"), backend="cpu")
     ids = llm.chat_prompt([{"role": "user", "content": "hi"}])
-    assert llm.detokenize(ids) == "" or "hi" in llm.tokenizer.decode(ids, skip_special=False)
+    assert llm.tokenizer.decode(ids, skip_special=False) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert ids[0] == llm.tokenizer.token_id("<|im_start|>")
     assert len(llm.chat([{"role": "user", "content": "hi"}], max_tokens=3, temperature=0).tokens) <= 3
     with pytest.raises(ValueError, match="message #0"):

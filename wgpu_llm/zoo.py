@@ -123,8 +123,30 @@ def model_path(name: str = DEFAULT_MODEL, show_progress: bool = False) -> Path:
         raise ValueError(f"unknown model name {name!r}; known: {', '.join(KNOWN_MODELS)}")
     target = cache_dir() / KNOWN_MODELS[name].filename
     if target.exists():
+        _verify_cached(target, KNOWN_MODELS[name].sha256)
         return target
     return _BUILDERS[name](target, show_progress)
+
+
+def _verify_cached(path: Path, expected: str) -> None:
+    """A cached file must still hash to its known sha256. The hash is taken once per file version
+    (size and modification time, remembered in `<file>.verified`), not on every load."""
+    stamp = path.with_name(path.name + ".verified")
+    st = path.stat()
+    version = f"{expected} {st.st_size} {st.st_mtime_ns}"
+    try:
+        if stamp.read_text() == version:
+            return
+    except OSError:
+        pass
+    digest = _sha256(path)
+    if digest != expected:
+        raise ValueError(f"{path}: sha256 {digest} != expected {expected} (the cached file is damaged; "
+                         f"delete it and it will be rebuilt)")
+    try:
+        stamp.write_text(version)
+    except OSError:  # a read-only cache: verify again next time
+        pass
 
 
 class _progress:
