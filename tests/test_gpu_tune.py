@@ -3,8 +3,11 @@
 - The heuristic choice for GPU vendors and CPU-type adapters (fake adapters, no GPU needed).
 - The tuning cache: file name per adapter identity, merge on write, a corrupt file or entry
   ignored with a warning, the nearest tuned shape standing in for an untuned one.
-- On a real adapter (lavapipe is enough): a tiny tuning run, and a backend that then compiles
-  its linears with the cached winners (and not with WGPU_LLM_TUNE=0), giving the same logits.
+- The tiled mat-mat of prefill steps: its tile-shape candidates, cached tile winners, and the
+  choice keeping mat-vec and mat-mat winners apart.
+- On a real adapter (lavapipe is enough): a tiny tuning run (mat-vec and mat-mat), and a backend
+  that then compiles its linears with the cached winners (and not with WGPU_LLM_TUNE=0), giving the
+  same logits; the tuned mat-vec variant and tile shape are the ones the compiled steps dispatch.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import numpy as np
 import pytest
 
 from wgpu_llm.gpu import kernels as K
-from wgpu_llm.gpu import quant, tune
+from wgpu_llm.gpu import matmul, quant, tune
 from wgpu_llm.gpu.device import AdapterInfo
+from wgpu_llm.gpu.matmul import Tiles
 from wgpu_llm.gpu.quant import LinearVariant
 from wgpu_llm.gpu.runtime import Caps
 from wgpu_llm.gpu.tune import LinearCase, LinearChoice
@@ -44,6 +48,7 @@ def fake_caps(vendor="NVIDIA", name="NVIDIA H100", subgroup_size=32, software=Fa
 def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path))
     monkeypatch.delenv(tune.ENV_TUNE, raising=False)
+    monkeypatch.delenv(matmul.ENV_PREFILL, raising=False)  # steps of MIN_TILED_TOKENS or more: the mat-mat
     return tmp_path
 
 
@@ -85,6 +90,51 @@ def test_candidates():
     assert [v.key for v in cpu] == ["row-wg8-r64-b8", "row-wg8-r16-b8", "row-wg8-r32-b8", "subgroup-wg64-r4"]
 
 
+def test_tile_candidates(monkeypatch):
+    monkeypatch.delenv(matmul.ENV_PREFILL, raising=False)
+    prefill = LinearCase("Q4_K", 640, 2048, 128)
+    assert prefill.tiled and not LinearCase("Q4_K", 640, 2048, matmul.MIN_TILED_TOKENS - 1).tiled
+    for caps in (fake_caps(), fake_caps(max_invocations=128), fake_caps(subgroup_size=0),
+                 fake_caps("llvmpipe", "llvmpipe", 8, software=True)):
+        for quick in (True, False):
+            tiles = tune.candidates(caps, prefill, quick)
+            assert tiles[0] == matmul.choose_tiles(caps, 128) == tune.heuristic(caps, prefill)
+            assert len(tiles) >= 3 and len({t.key for t in tiles}) == len(tiles)
+            assert all(isinstance(t, Tiles) and t.fits(caps.max_invocations, caps.max_workgroup_storage)
+                       and (caps.subgroups or not t.sg) for t in tiles)
+            assert all(tune.parse_winner(t.key) == t for t in tiles)
+    short = tune.candidates(fake_caps(), LinearCase("Q4_K", 640, 2048, 16))
+    assert all(t.bm <= 16 for t in short)  # no tile of many more tokens than the step holds
+    monkeypatch.setenv(matmul.ENV_PREFILL, "matvec")  # no mat-mat: the mat-vec variants are tuned
+    assert all(isinstance(v, LinearVariant) for v in tune.candidates(fake_caps(), prefill))
+
+
+def test_tile_keys():
+    t = Tiles(64, 128, 32, 32, 8, 8)
+    assert t.key == "tiles-64x128x32-32x8-sg8" and Tiles.from_key(t.key) == t
+    assert Tiles.from_key(Tiles().key) == Tiles()
+    for bad in ("tiles-3x4x5-1x1", "tiles-64x64", "64x64x32/4x4", "subgroup-wg64-r4"):
+        with pytest.raises(ValueError, match="not a tile key"):
+            Tiles.from_key(bad)
+    with pytest.raises(ValueError, match="not a linear variant key"):
+        tune.parse_winner("tile-64x64x32-4x4")
+
+
+def test_choice_keeps_mat_vec_and_mat_mat_winners_apart():
+    caps = fake_caps()
+    tuned = {LinearCase("Q4_K", 640, 2048, 16): "shared-wg256-r8",
+             LinearCase("Q4_K", 640, 2048, 128): "tiles-32x32x16-4x4",
+             LinearCase("Q4_K", 8192, 2048, 128): "tiles-64x128x32-8x8"}  # 256 threads, 24 KiB: too big here
+    choice = LinearChoice(caps, K.choose_config(caps), tuned)
+    assert choice.tiles("Q4_K", 640, 2048, 128) == Tiles(32, 32, 16, 4, 4)
+    assert choice.tiles("Q4_K", 1024, 2048, 64) == Tiles(32, 32, 16, 4, 4)  # the nearest tuned shape
+    assert choice("Q4_K", 640, 2048, 128).key == "shared-wg256-r8"  # a mat-vec asks: mat-vec winners only
+    assert choice.tiles("Q4_K", 640, 2048, 16) == Tiles(32, 32, 16, 4, 4)  # a mat-mat asks: mat-mat winners only
+    assert choice.tiles("Q4_K", 8192, 2048, 128) == matmul.choose_tiles(caps, 128)  # does not fit: heuristic
+    assert choice.tiles("Q6_K", 640, 2048, 128) == matmul.choose_tiles(caps, 128)  # another type
+    assert choice.sources == {"tuned": 4, "heuristic": 2}
+
+
 # ---- the cache (no GPU) ----
 def test_cache_path_per_adapter_identity(cache_dir):
     a = tune.cache_path(fake_caps().info)
@@ -109,8 +159,11 @@ def test_cache_round_trip_and_merge(cache_dir):
                                   _result(b, {"subgroup-wg64-r4": 1e-3})])
     assert tune.read_cache(path) == {a: "subgroup-wg128-r8", b: "subgroup-wg64-r4"}
     c = LinearCase("Q4_K", 640, 2048, 16)
-    tune.write_cache(path, info, [_result(a, {"subgroup-wg64-r2": 1e-5}), _result(c, {"shared-wg64-r4": 1e-4})])
-    assert tune.read_cache(path) == {a: "subgroup-wg64-r2", b: "subgroup-wg64-r4", c: "shared-wg64-r4"}
+    d = LinearCase("Q4_K", 640, 2048, 128)
+    tune.write_cache(path, info, [_result(a, {"subgroup-wg64-r2": 1e-5}), _result(c, {"shared-wg64-r4": 1e-4}),
+                                  _result(d, {"tiles-64x64x32-4x4": 1e-3, "tiles-32x64x32-4x4": 2e-3})])
+    assert tune.read_cache(path) == {a: "subgroup-wg64-r2", b: "subgroup-wg64-r4", c: "shared-wg64-r4",
+                                     d: "tiles-64x64x32-4x4"}
     data = json.loads(path.read_text())
     assert data["adapter"]["device"] == "NVIDIA H100" and data["adapter"]["driver"] == "550.54"
     assert not list(path.parent.glob("*.tmp"))
@@ -132,9 +185,10 @@ def test_malformed_entries_are_skipped_with_a_warning(cache_dir):
     path = tune.cache_path(fake_caps().info)
     path.parent.mkdir(parents=True)
     good = {"type": "Q4_K", "rows": 640, "cols": 1024, "n_tokens": 1, "winner": "subgroup-wg32-r2"}
-    bad = [{**good, "winner": "warp-drive-9"}, {**good, "type": "Q9_9"}, {**good, "cols": 100}, {"type": "Q4_K"}, 7]
+    bad = [{**good, "winner": "warp-drive-9"}, {**good, "type": "Q9_9"}, {**good, "cols": 100}, {"type": "Q4_K"}, 7,
+           {**good, "n_tokens": 64, "winner": "tiles-64x64x7-4x4"}]
     path.write_text(json.dumps({"format": tune.CACHE_FORMAT, "linear": [good, *bad]}))
-    with pytest.warns(RuntimeWarning, match="ignoring 5 malformed entries"):
+    with pytest.warns(RuntimeWarning, match="ignoring 6 malformed entries"):
         assert tune.read_cache(path) == {LinearCase("Q4_K", 640, 1024): "subgroup-wg32-r2"}
 
 
@@ -238,3 +292,69 @@ def test_tuning_on_first_use(cache_dir, monkeypatch, tmp_path):
     monkeypatch.delenv(tune.ENV_TUNE)  # the default: the cache is read, nothing tuned
     again = LLM(path, backend="gpu").backend.linear_choice
     assert again.sources["tuned"] > 0 and again.tuned == cached
+
+
+# small tile shapes that compile in a moment on a software adapter (its own big ones take seconds)
+CHEAP_TILES = [Tiles(16, 32, 16, 4, 4), Tiles(8, 16, 8, 4, 4), Tiles(16, 16, 8, 4, 4)]
+
+
+@pytest.mark.gpu
+def test_tiny_mat_mat_tuning_run(rt, cache_dir, monkeypatch):
+    case = LinearCase("Q8_0", 40, 64, 13)
+    assert case.tiled
+    monkeypatch.setattr(tune, "candidates", lambda caps, c, quick=False: CHEAP_TILES)
+    (res,) = tune.tune(rt, [case], quick=True, rounds=3, sample_s=0.002)
+    keys = [t.key for t in CHEAP_TILES]
+    assert sorted(res.samples) == sorted(keys) and res.winner in keys
+    assert all(t > 0 and np.isfinite(t) for ts in res.samples.values() for t in ts)
+    assert res.median(res.winner) <= min(res.median(k) for k in keys)
+    assert tune.read_cache(tune.cache_path(rt.info)) == {case: res.winner}
+
+
+@pytest.mark.gpu
+def test_compiled_steps_dispatch_the_tuned_choices(rt, adapter, cache_dir, tmp_path):
+    """Cache a winner no heuristic picks for every linear shape of a model, decode (mat-vec) and
+    prefill (tiled mat-mat): the compiled steps' linear kernels are exactly those, and the logits
+    still match the numpy backend's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import write_tiny_model
+
+    from cpu_fallback.backend import CpuBackend
+    from wgpu_llm.gguf_file import GGUFFile
+    from wgpu_llm.gpu.backend import GpuBackend
+    from wgpu_llm.models import architecture
+
+    gf = GGUFFile(write_tiny_model(tmp_path / "llama-q8.gguf", "llama", "Q8_0", n_layer=1, tied_output=False))
+    n = 13
+    variant = LinearVariant.from_key("shared-wg32-r2" if rt.caps.info.is_software else "row-wg16-r16")
+    tiles = CHEAP_TILES[0]
+    cases = tune.model_cases(gf, (1, n), rt.caps.max_binding)
+    assert {c.tiled for c in cases} == {False, True}
+    for c in cases:
+        assert tune.heuristic(rt.caps, c).key not in (variant.key, tiles.key)
+    tune.write_cache(tune.cache_path(rt.info), rt.info,
+                     [_result(c, {tiles.key if c.tiled else variant.key: 1e-5}) for c in cases])
+
+    gpu = GpuBackend(gf, 64, adapter)
+    arch = architecture(gf)
+    full, last = arch.build_graph(gf, all_logits=True), arch.build_graph(gf, all_logits=False)
+    prefill, decode = gpu.compile(full, n), gpu.compile(last, 1)
+    assert gpu.linear_choice.sources["heuristic"] == 0 and gpu.linear_choice.sources["tuned"] > 0
+    types = {gf.tensor(w).type_name for op in full.ops if op.kind == "linear" for w in op.weights}
+    mat_mat = {matmul.matmul_shader(t, tiles, glu) for t in types for glu in ("", "silu")}
+    mat_vec = {quant.linear_shader(t, variant=variant, glu=glu) for t in types for glu in ("", "silu")}
+    pre = [k for k in prefill._kernels if ": matmul " in k.label or ": linear " in k.label]
+    dec = [k for k in decode._kernels if ": matmul " in k.label or ": linear " in k.label]
+    assert len(pre) == len(dec) == sum(cases.values()) // 2  # every linear of a step, one kind per step
+    assert all(k.source in mat_mat for k in pre), [k.label for k in pre if k.source not in mat_mat]
+    assert all(k.source in mat_vec for k in dec), [k.label for k in dec if k.source not in mat_vec]
+
+    cpu = CpuBackend(gf, 64)
+    ids = np.random.default_rng(3).integers(0, gf.tensor("token_embd.weight").shape[0], n + 1)
+    for step_gpu, step_cpu, chunk, pos0 in ((prefill, cpu.compile(full, n), ids[:n], 0),
+                                            (decode, cpu.compile(last, 1), ids[n:], n)):
+        want, got = step_cpu(chunk, pos0), step_gpu(chunk, pos0)
+        assert np.all(np.isfinite(got)) and np.sum((got - want) ** 2) / np.sum(want ** 2) <= 1e-10

@@ -363,16 +363,17 @@ class _Compiler:
 
         cfg, base = self.cfg, 0
         glu = self.glu_inputs.get(op.inputs[0], "")
-        tiles = matmul.choose_tiles(self.be.rt.caps, x.rows) if matmul.prefill_path(x.rows) == "tiled" else None
+        tiled = matmul.prefill_path(x.rows) == "tiled"
         for group in self.be.weight_groups(op.weights):
             wname = "+".join(group)
             for pc in self.be.matrix(group):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
                                    int(accumulate), 0], np.uint32).tobytes()
-                if tiles is not None:
+                if tiled:  # the tuned tile shape of this piece's shape, else matmul.choose_tiles'
+                    tiles = self.be.linear_choice.tiles(w.type_name, w.rows, w.cols, x.rows)
                     kind, grid = "matmul", matmul.matmul_dispatch(w.rows, x.rows, tiles, cfg.max_per_dim)
-                    shader = (lambda w=w: matmul.matmul_shader(w.type_name, tiles, glu))
+                    shader = (lambda w=w, tiles=tiles: matmul.matmul_shader(w.type_name, tiles, glu))
                 else:
                     variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
                     kind = "linear"

@@ -14,6 +14,7 @@ the one-query-per-workgroup attention, e.g. to compare); `choose_tiles` picks th
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -68,6 +69,26 @@ class Tiles:
 
     def __str__(self) -> str:
         return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}" + (f"/sg{self.sg}" if self.sg else "")
+
+    @property
+    def needs_subgroups(self) -> bool:
+        return self.sg > 0
+
+    @property
+    def key(self) -> str:
+        """A short stable name, e.g. "tiles-64x128x32-32x8-sg8" (what the tuning cache stores)."""
+        return f"tiles-{self.bm}x{self.bn}x{self.bk}-{self.tm}x{self.tn}" + (f"-sg{self.sg}" if self.sg else "")
+
+    @classmethod
+    def from_key(cls, key: str) -> Tiles:
+        """The inverse of `key`; ValueError for anything else."""
+        m = re.fullmatch(r"tiles-(\d+)x(\d+)x(\d+)-(\d+)x(\d+)(?:-sg(\d+))?", str(key))
+        if m is None:
+            raise ValueError(f"not a tile key: {key!r} (expected tiles-BMxBNxBK-TMxTN[-sgN])")
+        try:
+            return cls(*(int(g) for g in m.groups(default="0")))
+        except ValueError as e:
+            raise ValueError(f"not a tile key: {key!r} ({e})") from None
 
 
 def _register_tile_code(t: Tiles) -> dict[str, str]:

@@ -1,12 +1,15 @@
 """Tuning the quantized linear kernels on the device at hand, and the per-adapter cache of winners.
 
-`kernels.linear_variant` picks a linear kernel variant (quant.LinearVariant) from what the adapter
-says about itself. `tune` times candidate variants for linear shapes (a model's own: `model_cases`)
-on the actual device and keeps the fastest per shape. The winners go to one JSON file per adapter,
+A linear dispatch runs one of two kernel families, as matmul.prefill_path decides for its token
+count: the mat-vec of quant.py (decode steps, short chunks), whose variant (quant.LinearVariant)
+`kernels.linear_variant` picks from what the adapter says about itself, or the tiled mat-mat of
+matmul.py (prefill chunks), whose tile shape (matmul.Tiles) `matmul.choose_tiles` picks. `tune`
+times the candidates of the right family for linear shapes (a model's own: `model_cases`) on the
+actual device and keeps the fastest per shape. The winners go to one JSON file per adapter,
 ``zoo.cache_dir() / "tuning" / "<vendor>-<device>-<hash>.json"``, the hash taken over the adapter's
 identity (vendor, device, backend, driver). A GPU backend reads that file when it starts
 (`LinearChoice.for_runtime`) and uses, for each linear, the winner of the nearest tuned shape of
-the same weight type and phase (one token, or several), else the heuristic.
+the same weight type, phase (one token, or several) and kernel family, else the heuristic.
 
 Environment (WGPU_LLM_TUNE): "0" ignores the cache (heuristic choices only); "auto" tunes each
 linear shape missing from the cache when a backend first compiles it (about a second per shape on
@@ -39,7 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from . import kernels as K
-from . import quant
+from . import matmul, quant
+from .matmul import Tiles
 from .quant import LinearVariant
 
 ENV_TUNE = "WGPU_LLM_TUNE"
@@ -61,6 +65,11 @@ class LinearCase:
         quant.plane_row_words(self.type_name, self.cols)  # checks type and cols
         if self.rows < 1 or self.n_tokens < 1:
             raise ValueError(f"linear case needs rows >= 1 and n_tokens >= 1, got {self.rows}, {self.n_tokens}")
+
+    @property
+    def tiled(self) -> bool:
+        """Does a step of n_tokens run this linear as the tiled mat-mat (else the mat-vec)?"""
+        return matmul.prefill_path(self.n_tokens) == "tiled"
 
     @property
     def label(self) -> str:
@@ -104,8 +113,23 @@ def model_cases(gguf_file, n_tokens: tuple[int, ...] = (1,), max_binding: int | 
     return counts
 
 
-def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVariant]:
-    """Variants worth timing for this case on this adapter, the heuristic choice first."""
+def parse_winner(key: str) -> LinearVariant | Tiles:
+    """A cached winner: a mat-mat tile shape ("tiles-...") or a mat-vec variant; ValueError else."""
+    return Tiles.from_key(key) if str(key).startswith("tiles-") else LinearVariant.from_key(key)
+
+
+def heuristic(caps, case: LinearCase) -> LinearVariant | Tiles:
+    """What a backend runs for this case without tuning."""
+    if case.tiled:
+        return matmul.choose_tiles(caps, case.n_tokens)
+    return K.linear_variant(K.choose_config(caps), case.type_name, case.rows, case.cols, case.n_tokens)
+
+
+def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVariant] | list[Tiles]:
+    """Variants (mat-vec) or tile shapes (mat-mat, for a tiled case) worth timing for this case on
+    this adapter, the heuristic choice first."""
+    if case.tiled:
+        return tile_candidates(caps, case, quick)
     cfg = K.choose_config(caps)
     out = [K.linear_variant(cfg, case.type_name, case.rows, case.cols, case.n_tokens)]
     sg = caps.subgroup_size if caps.subgroups else 0
@@ -136,6 +160,40 @@ def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVarian
     for v in out:
         if v not in unique and v.workgroup_size <= caps.max_invocations and (sg or not v.needs_subgroups):
             unique.append(v)
+    return unique
+
+
+def tile_candidates(caps, case: LinearCase, quick: bool = False) -> list[Tiles]:
+    """Tile shapes of the mat-mat worth timing for a tiled case, matmul.choose_tiles' first."""
+    out = [matmul.choose_tiles(caps, case.n_tokens)]
+    sg = caps.subgroup_size if caps.subgroups else 0
+    if caps.info.is_software:
+        # big register tiles, bounded by the time LLVM takes to compile them (see matmul.py);
+        # with and without activations shared in subgroups
+        shapes = [(16, 64, 32, 16, 8), (32, 64, 32, 32, 8), (16, 64, 32, 8, 8)]
+        if not quick:
+            shapes += [(64, 128, 32, 32, 8), (32, 128, 32, 16, 16), (16, 128, 32, 16, 16), (16, 32, 32, 16, 8)]
+        shares = (sg, 0) if sg > 1 else (0,)
+    else:
+        # register tiles of 4..8 per side in workgroups up to the invocation limit
+        shapes = [(16, 64, 32, 4, 4), (32, 64, 32, 4, 4), (64, 64, 32, 4, 4), (64, 64, 16, 8, 4)]
+        if not quick:
+            shapes += [(bm, bn, bk, tm, tn) for bm in (16, 32, 64, 128) for bn in (32, 64, 128) for bk in (16, 32)
+                       for tm, tn in ((4, 4), (8, 4), (4, 8), (8, 8))]
+        shares = (0,)
+    most = max(16, 1 << (case.n_tokens - 1).bit_length())  # no tile of many more tokens than the step has
+    for bm, bn, bk, tm, tn in shapes:
+        for share in shares:
+            try:
+                t = Tiles(bm, bn, bk, tm, tn, share)
+            except ValueError:  # sg does not divide this tile's tokens / columns
+                continue
+            if bm <= most:
+                out.append(t)
+    unique: list[Tiles] = []
+    for t in out:
+        if t not in unique and t.fits(caps.max_invocations, caps.max_workgroup_storage) and (sg or not t.sg):
+            unique.append(t)
     return unique
 
 
@@ -217,19 +275,23 @@ class _Bench:
         self.rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
         return buf
 
-    def prepare(self, variant: LinearVariant) -> None:
-        """Compile the variant and bind its buffers (outside any timing)."""
+    def prepare(self, variant: LinearVariant | Tiles) -> None:
+        """Compile the variant (or tile shape) and bind its buffers (outside any timing)."""
         c = self.case
+        if isinstance(variant, Tiles):  # the mat-mat: the same bindings and parameters as the mat-vec
+            code = matmul.matmul_shader(c.type_name, variant)
+            grid = matmul.matmul_dispatch(c.rows, c.n_tokens, variant, self.rt.caps.max_per_dim)
+        else:
+            code = quant.linear_shader(c.type_name, variant=variant)
+            grid = quant.linear_dispatch(c.type_name, c.rows, c.n_tokens, variant=variant,
+                                         max_per_dim=self.rt.caps.max_per_dim)
         with self.rt.guard(f"compiling linear variant {variant.key} for {c.label}"):
-            module = self.device.create_shader_module(label=variant.key,
-                                                      code=quant.linear_shader(c.type_name, variant=variant))
+            module = self.device.create_shader_module(label=variant.key, code=code)
             pipe = self.device.create_compute_pipeline(layout="auto", compute={"module": module, "entry_point": "main"})
             layout = pipe.get_bind_group_layout(0)
             groups = [self.device.create_bind_group(layout=layout, entries=[
                 {"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
                 for i, b in enumerate([self.params, self.x, self.y, *planes])]) for planes in self.copies]
-        grid = quant.linear_dispatch(c.type_name, c.rows, c.n_tokens, variant=variant,
-                                     max_per_dim=self.rt.caps.max_per_dim)
         self.calls[variant.key] = (pipe, groups, grid)
 
     def run(self, key: str, reps: int) -> tuple[float, float, float | None]:
@@ -272,7 +334,7 @@ class _Bench:
         self.buffers = []
 
 
-def measure(rt, case: LinearCase, variants: list[LinearVariant], *, rounds: int = 5, sample_s: float = 0.02,
+def measure(rt, case: LinearCase, variants: list[LinearVariant] | list[Tiles], *, rounds: int = 5, sample_s: float = 0.02,
             max_reps: int = 256, prune: float = 1.5, progress=None) -> CaseResult:
     """Time every variant on `case`: `rounds` interleaved samples of about `sample_s` seconds each
     (at least one dispatch, at most max_reps); after two rounds, variants slower than `prune` times
@@ -378,7 +440,7 @@ def read_cache(path: Path) -> dict[LinearCase, str]:
     for entry in data["linear"]:
         try:
             case = LinearCase(str(entry["type"]), int(entry["rows"]), int(entry["cols"]), int(entry["n_tokens"]))
-            out[case] = LinearVariant.from_key(entry["winner"]).key
+            out[case] = parse_winner(entry["winner"]).key
         except (KeyError, TypeError, ValueError):
             bad += 1
     if bad:
@@ -410,9 +472,10 @@ def write_cache(path: Path, info, results: list[CaseResult]) -> None:
 
 # ---- the choice the backend uses ----
 class LinearChoice:
-    """choice(type_name, rows, cols, n_tokens) -> quant.LinearVariant: the tuned winner of the
-    nearest tuned shape of that type and phase (within MAX_DISTANCE), else the heuristic
-    (kernels.linear_variant). `sources` counts which of the two each call used."""
+    """choice(type_name, rows, cols, n_tokens) -> quant.LinearVariant for the mat-vec, and
+    choice.tiles(type_name, rows, cols, n_tokens) -> matmul.Tiles for the tiled mat-mat: the tuned
+    winner (of that kernel family) of the nearest tuned shape of that type and phase (within
+    MAX_DISTANCE), else the heuristic (`heuristic`). `sources` counts which of the two each call used."""
 
     def __init__(self, caps, cfg, tuned: dict[LinearCase, str] | None = None, *, rt=None, auto: bool = False):
         self.caps, self.cfg, self.rt, self.auto = caps, cfg, rt, auto
@@ -427,27 +490,41 @@ class LinearChoice:
             return cls(rt.caps, cfg, rt=rt)
         return cls(rt.caps, cfg, read_cache(cache_path(rt.info)), rt=rt, auto=mode == "auto")
 
-    def usable(self, variant: LinearVariant) -> bool:
+    def usable(self, variant: LinearVariant | Tiles) -> bool:
         """Can this device run it (a cache may come from another driver version's limits)?"""
-        return variant.workgroup_size <= self.caps.max_invocations and (self.caps.subgroups or not variant.needs_subgroups)
+        if isinstance(variant, Tiles):
+            fits = variant.fits(self.caps.max_invocations, self.caps.max_workgroup_storage)
+        else:
+            fits = variant.workgroup_size <= self.caps.max_invocations
+        return fits and (self.caps.subgroups or not variant.needs_subgroups)
 
-    def __call__(self, type_name: str, rows: int, cols: int, n_tokens: int) -> LinearVariant:
-        case = LinearCase(type_name, rows, cols, n_tokens)
+    def _choose(self, case: LinearCase, tiled: bool) -> LinearVariant | Tiles:
         if self.auto and case not in self.tuned and self.rt is not None:
             self.tuned[case] = tune(self.rt, [case], quick=True, rounds=3)[0].winner
         best, dist = None, MAX_DISTANCE
         for other, key in self.tuned.items():
             d = case.distance(other)
-            if d <= dist:
+            if d <= dist and key.startswith("tiles-") == tiled:  # a winner of the kernel family asked for
                 best, dist = key, d
         if best is not None:
-            variant = LinearVariant.from_key(best)
+            variant = parse_winner(best)
             if self.usable(variant):
                 self.sources["tuned"] += 1
                 return variant
         self.sources["heuristic"] += 1
-        return K.linear_variant(self.cfg, type_name, rows, cols, n_tokens)
+        if tiled:
+            return matmul.choose_tiles(self.caps, case.n_tokens)
+        return K.linear_variant(self.cfg, case.type_name, case.rows, case.cols, case.n_tokens)
+
+    def __call__(self, type_name: str, rows: int, cols: int, n_tokens: int) -> LinearVariant:
+        """The mat-vec variant of a (rows, cols) weight applied to n_tokens tokens."""
+        return self._choose(LinearCase(type_name, rows, cols, n_tokens), tiled=False)
+
+    def tiles(self, type_name: str, rows: int, cols: int, n_tokens: int) -> Tiles:
+        """The mat-mat tile shape of a (rows, cols) weight applied to a prefill chunk of n_tokens."""
+        return self._choose(LinearCase(type_name, rows, cols, n_tokens), tiled=True)
 
 
 __all__ = ["CACHE_FORMAT", "ENV_TUNE", "CaseResult", "LinearCase", "LinearChoice", "adapter_identity", "cache_path",
-           "candidates", "measure", "model_cases", "read_cache", "tune", "write_cache"]
+           "candidates", "heuristic", "measure", "model_cases", "parse_winner", "read_cache", "tile_candidates", "tune",
+           "write_cache"]
