@@ -252,3 +252,64 @@ def test_spm_space_prefix_after_special_tokens():
     ids = tok.encode(long + "</s>ab<s>ab")
     assert ids[-4:] == [2, 9, 1, 9] and ids[:2] == [1, 9]
     assert tok.decode(ids, skip_special=False) == "<s> " + long + "</s> ab<s> ab"
+
+
+def test_spm_encode_edges():
+    tok = Tokenizer.from_metadata(_tiny_spm())
+    assert tok.encode("", add_special=False) == [] and tok.encode("") == [1]
+    no_prefix = Tokenizer.from_metadata({**_tiny_spm(), "tokenizer.ggml.add_space_prefix": False})
+    assert no_prefix.encode("ab") == [1, 10]  # no "▁" in front: the "ab" token, not "▁ab"
+    with_eos = Tokenizer.from_metadata({**_tiny_spm(), "tokenizer.ggml.add_eos_token": True})
+    assert with_eos.add_eos and with_eos.encode("ab") == [1, 9, 2]
+
+
+def test_spm_decode_edges():
+    tok = Tokenizer.from_metadata(_tiny_spm())
+    assert tok.decode([]) == "" and tok.decode_bytes([]) == b""
+    assert tok.decode([9, 1, 9]) == "ab ab"  # only a leading BOS is dropped (with the first space kept)
+    assert tok.decode_bytes([1, 9]) == b" ab"  # skip_special by default
+    assert tok.decode([4]) == "\ufffd"  # half a UTF-8 character is replaced, not an error
+    with_eos = Tokenizer.from_metadata({**_tiny_spm(), "tokenizer.ggml.add_eos_token": True})
+    assert with_eos.decode([9, 9, 2]) == "ab ab" and with_eos.decode([9, 2, 9]) == "ab ab"
+    assert with_eos.decode([9, 8]) == "abb"
+    # a trailing EOS is dropped only when the vocab adds one: here EOS is an ordinary token
+    plain_eos = {**_tiny_spm(), "tokenizer.ggml.eos_token_id": 8}
+    assert Tokenizer.from_metadata(plain_eos).decode([7, 8]) == "ab"
+    assert Tokenizer.from_metadata({**plain_eos, "tokenizer.ggml.add_eos_token": True}).decode([7, 8]) == "a"
+
+
+def test_token_bytes_of_every_kind():
+    md = _tiny_gpt2()
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + ["<tool>", "☺", "unused"]
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"] + [4, 1, 5]
+    tok = Tokenizer.from_metadata(md)
+    assert tok.token_bytes(9) == b"<tool>"  # user-defined: its text
+    assert tok.token_bytes(10) == "☺".encode()  # outside the byte table: its own UTF-8
+    assert tok.token_bytes(11) == b"" and tok.token_bytes(11) == b""  # unused: nothing (also when cached)
+    assert tok.token_bytes(0) == b"" and tok.decode([0], skip_special=False) == "<|endoftext|>"
+    assert tok.token_bytes(4) == b" " and tok.token_bytes(2) == b"a"
+    for bad in (-1, 12, 2.0):
+        with pytest.raises(ValueError, match=rf"^token id {bad!r} out of range: expected 0 <= id < 12$"):
+            tok.token_bytes(bad)
+
+
+def test_clean_up_spaces_as_llama_cpp():
+    md = _tiny_gpt2()
+    extra = ["?", "!", ".", ",", "'", "s", "m", "re", "ve", "S", "x"]
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + extra
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"] + [1] * len(extra)
+    ids = {t: i for i, t in enumerate(md["tokenizer.ggml.tokens"])}
+    sp = ids["Ġ"]
+
+    def spaced(*texts):
+        return [i for t in texts for i in (sp, ids[t])]
+
+    clean = Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": "default"})
+    assert clean.decode([ids["a"]] + spaced("?", "!", ".", ",")) == "a?!.,"
+    assert clean.decode([ids["a"]] + spaced("'") + [sp, ids["b"]]) == "a'b"
+    for tail in ("s", "m", "re", "ve"):
+        assert clean.decode([ids["a"]] + spaced("'") + [ids[tail]]) == f"a'{tail}"
+    for tail in ("S", "x"):
+        assert clean.decode([ids["a"]] + spaced("'") + [ids[tail]]) == f"a '{tail}"
+    raw = Tokenizer.from_metadata(md)  # smollm: no clean-up
+    assert raw.decode([ids["a"]] + spaced("?", "'") + [ids["s"]]) == "a ? 's"
