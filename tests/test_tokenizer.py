@@ -313,3 +313,33 @@ def test_clean_up_spaces_as_llama_cpp():
         assert clean.decode([ids["a"]] + spaced("'") + [ids[tail]]) == f"a '{tail}"
     raw = Tokenizer.from_metadata(md)  # smollm: no clean-up
     assert raw.decode([ids["a"]] + spaced("?", "'") + [ids["s"]]) == "a ? 's"
+
+
+def test_cache_is_used_only_for_the_same_vocab_and_rules(tmp_path, monkeypatch):
+    monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path))
+    path = tmp_path / "tokenizers" / "k.json"
+    gpt2 = _tiny_gpt2()
+    swapped = list(gpt2["tokenizer.ggml.tokens"])
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    variants = [
+        gpt2,
+        {**gpt2, "tokenizer.ggml.pre": "llama3"},  # another pre-tokenizer
+        {**gpt2, "tokenizer.ggml.pre": "dbrx"},  # the same regexes, but merges not ignored
+        {**gpt2, "tokenizer.ggml.tokens": swapped},  # the same size, other texts
+        {**gpt2, "tokenizer.ggml.tokens": gpt2["tokenizer.ggml.tokens"] + ["zz"],
+         "tokenizer.ggml.token_type": gpt2["tokenizer.ggml.token_type"] + [1]},  # one token more
+        _tiny_spm(),  # SentencePiece: a normalizer, byte fallback
+    ]  # (merges and scores are not compared: the cache key, a digest of the file's header, covers them)
+    for md in variants:
+        tok = Tokenizer.from_metadata(md, cache_key="k")
+        fresh = Tokenizer.from_metadata(md)
+        assert json.loads(path.read_text()) == json.loads(fresh._hf.to_str()), md  # rebuilt for this vocab
+        assert tok.encode("ab 12 ab") == fresh.encode("ab 12 ab")
+    built = path.read_text()
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("the cached tokenizer should have been loaded, not rebuilt")
+
+    monkeypatch.setattr(Tokenizer, "_build_hf", no_rebuild)
+    assert Tokenizer.from_metadata(variants[-1], cache_key="k").encode("ab") == [1, 9]
+    assert path.read_text() == built
