@@ -1,4 +1,5 @@
-"""The model graphs vs llama.cpp on tiny random models (golden logits from make_tiny_golden.py)."""
+"""The model graphs vs llama.cpp on tiny random models (golden logits from make_tiny_golden.py),
+on the numpy backend and on the GPU backend."""
 
 from pathlib import Path
 
@@ -15,6 +16,8 @@ CASES = {
     "llama-Q8_0-untied": ("llama", "Q8_0", {"tied_output": False}, 2e-3),
     "gemma3-F32": ("gemma3", "F32", {}, 1e-5),
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}, 1e-4),
+    "qwen3-F32": ("qwen3", "F32", {}, 1e-5),
+    "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}, 2e-3),
 }
 
 
@@ -22,10 +25,13 @@ def nmse(a, b):
     return float(((a - b) ** 2).sum() / (b ** 2).sum())
 
 
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("name", list(CASES))
-def test_logits_match_llama_cpp(name, tmp_path):
+def test_logits_match_llama_cpp(name, backend, tmp_path, request):
     arch, qtype, extra, tol = CASES[name]
-    llm = LLM(write_tiny_model(tmp_path / f"{name}.gguf", arch, qtype, **extra), backend="cpu", n_batch=16)
+    if backend == "gpu":
+        request.getfixturevalue("adapter")  # skips (fails under WGPU_LLM_REQUIRE_GPU=1) without one
+    llm = LLM(write_tiny_model(tmp_path / f"{name}.gguf", arch, qtype, **extra), backend=backend, n_batch=16)
     ours = llm.logits(GOLDEN["tokens"].tolist())
     ref = GOLDEN[name]
     assert not np.isnan(ours).any()

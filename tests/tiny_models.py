@@ -1,7 +1,7 @@
-"""Tiny random-weight GGUF models (llama and gemma3) written with gguf-py's GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen3 and gemma3) written with gguf-py's GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama, a SentencePiece-style one with byte
+small but real: a byte-level BPE (gpt2-style) for llama and qwen3, a SentencePiece-style one with byte
 fallback for gemma3, so the whole LLM API runs on them.
 """
 
@@ -85,12 +85,12 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     w.add_uint32(f"{arch}.attention.key_length", head_dim)
     w.add_uint32(f"{arch}.attention.value_length", head_dim)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch == "llama":
+    if arch in ("llama", "qwen3"):
         w.add_float32(f"{arch}.rope.freq_base", 10000.0)
         w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
         tokens, types, merges = gpt2_vocab()
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
+        w.add_tokenizer_pre("default" if arch == "llama" else "qwen2")
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
@@ -144,9 +144,10 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         _add_weight(w, rng, f"{b}.ffn_gate.weight", d_ff, d_model, types["ffn_gate"])
         _add_weight(w, rng, f"{b}.ffn_up.weight", d_ff, d_model, types["ffn_up"])
         _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, types["ffn_down"])
-        if arch == "gemma3":
+        if arch in ("gemma3", "qwen3"):
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
+        if arch == "gemma3":
             _add_norm(w, rng, f"{b}.post_attention_norm.weight", d_model)
             _add_norm(w, rng, f"{b}.post_ffw_norm.weight", d_model)
     for name, data in (extra_tensors or {}).items():

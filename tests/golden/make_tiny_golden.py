@@ -25,12 +25,32 @@ CASES = {
     "llama-Q8_0-untied": ("llama", "Q8_0", {"tied_output": False}),
     "gemma3-F32": ("gemma3", "F32", {}),
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}),
+    "qwen3-F32": ("qwen3", "F32", {}),
+    "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}),
 }
 TOKENS = [(i * 37 + 11) % 250 + 4 for i in range(40)]
 
 
+def _without_repacked_weights() -> None:
+    """llama.cpp's CPU backend repacks quantized weights into extra buffer types (AMX, AVX-512 tiles)
+    where the CPU has them; with these tiny shapes that path crashes (llama-cpp-python 0.3.36 on an
+    AMX machine). The plain CPU buffers compute the same products (activations quantized alike)."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    C.llama_model_default_params = params
+
+
 def main() -> None:
     from llama_cpp import Llama, __version__
+
+    _without_repacked_weights()
 
     out = {"tokens": np.array(TOKENS, np.int32), "llama_cpp_python": np.array(__version__)}
     with tempfile.TemporaryDirectory() as tmp:

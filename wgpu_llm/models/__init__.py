@@ -5,9 +5,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..gguf_file import GGUFError, GGUFFile
-from . import gemma3, llama
+from . import gemma3, llama, qwen3
 
-ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3}
+ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3, "qwen3": qwen3}
 
 
 def architecture(gf: GGUFFile) -> ModuleType:
