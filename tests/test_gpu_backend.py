@@ -228,6 +228,60 @@ def test_bad_inputs(adapter, tmp_path):
         step(np.array([1, 2, 3]), 0)
 
 
+@gpu
+def test_weight_types_without_a_gpu_kernel_run_as_f32(adapter, tmp_path, capfd):
+    """TQ2_0 / TQ1_0 (ternary; gguf-py dequantizes them, no WGSL reads them) are uploaded as F32 --
+    stacked with F32 neighbours -- and say so, once per type on stderr and in describe()."""
+    from wgpu_llm.gpu import quant
+
+    fallback = {"attn_q": "TQ2_0", "ffn_down": "TQ1_0"}
+    assert not set(fallback.values()) & set(quant.SUPPORTED_TYPES)
+    path = write_tiny_model(tmp_path / "llama-ternary.gguf", "llama", "F32", n_layer=2, d_model=256, n_head=4,
+                            n_kv_head=2, head_dim=64, d_ff=256, layer_types=fallback)
+    capfd.readouterr()
+    errors, gpu, _ = compare_backends(path, adapter, n_prefill=9, n_decode=3)
+    assert max(errors) <= 1e-10, errors  # the same float32 weights on both sides
+    assert gpu.f32_fallback == {"TQ2_0": ["blk.0.attn_q.weight", "blk.1.attn_q.weight"],
+                                "TQ1_0": ["blk.0.ffn_down.weight", "blk.1.ffn_down.weight"]}
+    qkv = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
+    assert [piece.weight.type_name for piece in gpu.matrix(qkv)] == ["F32"]
+    assert "no GPU kernel for TQ1_0 (2 tensors), TQ2_0 (2 tensors): held as F32" in gpu.describe()
+    notices = [line for line in capfd.readouterr().err.splitlines() if "no GPU kernel" in line]
+    assert len(notices) == 2 and "TQ2_0 weights (blk.0.attn_q.weight" in notices[0], notices
+    assert "TQ1_0 weights (blk.0.ffn_down.weight" in notices[1]
+
+
+@gpu
+def test_size_limits_give_clear_errors(adapter, tmp_path):
+    """What exceeds the adapter's storage binding limit fails at compile naming the limit and
+    what did not fit (never a wgpu validation panic): a KV cache, an activation row. (A weight row
+    too large fails in quant.split_rows, test_gpu_quant; in a model an activation row as wide as
+    the weight's columns comes first.)"""
+    import dataclasses
+
+    from wgpu_llm.gpu.backend import GpuBackend
+    from wgpu_llm.gpu.runtime import GpuError
+
+    path = write_tiny_model(tmp_path / "llama.gguf", "llama", "Q8_0")  # d 64, 2 KV heads of 16, 267 tokens
+    gf = GGUFFile(path)
+    graph = architecture(gf).build_graph(gf, all_logits=False)
+
+    def backend(n_ctx, max_binding):
+        gpu = GpuBackend(gf, n_ctx, adapter)
+        gpu.rt.caps = dataclasses.replace(gpu.rt.caps, max_binding=max_binding)
+        return gpu
+
+    with pytest.raises(GpuError, match=r"layer 0: a KV cache of 256 x 32 floats \(32768 bytes\) exceeds the "
+                                       r"device's storage binding limit of 4096 bytes; use a smaller n_ctx"):
+        backend(256, 4096).compile(graph, 1)
+    # weight rows and the KV cache fit 1 KiB, a row of 267 logits does not
+    with pytest.raises(GpuError, match=r"an activation of 1 x 267 floats \(1068 bytes\) exceeds the device's storage "
+                                       r"binding limit \(1024 bytes\); one row does not fit"):
+        backend(8, 1024).compile(graph, 1)
+    with pytest.raises(GpuError, match="1 x 267 floats"):  # a longer step is chunked down to that one row
+        backend(8, 1024).compile(graph, 4)
+
+
 # ---- real models ----
 def _real_model(name: str):
     from wgpu_llm import zoo

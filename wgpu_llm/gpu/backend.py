@@ -27,6 +27,7 @@ feeds each step the previous step's argmax from GPU memory, several steps per su
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -98,11 +99,24 @@ class GpuBackend:
         self.k_cache: dict[int, object] = {}  # layer -> (n_ctx, n_kv_head * head_dim) float32 buffer
         self.v_cache: dict[int, object] = {}
         self.weight_bytes = 0  # bytes of weights on the device
+        self.f32_fallback: dict[str, list[str]] = {}  # GGUF type without a GPU kernel -> tensors held as F32
         self.timings = {"device_s": time.perf_counter() - t0, "weights_s": 0.0, "compile_s": 0.0}
         self.tracer = None  # a wgpu_llm.trace.Trace while tracing: steps then run timed, op by op
 
     def describe(self) -> str:
-        return self.rt.info.describe()
+        """The adapter, and the weight types held as float32 because no GPU kernel reads them."""
+        text = self.rt.info.describe()
+        if self.f32_fallback:
+            text += "; no GPU kernel for " + ", ".join(
+                f"{t} ({len(names)} tensors)" for t, names in sorted(self.f32_fallback.items())) + ": held as F32"
+        return text
+
+    def _note_f32_fallback(self, name: str, type_name: str) -> None:
+        """Say once per type, on stderr, that its tensors are dequantized to float32 on the device."""
+        if type_name not in self.f32_fallback:
+            print(f"wgpu-llm: no GPU kernel for {type_name} weights ({name} and others of that type): "
+                  f"dequantized to F32 on the device (more memory, same results)", file=sys.stderr)
+        self.f32_fallback.setdefault(type_name, []).append(name)
 
     @property
     def allocated_bytes(self) -> int:
@@ -157,14 +171,19 @@ class GpuBackend:
                 if own == type_name:
                     raw.append(np.asarray(self.gf.raw(n)).reshape(-1))
                 elif type_name == "F32":  # a type without a GPU kernel: float32 on the device
+                    self._note_f32_fallback(n, own)
                     raw.append(self.gf.dequantize(n).reshape(-1).view(np.uint8))
                 else:  # stacked with Q8_0 weights
                     raw.append(quant.widen_to_q8_0(own, self.gf.raw(n)))
             packed = quant.pack(type_name, raw[0] if len(raw) == 1 else np.concatenate(raw), rows, cols)
             del raw
             label = "+".join(names)
+            try:
+                split = quant.split_rows(packed, self.rt.caps.max_binding)
+            except ValueError as e:  # one row is larger than a binding: no piece can hold it
+                raise GpuError(f"weight {label}: {e}; this adapter cannot run it") from None
             pieces = []
-            for first, piece in quant.split_rows(packed, self.rt.caps.max_binding):
+            for first, piece in split:
                 planes = [self.rt.upload(p, f"{label}[{first}:] plane {i}") for i, p in enumerate(piece.planes)]
                 self.weight_bytes += piece.nbytes()
                 pieces.append(_Piece(first, piece, planes))
@@ -243,8 +262,9 @@ class _Compiler:
         if slot in self.free_slots:
             self.free_slots.remove(slot)
         if need * 4 > self.be.rt.caps.max_binding:
-            raise GpuError(f"an activation of {rows} x {width} floats exceeds the device's storage binding limit "
-                           f"({self.be.rt.caps.max_binding} bytes); run fewer tokens per step")
+            advice = "run fewer tokens per step" if rows > 1 else "one row does not fit: this adapter cannot run it"
+            raise GpuError(f"an activation of {rows} x {width} floats ({need * 4} bytes) exceeds the device's storage "
+                           f"binding limit ({self.be.rt.caps.max_binding} bytes); {advice}")
         return _Act(slot, 0, width, rows, width)
 
     def _define(self, name: str, act: _Act) -> _Act:
