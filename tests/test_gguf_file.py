@@ -1,5 +1,6 @@
 """GGUF validation: every malformed file gives a GGUFError naming the problem, quickly."""
 
+import re
 import struct
 import time
 
@@ -144,7 +145,11 @@ def test_missing_architecture(tmp_path):
 
 def test_unknown_architecture_lists_supported(tmp_path):
     path = _file(tmp_path, [_kv_str("general.architecture", "mamba")])
-    with pytest.raises(GGUFError, match=r"'mamba' is not supported \(supported: gemma3, llama\)"):
+    from wgpu_llm.models import ARCHITECTURES
+
+    assert {"gemma3", "llama"} <= set(ARCHITECTURES)
+    supported = re.escape(", ".join(sorted(ARCHITECTURES)))
+    with pytest.raises(GGUFError, match=rf"'mamba' is not supported \(supported: {supported}\)"):
         LLM(path, backend="cpu")
 
 
@@ -171,3 +176,45 @@ def test_wrong_tensor_shape_is_named(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(GGUFError, match=r"'blk.0.ffn_gate.weight' has shape \(64, 64\), expected \(96, 64\)"):
         LLM(path, backend="cpu")
+
+
+def test_long_values_are_shortened_in_messages(tmp_path):
+    path = _file(tmp_path, [_kv_str("general.architecture", "llama"), _kv_str("a.long", "x" * 78),
+                            _kv_str("a.short", "y" * 77)])
+    gf = GGUFFile(path)
+    with pytest.raises(GGUFError) as err:
+        gf.require("a.long", int)
+    assert str(err.value) == f"{path}: metadata 'a.long' = '{'x' * 76}...: expected int"  # repr: 80 characters
+    with pytest.raises(GGUFError) as err:
+        gf.get("a.short", float)
+    assert str(err.value) == f"{path}: metadata 'a.short' = '{'y' * 77}': expected float"  # 79: kept whole
+
+
+class _Advice:
+    """Stands in for the file's mmap: records madvise calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def madvise(self, *args):
+        self.calls.append(args)
+
+
+def test_release_pages_advises_whole_pages_of_the_file(tmp_path):
+    import mmap
+
+    gf = GGUFFile(write_tiny_model(tmp_path / "tiny.gguf", "llama", "F32"))
+    size, page = gf.file_size, mmap.PAGESIZE
+    assert size > 3 * page
+    advice = _Advice()
+    gf._data._mmap = advice
+    gf.release_pages()
+    gf.release_pages(page + 5, 2 * page + 7)
+    gf.release_pages(2 * page, 10 * size)
+    gf.release_pages(page, page)  # an empty range: nothing
+    assert advice.calls == [(mmap.MADV_DONTNEED, 0, size), (mmap.MADV_DONTNEED, page, page + 7),
+                            (mmap.MADV_DONTNEED, 2 * page, size - 2 * page)]
+    gf._data._mmap = object()  # a mapping without madvise: nothing to do, no error
+    gf.release_pages()
+    gf._data._mmap = None
+    gf.release_pages()
