@@ -238,3 +238,12 @@ def test_stop_escape_stops_at_a_newline(tiny):
     assert "\\n" not in text
     assert cli(*base, "--seed", str(seed), "--stop", "\\\\n").stdout == text + "\n"
     assert cli(*base, "--seed", str(seed), "--stop", "\\\\n", "--stop", "\\x0a").stdout == stopped.stdout
+
+
+def test_summary_line():
+    from wgpu_llm.cli import _summary
+
+    stats = dict(prompt_tokens=7, generated_tokens=20, ttft_s=0.2504, prefill_tokens_per_s=123.45,
+                 decode_tokens_per_s=9.96, backend="gpu")
+    assert _summary(stats) == ("prompt 7 tokens, generated 20 tokens | ttft 250 ms | prefill 123.5 tok/s | "
+                               "decode 10.0 tok/s | gpu")
