@@ -343,3 +343,13 @@ def test_cache_is_used_only_for_the_same_vocab_and_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(Tokenizer, "_build_hf", no_rebuild)
     assert Tokenizer.from_metadata(variants[-1], cache_key="k").encode("ab") == [1, 9]
     assert path.read_text() == built
+
+
+def test_spm_merges_follow_scores():
+    # "▁a" and "ab" compete for the "a" of "▁ab": the higher-scored merge wins, as in llama.cpp
+    tokens = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab"]
+    md = {**_tiny_spm(), "tokenizer.ggml.tokens": tokens, "tokenizer.ggml.token_type": [2, 3, 3, 1, 1, 1, 1, 1]}
+    first = Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": [0.0] * 3 + [-5.0, -6.0, -7.0, -1.0, -2.0]})
+    assert first.encode("ab", add_special=False) == [6, 5]
+    second = Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": [0.0] * 3 + [-5.0, -6.0, -7.0, -2.0, -1.0]})
+    assert second.encode("ab", add_special=False) == [3, 7]
