@@ -2,23 +2,22 @@
 (tests/golden/<model>.json: transformers-float32 greedy continuations, which the numpy backend
 reproduces on every prompt, see test_real_models.py).
 
-- every prompt: the golden 32-token continuation, teacher-forced. One step over prompt +
+- the golden 32-token continuation, teacher-forced (a subset of prompts by default, every prompt
+  under the `golden` marker). One step over prompt +
   continuation gives the logits after every prefix; the greedy continuation is the golden one
   exactly when the argmax after each prefix is the next golden token. This runs the prefill
   kernels (tiled mat-mat, flash attention) at every position of every prompt.
-- a few prompts (all with WGPU_LLM_ALL_PROMPTS=1): real greedy generation through the GPU-resident
-  decode loop (mat-vec kernels, decode attention over the KV cache, argmax on the GPU), 32 tokens.
+- two prompts (all under `golden`): real greedy generation through the GPU-resident decode loop
+  (mat-vec kernels, decode attention over the KV cache, argmax on the GPU), 32 tokens.
+- Gemma 3 past its sliding window (900 tokens), as on the numpy backend.
 """
 
-import os
-
 import pytest
-from test_real_models import MODELS, load_golden, same_continuation
+from test_real_models import MODELS, SUBSET, check_long_context, load_golden, same_continuation
 
 from wgpu_llm import LLM
 
 pytestmark = [pytest.mark.slow, pytest.mark.gpu]
-DECODED_PROMPTS = 20 if os.environ.get("WGPU_LLM_ALL_PROMPTS") == "1" else 2
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -36,25 +35,30 @@ def golden_continuation(case, eog) -> list[int]:
     return out
 
 
-def test_teacher_forced_continuations_every_prompt(model):
+@pytest.mark.parametrize("n_prompts", [pytest.param(SUBSET, id="subset"),
+                                       pytest.param(None, id="all", marks=pytest.mark.golden)])
+def test_teacher_forced_continuations(model, n_prompts):
     llm, golden = model
     eog = llm.tokenizer.eog_ids
     mismatches = []
-    for n, case in enumerate(golden["prompts"]):
+    cases = golden["prompts"][:n_prompts]
+    for n, case in enumerate(cases):
         prompt, cont = case["ids"], golden_continuation(case, eog)
         logits = llm.logits(prompt + cont[:-1])
         predicted = logits[len(prompt) - 1:].argmax(axis=1).tolist()
         if predicted != cont:
             first = next(i for i, (a, b) in enumerate(zip(predicted, cont)) if a != b)
             mismatches.append(f"prompt {n}: token {first} is {predicted[first]}, golden {cont[first]}")
-    print(f"{golden['model']} on the GPU: {len(golden['prompts']) - len(mismatches)}/{len(golden['prompts'])} "
+    print(f"{golden['model']} on the GPU: {len(cases) - len(mismatches)}/{len(cases)} "
           f"teacher-forced continuations equal transformers-f32")
     assert not mismatches, mismatches
 
 
-def test_greedy_decode_loop(model):
+@pytest.mark.parametrize("n_prompts", [pytest.param(2, id="two"),
+                                       pytest.param(None, id="all", marks=pytest.mark.golden)])
+def test_greedy_decode_loop(model, n_prompts):
     llm, golden = model
-    cases = golden["prompts"][:DECODED_PROMPTS]
+    cases = golden["prompts"][:n_prompts]
     results = []
     for case in cases:
         out = llm.generate(case["ids"], max_tokens=len(case["transformers_greedy"]) or 32, temperature=0)
@@ -62,3 +66,7 @@ def test_greedy_decode_loop(model):
     print(f"{golden['model']} on the GPU: {sum(results)}/{len(results)} greedy continuations (decode loop) "
           f"equal transformers-f32")
     assert all(results), results
+
+
+def test_long_context_past_the_sliding_window(adapter):
+    check_long_context(LLM("gemma3-270m", backend="gpu", n_ctx=1024))
