@@ -18,6 +18,9 @@ CASES = {
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}, 1e-4),
     "qwen3-F32": ("qwen3", "F32", {}, 1e-5),
     "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}, 2e-3),
+    "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}, 1e-5),
+    "granite-F32": ("granite", "F32", {}, 1e-5),
+    "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}, 2e-3),
 }
 
 

@@ -1,8 +1,8 @@
-"""Tiny random-weight GGUF models (llama, qwen3 and gemma3) written with gguf-py's GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen3, granite, gemma, gemma3) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama and qwen3, a SentencePiece-style one with byte
-fallback for gemma3, so the whole LLM API runs on them.
+small but real: a byte-level BPE (gpt2-style) for llama, qwen3 and granite, a SentencePiece-style
+one with byte fallback for gemma and gemma3, so the whole LLM API runs on them.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     w.add_uint32(f"{arch}.attention.key_length", head_dim)
     w.add_uint32(f"{arch}.attention.value_length", head_dim)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen3"):
+    if arch in ("llama", "qwen3", "granite"):
         w.add_float32(f"{arch}.rope.freq_base", 10000.0)
         w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
         tokens, types, merges = gpt2_vocab()
@@ -97,11 +97,17 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
         w.add_add_bos_token(False)
+        if arch == "granite":  # multipliers unlike 1 (and 1/sqrt(head_dim)), so each one matters
+            w.add_float32(f"{arch}.logit_scale", 4.0)
+            w.add_float32(f"{arch}.residual_scale", 0.5)
+            w.add_float32(f"{arch}.embedding_scale", 3.0)
+            w.add_float32(f"{arch}.attention.scale", 0.2)
         w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    elif arch == "gemma3":
-        w.add_float32(f"{arch}.rope.freq_base", 1000000.0)
-        w.add_uint32(f"{arch}.attention.sliding_window", sliding_window)
+    elif arch in ("gemma", "gemma3"):
+        w.add_float32(f"{arch}.rope.freq_base", 1000000.0 if arch == "gemma3" else 10000.0)
+        if arch == "gemma3":
+            w.add_uint32(f"{arch}.attention.sliding_window", sliding_window)
         tokens, scores, types = spm_vocab()
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre("default")

@@ -27,6 +27,9 @@ CASES = {
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}),
     "qwen3-F32": ("qwen3", "F32", {}),
     "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}),
+    "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}),
+    "granite-F32": ("granite", "F32", {}),
+    "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}),
 }
 TOKENS = [(i * 37 + 11) % 250 + 4 for i in range(40)]
 

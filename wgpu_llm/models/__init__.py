@@ -5,9 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..gguf_file import GGUFError, GGUFFile
-from . import gemma3, llama, qwen3
+from . import gemma, gemma3, granite, llama, qwen3
 
-ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "gemma3": gemma3, "qwen3": qwen3}
+ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "qwen3": qwen3, "gemma": gemma, "gemma3": gemma3,
+                                          "granite": granite}
 
 
 def architecture(gf: GGUFFile) -> ModuleType:

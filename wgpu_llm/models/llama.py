@@ -33,9 +33,11 @@ class Config:
     norm_eps: float
 
     @classmethod
-    def from_gguf(cls, gf: GGUFFile) -> "Config":
+    def from_gguf(cls, gf: GGUFFile, known_keys: frozenset[str] = KNOWN_KEYS) -> "Config":
+        """known_keys: the `<arch>.*` metadata the family understands (a family built on llama's
+        hyper-parameters passes its own)."""
         a = gf.architecture
-        check_metadata(gf, KNOWN_KEYS)
+        check_metadata(gf, known_keys)
         check_no_experts(gf)
         d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
         n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
