@@ -7,9 +7,9 @@ The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim)
 `compile` turns the graph into a list of small closures over buffers allocated once, each calling
 the op's function in ops.py (the reference the GPU kernels are tested against) with `out=` its
 buffer, so a step writes every activation in place; only attention's score matrix, whose size
-grows with the position, is a temporary. Slices and last_row are views. An activation takes over the buffer of one that has been
-read for the last time (never one of its own op's inputs), so a step holds a few buffers, not one
-per op.
+grows with the position, is a temporary. Slices and last_row are views. An activation takes over
+the buffer of one that has been read for the last time (never one of its own op's inputs), so a
+step holds a few buffers, not one per op.
 """
 
 from __future__ import annotations

@@ -45,9 +45,7 @@ STEPS = ((13, 0), (1, 13), (3, 14))  # (tokens, pos0): prefill, decode, a short 
 
 # name -> (shape, type): embedding tables give the random activations a step starts from
 WEIGHTS = {
-    "tab.30": ((N_VOCAB, 30), "F32"), "tab.40": ((N_VOCAB, 40), "F32"), "tab.53": ((N_VOCAB, 53), "F32"), "tab.57": ((N_VOCAB, 57), "F32"),
-    "tab.75": ((N_VOCAB, 75), "F32"), "tab.90": ((N_VOCAB, 90), "F32"), "tab.96": ((N_VOCAB, 96), "F32"),
-    "tab.111": ((N_VOCAB, 111), "F32"), "tab.120": ((N_VOCAB, 120), "F32"), "tab.160": ((N_VOCAB, 160), "F32"),
+    **{f"tab.{width}": ((N_VOCAB, width), "F32") for width in (30, 40, 53, 57, 75, 90, 96, 111, 120, 160)},
     "tab.q8": ((N_VOCAB, 96), "Q8_0"),
     "norm.37": ((37,), "F32"), "norm.111": ((111,), "F32"), "norm.53": ((53,), "F32"), "norm.16": ((16,), "F32"),
     "lin.a": ((53, 75), "F32"), "lin.b": ((31, 75), "F32"), "lin.glu": ((21, 45), "F32"),

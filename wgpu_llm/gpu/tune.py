@@ -334,8 +334,8 @@ class _Bench:
         self.buffers = []
 
 
-def measure(rt, case: LinearCase, variants: list[LinearVariant] | list[Tiles], *, rounds: int = 5, sample_s: float = 0.02,
-            max_reps: int = 256, prune: float = 1.5, progress=None) -> CaseResult:
+def measure(rt, case: LinearCase, variants: list[LinearVariant] | list[Tiles], *, rounds: int = 5,
+            sample_s: float = 0.02, max_reps: int = 256, prune: float = 1.5, progress=None) -> CaseResult:
     """Time every variant on `case`: `rounds` interleaved samples of about `sample_s` seconds each
     (at least one dispatch, at most max_reps); after two rounds, variants slower than `prune` times
     the fastest are dropped. progress(case, key, round) is called after each sample."""
