@@ -21,6 +21,7 @@ CASES = {
     "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}, 1e-5),
     "granite-F32": ("granite", "F32", {}, 1e-5),
     "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}, 2e-3),
+    "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}, 1e-5),
 }
 
 

@@ -1,7 +1,7 @@
-"""Tiny random-weight GGUF models (llama, qwen3, granite, gemma, gemma3) written with GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen3, granite, olmo2, gemma, gemma3) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama, qwen3 and granite, a SentencePiece-style
+small but real: a byte-level BPE (gpt2-style) for llama, qwen3, granite and olmo2, a SentencePiece-style
 one with byte fallback for gemma and gemma3, so the whole LLM API runs on them.
 """
 
@@ -85,7 +85,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     w.add_uint32(f"{arch}.attention.key_length", head_dim)
     w.add_uint32(f"{arch}.attention.value_length", head_dim)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen3", "granite"):
+    if arch in ("llama", "qwen3", "granite", "olmo2"):
         w.add_float32(f"{arch}.rope.freq_base", 10000.0)
         w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
         tokens, types, merges = gpt2_vocab()
@@ -141,19 +141,24 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     types.update(layer_types or {})
     for i in range(n_layer):
         b = f"blk.{i}"
-        _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
+        if arch != "olmo2":  # olmo2 normalises block outputs instead (the post-norms below)
+            _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
         _add_weight(w, rng, f"{b}.attn_q.weight", q, d_model, types["attn_q"])
         _add_weight(w, rng, f"{b}.attn_k.weight", kv, d_model, types["attn_k"])
         _add_weight(w, rng, f"{b}.attn_v.weight", kv, d_model, types["attn_v"])
         _add_weight(w, rng, f"{b}.attn_output.weight", d_model, q, types["attn_output"])
-        _add_norm(w, rng, f"{b}.ffn_norm.weight", d_model)
+        if arch != "olmo2":
+            _add_norm(w, rng, f"{b}.ffn_norm.weight", d_model)
         _add_weight(w, rng, f"{b}.ffn_gate.weight", d_ff, d_model, types["ffn_gate"])
         _add_weight(w, rng, f"{b}.ffn_up.weight", d_ff, d_model, types["ffn_up"])
         _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, types["ffn_down"])
         if arch in ("gemma3", "qwen3"):
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
-        if arch == "gemma3":
+        if arch == "olmo2":  # q/k norms over the whole projection
+            _add_norm(w, rng, f"{b}.attn_q_norm.weight", q)
+            _add_norm(w, rng, f"{b}.attn_k_norm.weight", kv)
+        if arch in ("gemma3", "olmo2"):
             _add_norm(w, rng, f"{b}.post_attention_norm.weight", d_model)
             _add_norm(w, rng, f"{b}.post_ffw_norm.weight", d_model)
     for name, data in (extra_tensors or {}).items():

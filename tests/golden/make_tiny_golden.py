@@ -30,6 +30,7 @@ CASES = {
     "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}),
     "granite-F32": ("granite", "F32", {}),
     "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}),
+    "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}),
 }
 TOKENS = [(i * 37 + 11) % 250 + 4 for i in range(40)]
 
