@@ -64,11 +64,13 @@ class CpuBackend:
                 self.k_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
                 self.v_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float):
-        """cos, sin for every position of the context: (n_ctx, n_rot/2) each, computed once."""
-        key = (n_rot, base, freq_scale)
+    def rope_table(self, n_rot: int, base: float, freq_scale: float, factors: tuple[str, ...] = ()):
+        """cos, sin for every position of the context: (n_ctx, n_rot/2) each, computed once.
+        factors: () or the name of the tensor of per-pair frequency divisors."""
+        key = (n_rot, base, freq_scale, factors)
         if key not in self._rope_tables:
-            self._rope_tables[key] = ops.rope_tables(np.arange(self.n_ctx), n_rot, base, freq_scale)
+            divisors = self._weight(factors) if factors else None
+            self._rope_tables[key] = ops.rope_tables(np.arange(self.n_ctx), n_rot, base, freq_scale, divisors)
         return self._rope_tables[key]
 
     # ---- compile / run ----
@@ -154,7 +156,7 @@ class _CpuStep:
                 ops.linear(x, weight, out)
         elif op.kind == "rope":
             x, head_dim, n_rot, neox = args[0], p["head_dim"], p["n_rot"], p["neox"]
-            cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"])
+            cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"], op.weights)
 
             def run(ids, pos0):
                 ops.rope(x, cos[pos0:pos0 + rows], sin[pos0:pos0 + rows], head_dim, n_rot, neox, out)

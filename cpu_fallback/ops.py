@@ -49,9 +49,13 @@ def linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> 
     return np.matmul(x, weight.T, out=_out(out, x.shape[0], weight.shape[0]))
 
 
-def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0):
-    """cos, sin of shape (n, n_rot/2) for the given positions (angles in float64, then float32)."""
+def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0,
+                factors: np.ndarray | None = None):
+    """cos, sin of shape (n, n_rot/2) for the given positions (angles in float64, then float32);
+    factors: (n_rot/2,) divisors of each pair's frequency (Llama 3.1's rope_freqs), or None."""
     inv_freq = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    if factors is not None:
+        inv_freq = inv_freq / np.asarray(factors, np.float64).reshape(-1)
     angles = np.outer(positions.astype(np.float64) * freq_scale, inv_freq)
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 

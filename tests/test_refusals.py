@@ -18,7 +18,7 @@ def test_plain_tiny_models_load(arch, tmp_path):
 
 
 @pytest.mark.parametrize("arch,name,hint", [
-    ("llama", "rope_freqs.weight", "Llama 3.1\\+ rope frequency factors"),
+    ("llama", "rope_factors_long.weight", "LongRoPE frequency factors are not implemented"),
     ("llama", "blk.0.attn_q.bias", "biases are not implemented"),
     ("gemma3", "blk.1.ffn_gate_exps.weight", "mixture-of-experts"),
     ("gemma3", "blk.0.layer_output_scale", "refusing to run a different model"),

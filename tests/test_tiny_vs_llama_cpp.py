@@ -9,6 +9,7 @@ import pytest
 from tiny_models import write_tiny_model
 from wgpu_llm import LLM
 
+ROPE_FACTORS = [1.0] * 4 + [1.5, 2.5, 4.0, 6.0, 8.0] + [8.0] * 7  # as in make_tiny_golden.py
 GOLDEN = np.load(Path(__file__).parent / "golden" / "tiny_llama_cpp.npz")
 CASES = {
     "llama-F32": ("llama", "F32", {}, 1e-5),
@@ -22,6 +23,8 @@ CASES = {
     "granite-F32": ("granite", "F32", {}, 1e-5),
     "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}, 2e-3),
     "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}, 1e-5),
+    "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}},
+                               1e-5),
 }
 
 

@@ -14,7 +14,9 @@ Ops (``out = op(inputs...)``):
                                      normalised per head)
   linear(x, weights)                 x @ W.T for each weight, outputs concatenated along columns
   rope(x)                            rotary embedding per head at positions pos0+r; ``neox``
-                                     rotates pairs (i, i+n_rot/2), otherwise adjacent pairs (2i, 2i+1)
+                                     rotates pairs (i, i+n_rot/2), otherwise adjacent pairs (2i, 2i+1);
+                                     pair i turns by pos * freq_scale * base^(-2i/n_rot) / factor_i,
+                                     factor_i from the optional weight (Llama 3.1's rope_freqs), else 1
   attention(q, k, v)                 writes k, v into the KV cache of ``layer`` at the step's
                                      positions, then causal attention of q over the cache (GQA:
                                      head h reads kv head h // (n_head / n_kv_head)); ``window`` > 0
@@ -104,10 +106,14 @@ class Graph:
         return outs
 
     def rope(self, x: str, head_dim: int, n_rot: int, base: float, neox: bool, freq_scale: float = 1.0,
-             name: str | None = None) -> str:
+             freq_factors: str | None = None, name: str | None = None) -> str:
         if self.widths[x] % head_dim or n_rot > head_dim or n_rot % 2:
             raise ValueError(f"rope: bad head_dim {head_dim} / n_rot {n_rot} for width {self.widths[x]}")
-        return self._new("rope", (x,), self.widths[x], (), name, head_dim=head_dim, n_rot=n_rot,
+        if freq_factors is not None and self.weight_shapes[freq_factors] != (1, n_rot // 2):
+            raise ValueError(f"rope: {freq_factors} has shape {self.weight_shapes[freq_factors]}, "
+                             f"expected {n_rot // 2} factors")
+        weights = (freq_factors,) if freq_factors is not None else ()
+        return self._new("rope", (x,), self.widths[x], weights, name, head_dim=head_dim, n_rot=n_rot,
                          base=float(base), neox=bool(neox), freq_scale=float(freq_scale))
 
     def attention(self, q: str, k: str, v: str, layer: int, n_head: int, n_kv_head: int, head_dim: int,

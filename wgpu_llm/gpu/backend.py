@@ -200,10 +200,12 @@ class GpuBackend:
             self.weight_bytes += data.nbytes
         return self._vectors[names]
 
-    def rope_freqs(self, n_rot: int, base: float, freq_scale: float):
-        key = (n_rot, base, freq_scale)
+    def rope_freqs(self, n_rot: int, base: float, freq_scale: float, factors: tuple[str, ...] = ()):
+        """The rope op's per-pair frequencies (factors: () or the tensor of frequency divisors)."""
+        key = (n_rot, base, freq_scale, factors)
         if key not in self._rope:
-            self._rope[key] = self.rt.upload(K.rope_freqs(n_rot, base, freq_scale), f"rope freqs {key}")
+            divisors = self.gf.dequantize(factors[0]) if factors else None
+            self._rope[key] = self.rt.upload(K.rope_freqs(n_rot, base, freq_scale, divisors), f"rope freqs {key}")
         return self._rope[key]
 
     def kv_cache(self, layer: int, width: int):
@@ -487,7 +489,7 @@ class _Compiler:
         if rope is not None:
             p = rope.p
             rope_args = {"n_rot": p["n_rot"], "neox": p["neox"]}
-            freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
+            freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"], rope.weights)
         def make(res):
             then = None if second is None else (second[0], second[1], self._view(res, second[2]))
             return K.rms_norm(self.cfg, x.rows, x.width, group, eps, self._view(res, x), w, self._view(res, y),
@@ -504,7 +506,8 @@ class _Compiler:
             return None
         k_norm, k_rope = ops[i + 2], ops[i + 3]
         qn, kn = op.inputs[0], k_norm.inputs[0]
-        if not (k_norm.kind == "rms_norm" and k_rope.kind == "rope" and k_rope.params == rope.params
+        if not (k_norm.kind == "rms_norm" and k_rope.kind == "rope"
+                and (k_rope.params, k_rope.weights) == (rope.params, rope.weights)
                 and k_rope.inputs[0] == k_norm.out and self.uses[k_norm.out] == [i + 3]
                 and k_norm.param("eps") == op.param("eps") and kn in self.acts
                 and self.g.weight_shapes[k_norm.weights[0]] == self.g.weight_shapes[op.weights[0]]):
@@ -522,7 +525,8 @@ class _Compiler:
         # q and k of a fused QKV projection: one dispatch when the second rope is the next op,
         # has the same parameters and reads the columns right after the first one's
         nxt = ops[i + 1] if i + 1 < len(ops) else None
-        if nxt is not None and nxt.kind == "rope" and nxt.params == op.params and nxt.inputs[0] in self.acts:
+        if (nxt is not None and nxt.kind == "rope" and (nxt.params, nxt.weights) == (op.params, op.weights)
+                and nxt.inputs[0] in self.acts):
             k_name = nxt.inputs[0]
             k = self.acts[k_name]
             if (k.slot == x.slot and k.stride == x.stride and k.rows == x.rows and k.offset == x.offset + x.width
@@ -538,7 +542,7 @@ class _Compiler:
 
     def _emit_rope(self, op: Op, x: _Act, y: _Act) -> None:
         p = op.p
-        freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"])
+        freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"], op.weights)
         self.intents.append(lambda res: K.rope(self.cfg, x.rows, x.width, p["head_dim"], p["n_rot"], p["neox"], freqs,
                                                self._view(res, x), self._view(res, y), f"{op.out}: rope"))
 

@@ -355,9 +355,12 @@ def argmax(cfg, rows: int, width: int, x: View, out, out_offset: int = 0, label=
     return build("argmax", label, params, roles, fold_grid(rows, cfg.max_per_dim), consts={"WG": cfg.argmax_wg})
 
 
-def rope_freqs(n_rot: int, base: float, freq_scale: float = 1.0) -> np.ndarray:
-    """freq_scale * base^(-2i/n_rot) for i < n_rot/2, computed in float64 like ops.rope_tables."""
+def rope_freqs(n_rot: int, base: float, freq_scale: float = 1.0, factors: np.ndarray | None = None) -> np.ndarray:
+    """freq_scale * base^(-2i/n_rot) / factors[i] for i < n_rot/2, computed in float64 like
+    ops.rope_tables (factors: Llama 3.1's rope_freqs, or None for 1)."""
     inv = base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+    if factors is not None:
+        inv = inv / np.asarray(factors, np.float64).reshape(-1)
     return (inv * freq_scale).astype(np.float32)
 
 

@@ -1,4 +1,4 @@
-"""`llama` architecture: Llama 2/3, SmolLM2, TinyLlama, Mistral-style models.
+"""`llama` architecture: Llama 2, 3, 3.1+ (rope_freqs), SmolLM2, TinyLlama, Mistral-style models.
 
 Pre-norm blocks: RMSNorm -> attention (rotary, grouped-query) -> residual, RMSNorm -> SiLU-gated
 FFN -> residual. GGUF stores Q/K already permuted for llama.cpp's "normal" (adjacent-pair) rope.
@@ -90,8 +90,12 @@ def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
     check_tensors(gf, {head: (cfg.n_vocab, cfg.d_model)})
     g = Graph(weight_shapes(gf))
     q_width, kv_width = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    # Llama 3.1+: per-pair frequency divisors (llama3 rope scaling, precomputed by the converter)
+    factors = "rope_freqs.weight" if "rope_freqs.weight" in gf.tensors else None
+    if factors is not None:
+        check_tensors(gf, {factors: (cfg.n_rot // 2,)})
     rope = dict(head_dim=cfg.head_dim, n_rot=cfg.n_rot, base=cfg.rope_base, neox=False,
-                freq_scale=cfg.rope_freq_scale)
+                freq_scale=cfg.rope_freq_scale, freq_factors=factors)
 
     x = g.embed("token_embd.weight")
     for i in range(cfg.n_layer):
