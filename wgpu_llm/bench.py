@@ -300,8 +300,8 @@ class LlamaCppEngine:
                                     f"(libraries: {', '.join(build['libraries']) or 'none found'})")
         if device == "gpu" and gpu_devices == []:  # layers "offloaded" to no device would run on the CPU
             raise EngineUnavailable(
-                f"llama-cpp-python {build['version']}'s {gpu} backend found no device (newer llama.cpp skips "
-                "software adapters such as lavapipe unless GGML_VK_VISIBLE_DEVICES=0 names them)")
+                f"llama-cpp-python {build['version']}'s {gpu} backend found no device (llama.cpp's Vulkan "
+                "backend never picks a software adapter such as lavapipe unless GGML_VK_VISIBLE_DEVICES=0 names it)")
         options = {}
         if gpu is None and "op_offload" in inspect.signature(llama_cpp.Llama).parameters:
             options["op_offload"] = False  # a GPU build would otherwise run big prefill products on the GPU
