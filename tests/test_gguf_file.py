@@ -218,3 +218,54 @@ def test_release_pages_advises_whole_pages_of_the_file(tmp_path):
     gf.release_pages()
     gf._data._mmap = None
     gf.release_pages()
+
+
+def test_dequantize_matches_gguf_py(tmp_path):
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    gf = GGUFFile(write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0", layer_types={"attn_v": "Q4_0"}))
+    kinds = set()
+    for name, info in gf.tensors.items():
+        want = dequantize(np.asarray(gf.raw(name)), GGMLQuantizationType(info.type_id)).reshape(info.shape)
+        got = gf.dequantize(name)
+        assert got.dtype == np.float32 and got.shape == info.shape and np.array_equal(got, want), name
+        kinds.add((info.type_name, len(info.shape)))
+    assert {("Q8_0", 2), ("Q4_0", 2), ("F32", 1)} <= kinds
+    out = np.full((2, *gf.tensors["blk.0.attn_v.weight"].shape), np.nan, np.float32)
+    assert np.shares_memory(gf.dequantize("blk.0.attn_v.weight", out=out[1]), out[1])
+    assert np.array_equal(out[1], gf.dequantize("blk.0.attn_v.weight")) and np.isnan(out[0]).all()
+
+
+def test_dequantize_unsupported_type(tmp_path):
+    kvs = [_kv_str("general.architecture", "llama")]
+    path = _file(tmp_path, kvs, [_tensor_info("w", [32, 2], 28, 0)], b"\0" * 512)  # F64: gguf-py has no reader
+    with pytest.raises(GGUFError) as err:
+        GGUFFile(path).dequantize("w")
+    assert str(err.value) == f"{path}: tensor 'w' has type F64, which this runtime cannot dequantize"
+
+
+def test_dequantize_large_tensors_in_chunks(tmp_path):
+    """Tensors over 16 MiB are dequantized in chunks of rows, each chunk's file pages released after it."""
+    import mmap
+
+    rows_q, cols_q = 520, 32768  # Q8_0 rows of 34816 bytes: 481 rows per chunk
+    blocks = np.zeros((rows_q, cols_q // 32), dtype=[("d", "<f2"), ("q", "i1", 32)])
+    rng = np.random.default_rng(0)
+    blocks["d"] = rng.uniform(0.5, 2, size=blocks.shape).astype(np.float16)
+    blocks["q"] = rng.integers(-128, 128, size=(*blocks.shape, 32))
+    want_q = (blocks["d"][..., None].astype(np.float32) * blocks["q"]).reshape(rows_q, cols_q)
+    rows_f, cols_f = 1100, 4096  # F32 rows of 16 KiB: 1024 rows per chunk
+    want_f = rng.standard_normal((rows_f, cols_f)).astype(np.float32)
+    q_bytes = blocks.tobytes()
+    tensors = [_tensor_info("q", [cols_q, rows_q], 8, 0), _tensor_info("f", [cols_f, rows_f], 0, len(q_bytes))]
+    gf = GGUFFile(_file(tmp_path, [_kv_str("general.architecture", "llama")], tensors, q_bytes + want_f.tobytes()))
+    advice = _Advice()
+    gf._data._mmap = advice
+    assert np.array_equal(gf.dequantize("q"), want_q)
+    assert np.array_equal(gf.dequantize("f"), want_f)
+    page, at, row_q = mmap.PAGESIZE, gf.tensors["q"].offset, 34816
+    end_q = at + rows_q * row_q
+    assert advice.calls == [(mmap.MADV_DONTNEED, at - at % page, 481 * row_q + at % page),
+                            (mmap.MADV_DONTNEED, (at + 481 * row_q) // page * page,
+                             end_q - (at + 481 * row_q) // page * page)]  # F32 rows are views: nothing to release
