@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import time
 from pathlib import Path
 
@@ -353,3 +354,45 @@ def test_spm_merges_follow_scores():
     assert first.encode("ab", add_special=False) == [6, 5]
     second = Tokenizer.from_metadata({**md, "tokenizer.ggml.scores": [0.0] * 3 + [-5.0, -6.0, -7.0, -2.0, -1.0]})
     assert second.encode("ab", add_special=False) == [3, 7]
+
+
+def test_vocab_defaults_and_renames():
+    spm = _tiny_spm()
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"):
+        del spm[key]
+    tok = Tokenizer.from_metadata(spm)  # llama.cpp's SPM defaults: bos 1, eos 2, unk 0
+    assert (tok.bos_id, tok.eos_id, tok.unk_id) == (1, 2, 0)
+    assert tok.encode("z", add_special=False) == [6, 0]  # no byte token for "z": the unknown token
+    assert Tokenizer.from_metadata({**_tiny_spm(), "tokenizer.ggml.add_bos_token": False}).encode("ab") == [9]
+    gpt2 = _tiny_gpt2()
+    for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.pre"):
+        del gpt2[key]
+    gpt2["tokenizer.ggml.tokens"] = gpt2["tokenizer.ggml.tokens"] + ["", "x", "y", "z"]
+    tok = Tokenizer.from_metadata(gpt2)  # gpt2 defaults: bos = eos = 11, "default" pre-tokenizer, all normal
+    assert (tok.bos_id, tok.eos_id, tok.clean_spaces) == (11, 11, True)
+    assert tok.tokens[9] == "[EMPTY_9]" and tok.types == [3, 3] + [1] * 11  # (the two end-of-text texts: control)
+    with pytest.raises(ValueError, match=r"tokens must be a non-empty list of strings, got list$"):
+        Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.tokens": []})
+
+
+def test_spm_does_not_clean_up_spaces():
+    md = _tiny_spm()
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + ["?"]
+    md["tokenizer.ggml.scores"] = md["tokenizer.ggml.scores"] + [-6.0]
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"] + [1]
+    assert Tokenizer.from_metadata(md).decode([7, 6, 11]) == "a ?"
+
+
+def test_ignore_merges_takes_whole_words_from_the_vocab():
+    md = _tiny_gpt2()
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + ["ba"]  # no merge makes "ba"
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"] + [1]
+    assert Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": "llama3"}).encode("ba") == [0, 9]  # BOS, "ba"
+    assert Tokenizer.from_metadata({**md, "tokenizer.ggml.pre": "dbrx"}).encode("ba") == [3, 2]
+
+
+@pytest.mark.parametrize("merge", [1, " ab", "ab"])
+def test_bad_merge_is_named(merge):
+    with pytest.raises(ValueError, match=rf"tokenizer\.ggml\.merges\[1\] = {re.escape(repr(merge))}: expected"):
+        Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.merges": ["a b", merge]})
