@@ -40,11 +40,14 @@ class CpuBackend:
 
     # ---- load ----
     def _weight(self, names: tuple[str, ...]) -> np.ndarray:
-        """The float32 matrix of one tensor, or of several stacked by rows (a fused linear)."""
+        """The float32 matrix of one tensor, or of several stacked by rows (a fused linear), or the
+        vectors of several 1-D tensors side by side (a fused linear's biases)."""
         if names not in self.weights:
             infos = [self.gf.tensor(n) for n in names]
             if len(names) == 1:
                 self.weights[names] = self.gf.dequantize(names[0])
+            elif all(len(i.shape) == 1 for i in infos):
+                self.weights[names] = np.concatenate([self.gf.dequantize(n) for n in names])
             else:  # dequantize each part straight into its rows of the fused matrix
                 fused = np.empty((sum(i.shape[0] for i in infos), infos[0].shape[1]), np.float32)
                 start = 0
@@ -177,6 +180,11 @@ class _CpuStep:
 
             def run(ids, pos0):
                 ops.add(x, y, out)
+        elif op.kind == "bias":
+            x, vector = args[0], b._weight(op.weights).reshape(-1)
+
+            def run(ids, pos0):
+                ops.add(x, vector, out)
         elif op.kind == "scale":
             x, factor = args[0], p["factor"]
 

@@ -9,7 +9,7 @@ from wgpu_llm import LLM, ContextOverflow
 TEXT = "the cat sat on the mat in the sun, then the end"
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3", "granite", "gemma", "gemma3"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "qwen3", "granite", "gemma", "gemma3"])
 def tiny(request, tmp_path_factory):
     path = write_tiny_model(tmp_path_factory.mktemp("m") / f"{request.param}.gguf", request.param, "Q8_0",
                             n_ctx=64)

@@ -11,7 +11,8 @@ cache from pos0 on are filled with NaN on both backends, so an element a kernel 
 fails. Compared by NMSE = sum((gpu - cpu)^2) / sum(cpu^2); NaN never passes.
 
 Tolerances, about 10x the largest NMSE measured on lavapipe over the table:
-  ELTWISE_TOL 0      embed, slice, last_row, add, scale: one correctly rounded float32 operation
+  ELTWISE_TOL 0      embed, slice, last_row, add, scale (bias: after a linear, so DOT_TOL): one
+                     correctly rounded float32 operation
                      (or none) per element on both sides, so bit-identical (measured 0)
   ROPE_TOL    3e-14  rope: sin / cos evaluated on the GPU vs numpy's (measured <= 3e-15)
   NORM_TOL    1e-13  rms_norm and glu: sums / exp / tanh in another order or implementation
@@ -50,6 +51,7 @@ WEIGHTS = {
     "norm.37": ((37,), "F32"), "norm.111": ((111,), "F32"), "norm.53": ((53,), "F32"), "norm.16": ((16,), "F32"),
     "lin.a": ((53, 75), "F32"), "lin.b": ((31, 75), "F32"), "lin.glu": ((21, 45), "F32"),
     "lin.q8": ((40, 96), "Q8_0"),
+    "bias.a": ((53,), "F32"), "bias.b": ((31,), "F32"), "factors.5": ((5,), "F32"),
 }
 
 
@@ -62,9 +64,9 @@ class Case:
     steps: tuple = STEPS
 
 
-def _rope(neox, head_dim, n_rot, freq_scale=1.0):
+def _rope(neox, head_dim, n_rot, freq_scale=1.0, factors=None):
     def build(g, layer):
-        return g.rope(g.embed("tab.30"), head_dim, n_rot, 10000.0, neox, freq_scale)
+        return g.rope(g.embed("tab.30"), head_dim, n_rot, 10000.0, neox, freq_scale, factors)
     return build
 
 
@@ -112,8 +114,11 @@ CASES = [
     Case("rope normal", _rope(False, 10, 10), ROPE_TOL),
     Case("rope neox partial, freq_scale", _rope(True, 10, 6, 0.5), ROPE_TOL),
     Case("rope normal partial", _rope(False, 10, 4), ROPE_TOL),
+    Case("rope with frequency factors", _rope(False, 10, 10, factors="factors.5"), ROPE_TOL),
     Case("linear two F32 weights", lambda g, l: g.linear(g.embed("tab.75"), ["lin.a", "lin.b"]), DOT_TOL),
     Case("linear Q8_0", lambda g, l: g.linear(g.embed("tab.96"), ["lin.q8"]), DOT_TOL),
+    Case("bias of two vectors", lambda g, l: g.bias(g.linear(g.embed("tab.75"), ["lin.a", "lin.b"]),
+                                                    ["bias.a", "bias.b"]), DOT_TOL),
     Case("linear + residual add", lambda g, l: g.add(g.embed("tab.53"), g.linear(g.embed("tab.75"), ["lin.a"])),
          DOT_TOL, fused="residual add fused into linear"),
     Case("attention GQA 6:2", _attention(6, 2, 12, 0), DOT_TOL),
@@ -148,6 +153,8 @@ def weights_file(tmp_path_factory):
         data = rng.standard_normal(shape).astype(np.float32)
         if name.startswith("norm."):
             data = 1.0 + 0.2 * data
+        if name.startswith("factors."):  # rope frequency divisors, as Llama 3.1's: 1 .. 8
+            data = np.linspace(1.0, 8.0, data.size, dtype=np.float32)
         if type_name == "F32":
             w.add_tensor(name, data)
         else:

@@ -17,6 +17,8 @@ CASES = {
     "llama-Q8_0-untied": ("llama", "Q8_0", {"tied_output": False}, 2e-3),
     "gemma3-F32": ("gemma3", "F32", {}, 1e-5),
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}, 1e-4),
+    "qwen2-F32": ("qwen2", "F32", {}, 1e-5),
+    "qwen2-Q8_0-untied": ("qwen2", "Q8_0", {"tied_output": False}, 2e-3),
     "qwen3-F32": ("qwen3", "F32", {}, 1e-5),
     "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}, 2e-3),
     "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}, 1e-5),

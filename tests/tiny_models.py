@@ -1,7 +1,7 @@
-"""Tiny random-weight GGUF models (llama, qwen3, granite, olmo2, gemma, gemma3) written with GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma3) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama, qwen3, granite and olmo2, a SentencePiece-style
+small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, a SentencePiece-style
 one with byte fallback for gemma and gemma3, so the whole LLM API runs on them.
 """
 
@@ -85,12 +85,12 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     w.add_uint32(f"{arch}.attention.key_length", head_dim)
     w.add_uint32(f"{arch}.attention.value_length", head_dim)
     w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen3", "granite", "olmo2"):
+    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2"):
         w.add_float32(f"{arch}.rope.freq_base", 10000.0)
         w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
         tokens, types, merges = gpt2_vocab()
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default" if arch == "llama" else "qwen2")
+        w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
@@ -155,6 +155,9 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         if arch in ("gemma3", "qwen3"):
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
+        if arch == "qwen2":  # biases of q, k and v
+            for name, width in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
+                w.add_tensor(f"{b}.{name}.bias", (0.5 * rng.standard_normal(width)).astype(np.float32))
         if arch == "olmo2":  # q/k norms over the whole projection
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", q)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", kv)

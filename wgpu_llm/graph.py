@@ -13,6 +13,7 @@ Ops (``out = op(inputs...)``):
                                      (so a (n, n_head*head_dim) tensor with a head_dim weight is
                                      normalised per head)
   linear(x, weights)                 x @ W.T for each weight, outputs concatenated along columns
+  bias(x, vectors)                   x + the vectors side by side (a linear's biases), on every row
   rope(x)                            rotary embedding per head at positions pos0+r; ``neox``
                                      rotates pairs (i, i+n_rot/2), otherwise adjacent pairs (2i, 2i+1);
                                      pair i turns by pos * freq_scale * base^(-2i/n_rot) / factor_i,
@@ -95,6 +96,12 @@ class Graph:
                 raise ValueError(f"linear: {w} expects {self._cols(w)} inputs, {x!r} has {self.widths[x]}")
         width = sum(self._rows(w) for w in weights)
         return self._new("linear", (x,), width, tuple(weights), name)
+
+    def bias(self, x: str, vectors: list[str] | tuple[str, ...], name: str | None = None) -> str:
+        width = sum(self._cols(v) for v in vectors)
+        if any(self._rows(v) != 1 for v in vectors) or width != self.widths[x]:
+            raise ValueError(f"bias: {', '.join(vectors)} are not vectors of {self.widths[x]} values in all")
+        return self._new("bias", (x,), width, tuple(vectors), name)
 
     def split(self, x: str, widths: list[int]) -> list[str]:
         if sum(widths) != self.widths[x]:

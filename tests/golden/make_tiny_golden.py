@@ -26,6 +26,8 @@ CASES = {
     "llama-Q8_0-untied": ("llama", "Q8_0", {"tied_output": False}),
     "gemma3-F32": ("gemma3", "F32", {}),
     "gemma3-F16-mha": ("gemma3", "F16", {"n_kv_head": 4}),
+    "qwen2-F32": ("qwen2", "F32", {}),
+    "qwen2-Q8_0-untied": ("qwen2", "Q8_0", {"tied_output": False}),
     "qwen3-F32": ("qwen3", "F32", {}),
     "qwen3-Q8_0-untied": ("qwen3", "Q8_0", {"tied_output": False}),
     "gemma-F32": ("gemma", "F32", {"n_kv_head": 4}),

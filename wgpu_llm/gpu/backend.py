@@ -598,6 +598,13 @@ class _Compiler:
         self.intents.append(lambda res: K.add(self.cfg, a.rows, a.width, self._view(res, a), self._view(res, b),
                                               self._view(res, y), f"{op.out}: add"))
 
+    def _op_bias(self, i, op):
+        x = self.acts[op.inputs[0]]
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        vector = K.View(self.be.vector(op.weights), 0, 0)  # stride 0: the same values on every row
+        self.intents.append(lambda res: K.add(self.cfg, x.rows, x.width, self._view(res, x), vector,
+                                              self._view(res, y), f"{op.out}: bias"))
+
     def _op_scale(self, i, op):
         x = self.acts[op.inputs[0]]
         y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
