@@ -396,3 +396,47 @@ def test_ignore_merges_takes_whole_words_from_the_vocab():
 def test_bad_merge_is_named(merge):
     with pytest.raises(ValueError, match=rf"tokenizer\.ggml\.merges\[1\] = {re.escape(repr(merge))}: expected"):
         Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.merges": ["a b", merge]})
+
+
+def _special_vocab(extra: list[str], **ids) -> Tokenizer:
+    """The tiny gpt2 vocab plus `extra` texts (typed normal), ids given by text: eot="x1" -> eot_token_id."""
+    md = _tiny_gpt2()
+    md["tokenizer.ggml.tokens"] = md["tokenizer.ggml.tokens"] + extra
+    md["tokenizer.ggml.token_type"] = md["tokenizer.ggml.token_type"] + [NORMAL_TYPE] * len(extra)
+    for key, text in ids.items():
+        md[f"tokenizer.ggml.{key}_token_id"] = md["tokenizer.ggml.tokens"].index(text)
+    return Tokenizer.from_metadata(md)
+
+
+NORMAL_TYPE, CONTROL_TYPE, USER_DEFINED_TYPE = 1, 3, 4
+
+
+@pytest.mark.parametrize("extra, ids, eog, types", [
+    # end-of-generation ids from the metadata, whatever their text
+    (["x1", "x2", "x3", "x4", "x5", "x6"], dict(eot="x1", eom="x2", fim_pad="x3", fim_rep="x4", fim_sep="x5"),
+     {"x1", "x2", "x3", "x4", "x5"}, {"x6": NORMAL_TYPE}),
+    (["x1"], dict(eos="x1"), {"x1"}, {}),
+    # an id from the metadata wins over a text found by name; found ones become control tokens
+    (["x1", "<|eot_id|>", "<|fim_prefix|>"], dict(eot="x1"), {"x1", "<|eot_id|>"},
+     {"x1": NORMAL_TYPE, "<|eot_id|>": CONTROL_TYPE, "<|fim_prefix|>": CONTROL_TYPE}),
+    (["<|file_sep|>", "<|eom_id|>"], {}, {"<|file_sep|>", "<|eom_id|>"}, {"<|file_sep|>": CONTROL_TYPE}),
+    # gpt-oss: these texts are user-defined
+    (["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"], {}, set(),
+     {t: USER_DEFINED_TYPE for t in ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")}),
+    # o200k_harmony: with <|call|> and <|return|> or <|flush|>, <|end|> does not end generation
+    (["<|end|>", "<|call|>", "<|return|>"], {}, {"<|call|>", "<|return|>"}, {"<|end|>": USER_DEFINED_TYPE}),
+    (["<|end|>", "<|calls|>", "<|flush|>"], {}, {"<|calls|>", "<|flush|>"}, {"<|end|>": USER_DEFINED_TYPE}),
+    (["<|end|>", "<|return|>"], {}, {"<|end|>", "<|return|>"}, {"<|end|>": CONTROL_TYPE}),
+    (["<|end|>", "<|call|>"], {}, {"<|end|>", "<|call|>"}, {"<|end|>": CONTROL_TYPE}),
+    (["<|call|>", "<|return|>"], {}, {"<|call|>", "<|return|>"}, {}),
+    # </s> is an ordinary token next to <|tool_response> or a <|plamo:eos|> eos
+    (["</s>", "<|tool_response>"], {}, {"<|tool_response>"}, {"</s>": NORMAL_TYPE}),
+    (["</s>", "<|plamo:eos|>"], dict(eos="<|plamo:eos|>"), {"<|plamo:eos|>"}, {"</s>": NORMAL_TYPE}),
+    (["</s>"], {}, {"</s>"}, {"</s>": CONTROL_TYPE}),
+    (["<|tool_response>"], {}, {"<|tool_response>"}, {}),
+])
+def test_end_of_generation_as_llama_cpp(extra, ids, eog, types):
+    tok = _special_vocab(extra, **ids)
+    assert {tok.tokens[i] for i in tok.eog_ids} == eog | {"<|endoftext|>", "<|im_end|>"}  # (the tiny vocab's own)
+    for text, kind in types.items():
+        assert tok.types[tok.token_id(text)] == kind, text
