@@ -166,10 +166,10 @@ class _CpuStep:
         elif op.kind == "attention":
             q, k, v = args
             k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
-            n_head, scale, window = p["n_head"], p["scale"], p["window"]
+            n_head, scale, window, cap = p["n_head"], p["scale"], p["window"], p["softcap"]
 
             def run(ids, pos0):
-                ops.attention(q, k, v, k_cache, v_cache, pos0, n_head, scale, window, out)
+                ops.attention(q, k, v, k_cache, v_cache, pos0, n_head, scale, window, cap, out)
         elif op.kind == "glu":
             x, act = args[0], p["activation"]
 
@@ -190,6 +190,11 @@ class _CpuStep:
 
             def run(ids, pos0):
                 ops.scale(x, factor, out)
+        elif op.kind == "softcap":
+            x, cap = args[0], p["cap"]
+
+            def run(ids, pos0):
+                ops.softcap(x, cap, out)
         else:
             raise NotImplementedError(f"cpu backend: op {op.kind!r}")
         return run

@@ -93,13 +93,15 @@ ATTENTION_QUERY_BLOCK = 64  # queries per block of a long step (measured on 2 co
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, v_cache: np.ndarray, pos0: int,
-              n_head: int, scale: float, window: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+              n_head: int, scale: float, window: int = 0, softcap: float = 0.0,
+              out: np.ndarray | None = None) -> np.ndarray:
     """Store k, v (n, n_kv_head*head_dim) at positions pos0..pos0+n-1 of the KV cache, then causal
     attention of q (n, n_head*head_dim), row r at position pos0 + r, over the cache.
 
     k_cache, v_cache: (n_kv_head, n_ctx, head_dim), one (positions, head_dim) block per KV head
     (GEMM-friendly), positions 0..pos0-1 already filled. GQA: query head h reads KV head
     h // (n_head / n_kv_head). window > 0: a query at position p sees keys in (p - window, p].
+    softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) before the mask and softmax.
     Returns (n, n_head*head_dim).
 
     A long step runs in blocks of queries, each over the keys it can see (up to its last query,
@@ -121,7 +123,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, 
         hi = pos0 + b1
         # positions relative to key lo: the masks only compare query and key positions
         _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_cache[:, lo:hi], pos0 + b0 - lo, n_head, scale, window,
-                         out[b0:b1])
+                         softcap, out[b0:b1])
     return out
 
 
@@ -134,7 +136,7 @@ def _causal_mask(n: int) -> np.ndarray:
 
 
 def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: int, n_head: int,
-                     scale: float, window: int, out: np.ndarray) -> None:
+                     scale: float, window: int, cap: float, out: np.ndarray) -> None:
     """k_t: the keys transposed, (n_kv_head, head_dim, total). The query heads sharing a KV head
     are stacked into one matrix so every product is a plain batched GEMM over KV heads (numpy
     hands those to BLAS; broadcast batch dims it does not)."""
@@ -145,6 +147,8 @@ def _attention_block(q: np.ndarray, k_t: np.ndarray, v_heads: np.ndarray, pos0: 
     qh = np.multiply(q.reshape(n, n_kv_head, group, head_dim).transpose(1, 2, 0, 3), np.float32(scale), order="C")
     qh = qh.reshape(n_kv_head, group * n, head_dim)  # rows: (query head in group, token)
     scores = np.matmul(qh, k_t)  # (kv, group*n, total)
+    if cap > 0:
+        softcap(scores, cap, scores)
     # -inf where a key is not visible: without a window, the keys after the first query (those
     # columns only); with one, keys before a query's window too (every column)
     per_query = scores.reshape(n_kv_head, group, n, total)
@@ -186,6 +190,15 @@ def glu(x: np.ndarray, activation: str, out: np.ndarray | None = None) -> np.nda
     else:
         raise ValueError(f"unknown GLU activation {activation!r}")
     out *= u
+    return out
+
+
+def softcap(x: np.ndarray, cap: float, out: np.ndarray | None = None) -> np.ndarray:
+    """cap * tanh(x / cap): values squashed into (-cap, cap), nearly x where |x| << cap (any shape)."""
+    out = np.empty_like(x) if out is None else out
+    np.multiply(x, np.float32(1.0 / cap), out=out)
+    np.tanh(out, out=out)
+    out *= np.float32(cap)
     return out
 
 

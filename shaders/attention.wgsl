@@ -7,6 +7,7 @@
 // position (q was scaled and put in shared memory), the chunk's max and sum are tree-reduced,
 // and each thread keeps DPT output columns, rescaled whenever the running max grows.
 // GQA: head h reads KV head h / group. window > 0: a query at p sees keys in (p - window, p].
+// softcap > 0: each score s becomes softcap * tanh(s / softcap) (Gemma 2's logit soft-capping).
 // q may share its buffer with y (in place): a workgroup reads its q slice before writing y there.
 
 const WG: u32 = {{WG}};
@@ -30,6 +31,9 @@ fn score(p: u32, kvh: u32) -> f32 {
         for (var d = 0u; d < HD; d++) {
             s += q_sh[d] * ld_k(base + d);
         }
+    }
+    if (P.softcap > 0.0) {  // tanh's argument clamped: tanh(+-10) is +-1 in f32, and no overflow
+        s = P.softcap * tanh(clamp(s * (1.0 / P.softcap), -10.0, 10.0));
     }
     return s;
 }

@@ -1,5 +1,6 @@
 // Elementwise kernels over a (rows, width) view, one thread per element:
-// ADD: y = a + b;  SCALE: y = a * factor;  otherwise a strided copy y = a.
+// ADD: y = a + b;  SCALE: y = a * factor;  SOFTCAP: y = factor * tanh(a / factor);
+// otherwise a strided copy y = a.
 // The output may share its buffer (and place) with an input.
 
 const WG: u32 = {{WG}};
@@ -19,6 +20,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 #endif
 #if SCALE
     v *= P.factor;
+#endif
+#if SOFTCAP
+    // tanh's argument is clamped: some drivers compute tanh as a ratio of exponentials that
+    // overflows to NaN for large arguments; tanh(+-10) is +-1 in f32 already
+    v = P.factor * tanh(clamp(v * (1.0 / P.factor), -10.0, 10.0));
 #endif
     st_y(P.y_off + r * P.y_stride + c, v);
 }

@@ -10,6 +10,7 @@
 // Per tile of BKV keys (only tiles some query of the block can see):
 //   1. scores S = Q K^T of the block, DC head dims at a time: the chunk's (scaled) queries and
 //      keys are staged in workgroup memory, each thread accumulates SQ x SK scores;
+//      (soft-capped when softcap > 0: s becomes softcap * tanh(s / softcap), Gemma 2);
 //   2. an online-softmax update per slot (running max m, sum l, rescale factor alpha); masked
 //      keys get weight 0; the weights P replace S in workgroup memory;
 //   3. O = O * alpha + P V: the values are staged VK keys at a time (they reuse the space of
@@ -162,7 +163,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         for (var i = 0u; i < SQ; i++) {
             for (var j = 0u; j < SK; j++) {
-                ps[(s_slot * SQ + i) * BKV + s_key + NSK * j] = s[i * SK + j];
+                var sc = s[i * SK + j];
+                if (P.softcap > 0.0) {  // tanh's argument clamped: tanh(+-10) is +-1 in f32, and no overflow
+                    sc = P.softcap * tanh(clamp(sc * (1.0 / P.softcap), -10.0, 10.0));
+                }
+                ps[(s_slot * SQ + i) * BKV + s_key + NSK * j] = sc;
             }
         }
         workgroupBarrier();

@@ -15,9 +15,9 @@ Tolerances, about 10x the largest NMSE measured on lavapipe over the table:
                      correctly rounded float32 operation
                      (or none) per element on both sides, so bit-identical (measured 0)
   ROPE_TOL    3e-14  rope: sin / cos evaluated on the GPU vs numpy's (measured <= 3e-15)
-  NORM_TOL    1e-13  rms_norm and glu: sums / exp / tanh in another order or implementation
+  NORM_TOL    1e-13  rms_norm, glu and softcap: sums / exp / tanh in another order or implementation
                      (measured <= 7e-15)
-  DOT_TOL     3e-13  linear and attention: dot products summed in another order (measured <= 3e-14)
+  DOT_TOL     3e-13  linear and attention (soft-capped too): dot products summed in another order (measured <= 3e-14)
 """
 
 from __future__ import annotations
@@ -70,11 +70,11 @@ def _rope(neox, head_dim, n_rot, freq_scale=1.0, factors=None):
     return build
 
 
-def _attention(n_head, n_kv, hd, window):
+def _attention(n_head, n_kv, hd, window, softcap=0.0):
     def build(g, layer):
         x = g.embed(f"tab.{(n_head + 2 * n_kv) * hd}")
         q, k, v = g.split(x, [n_head * hd, n_kv * hd, n_kv * hd])
-        return g.attention(q, k, v, layer, n_head, n_kv, hd, 1.0 / np.sqrt(hd), window)
+        return g.attention(q, k, v, layer, n_head, n_kv, hd, 1.0 / np.sqrt(hd), window, softcap)
     return build
 
 
@@ -104,6 +104,7 @@ CASES = [
     Case("last_row", lambda g, l: g.last_row(g.embed("tab.57")), ELTWISE_TOL),
     Case("add", lambda g, l: g.add(g.embed("tab.53"), g.embed("tab.53", scale=-0.3)), ELTWISE_TOL),
     Case("scale", lambda g, l: g.scale(g.embed("tab.75"), 0.37), ELTWISE_TOL),
+    Case("softcap", lambda g, l: g.softcap(g.embed("tab.75", scale=3.0), 2.5), NORM_TOL),
     Case("rms_norm whole row", lambda g, l: g.rms_norm(g.embed("tab.111"), "norm.111", 1e-6), NORM_TOL),
     Case("rms_norm per group, on a slice",
          lambda g, l: g.rms_norm(g.split(g.embed("tab.111"), [74, 37])[0], "norm.37", 1e-5), NORM_TOL),
@@ -123,6 +124,9 @@ CASES = [
          DOT_TOL, fused="residual add fused into linear"),
     Case("attention GQA 6:2", _attention(6, 2, 12, 0), DOT_TOL),
     Case("attention windowed, GQA 4:1", _attention(4, 1, 16, 5), DOT_TOL),
+    # scores of about N(0, 1) against a cap of 1.2: most are squashed visibly
+    Case("attention soft-capped, GQA 6:2", _attention(6, 2, 12, 0, softcap=1.2), DOT_TOL),
+    Case("attention soft-capped, windowed, head_dim 10", _attention(2, 1, 10, 3, softcap=1.2), DOT_TOL),
     Case("attention head_dim 10 (per-query kernel)", _attention(2, 1, 10, 0), DOT_TOL),
     Case("attention windowed head_dim 10", _attention(2, 1, 10, 3), DOT_TOL),
     Case("glu silu", _glu("silu"), NORM_TOL),

@@ -21,10 +21,13 @@ Ops (``out = op(inputs...)``):
   attention(q, k, v)                 writes k, v into the KV cache of ``layer`` at the step's
                                      positions, then causal attention of q over the cache (GQA:
                                      head h reads kv head h // (n_head / n_kv_head)); ``window`` > 0
-                                     limits each query to the last ``window`` positions
+                                     limits each query to the last ``window`` positions;
+                                     ``softcap`` > 0 turns each scaled score s into
+                                     softcap * tanh(s / softcap) before the mask and softmax (Gemma 2)
   glu(x)                             act(x[:, :F]) * x[:, F:] with F = width / 2 (gate | up)
   add(a, b)                          a + b
   scale(x)                           x * factor
+  softcap(x)                         cap * tanh(x / cap) (Gemma 2's final-logit soft-capping)
   last_row(x)                        the last row only, shape (1, width)
 The graph's ``output`` names the activation the step returns (logits).
 """
@@ -124,12 +127,15 @@ class Graph:
                          base=float(base), neox=bool(neox), freq_scale=float(freq_scale))
 
     def attention(self, q: str, k: str, v: str, layer: int, n_head: int, n_kv_head: int, head_dim: int,
-                  scale: float, window: int = 0, name: str | None = None) -> str:
+                  scale: float, window: int = 0, softcap: float = 0.0, name: str | None = None) -> str:
         if self.widths[q] != n_head * head_dim or self.widths[k] != n_kv_head * head_dim \
                 or self.widths[v] != n_kv_head * head_dim or n_head % n_kv_head:
             raise ValueError("attention: q/k/v widths do not match the head counts")
+        if not 0 <= softcap < float("inf"):
+            raise ValueError(f"attention: softcap {softcap} (0 for none, else a positive cap)")
         return self._new("attention", (q, k, v), n_head * head_dim, (), name, layer=int(layer), n_head=n_head,
-                         n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale), window=int(window))
+                         n_kv_head=n_kv_head, head_dim=head_dim, scale=float(scale), window=int(window),
+                         softcap=float(softcap))
 
     def glu(self, x: str, activation: str, name: str | None = None) -> str:
         if activation not in ACTIVATIONS or self.widths[x] % 2:
@@ -143,6 +149,11 @@ class Graph:
 
     def scale(self, x: str, factor: float, name: str | None = None) -> str:
         return self._new("scale", (x,), self.widths[x], (), name, factor=float(factor))
+
+    def softcap(self, x: str, cap: float, name: str | None = None) -> str:
+        if not 0 < cap < float("inf"):
+            raise ValueError(f"softcap: cap {cap} must be a positive number")
+        return self._new("softcap", (x,), self.widths[x], (), name, cap=float(cap))
 
     def last_row(self, x: str, name: str | None = None) -> str:
         return self._new("last_row", (x,), self.widths[x], (), name)

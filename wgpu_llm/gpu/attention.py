@@ -89,7 +89,8 @@ def supported(head_dim: int) -> bool:
 
 def flash_attention(cfg: K.KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
                     window: int, q: K.View, k: K.View, v: K.View, k_cache, v_cache, y: K.View,
-                    label: str = "flash attention", tiles: FlashTiles = FlashTiles()) -> K.Kernel:
+                    label: str = "flash attention", tiles: FlashTiles = FlashTiles(),
+                    softcap: float = 0.0) -> K.Kernel:
     """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention
     of the step's `rows` queries; arguments as kernels.attention."""
     if n_head % n_kv_head:
@@ -98,6 +99,7 @@ def flash_attention(cfg: K.KernelConfig, rows: int, n_head: int, n_kv_head: int,
     group = n_head // n_kv_head
     params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", group),
               ("kv_width", "u32", n_kv_head * head_dim), ("window", "u32", window), ("scale", "f32", scale),
+              ("softcap", "f32", softcap),
               ("q_off", "u32", q.offset), ("q_stride", "u32", q.stride),
               ("k_off", "u32", k.offset), ("k_stride", "u32", k.stride),
               ("v_off", "u32", v.offset), ("v_stride", "u32", v.stride),

@@ -561,14 +561,15 @@ class _Compiler:
                 return flash.flash_attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
                                              p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
                                              kc, vc, self._view(res, y),
-                                             f"{op.out}: flash attention layer {p['layer']}", tiles)
+                                             f"{op.out}: flash attention layer {p['layer']}", tiles,
+                                             softcap=p["softcap"])
             self.intents.append(make)
             return
 
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
-                               self._view(res, y), f"{op.out}: attention layer {p['layer']}")
+                               self._view(res, y), f"{op.out}: attention layer {p['layer']}", softcap=p["softcap"])
         self.intents.append(make)
 
     def _op_glu(self, i, op):
@@ -611,6 +612,13 @@ class _Compiler:
         f = op.param("factor")
         self.intents.append(lambda res: K.scale(self.cfg, x.rows, x.width, f, self._view(res, x), self._view(res, y),
                                                 f"{op.out}: scale"))
+
+    def _op_softcap(self, i, op):
+        x = self.acts[op.inputs[0]]
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        cap = op.param("cap")
+        self.intents.append(lambda res: K.softcap(self.cfg, x.rows, x.width, cap, self._view(res, x),
+                                                  self._view(res, y), f"{op.out}: softcap"))
 
     # ---- assembly ----
     def build(self) -> _GpuStep:

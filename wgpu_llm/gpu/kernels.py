@@ -295,11 +295,14 @@ def rope(cfg: KernelConfig, rows: int, width: int, head_dim: int, n_rot: int, ne
 
 
 def attention(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
-              window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, label="attention") -> Kernel:
-    """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention."""
+              window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, label="attention",
+              softcap: float = 0.0) -> Kernel:
+    """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention;
+    softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax."""
     wg = cfg.attn_wg
     params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", n_head // n_kv_head),
               ("kv_width", "u32", n_kv_head * head_dim), ("window", "u32", window), ("scale", "f32", scale),
+              ("softcap", "f32", softcap),
               ("q_off", "u32", q.offset), ("q_stride", "u32", q.stride),
               ("k_off", "u32", k.offset), ("k_stride", "u32", k.stride),
               ("v_off", "u32", v.offset), ("v_stride", "u32", v.stride),
@@ -331,7 +334,8 @@ def _eltwise(cfg, op: str, rows: int, width: int, a: View, b: View | None, y: Vi
               ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     roles = [Role("a", a.buffer)] + ([Role("b", b.buffer)] if b else []) + [Role("y", y.buffer, write=True)]
     return build("eltwise", label, params, roles, fold_grid(-(-total // cfg.elt_wg), cfg.max_per_dim),
-                 flags={"ADD": op == "add", "SCALE": op == "scale"}, consts={"WG": cfg.elt_wg})
+                 flags={"ADD": op == "add", "SCALE": op == "scale", "SOFTCAP": op == "softcap"},
+                 consts={"WG": cfg.elt_wg})
 
 
 def add(cfg, rows, width, a: View, b: View, y: View, label="add") -> Kernel:
@@ -340,6 +344,11 @@ def add(cfg, rows, width, a: View, b: View, y: View, label="add") -> Kernel:
 
 def scale(cfg, rows, width, factor: float, x: View, y: View, label="scale") -> Kernel:
     return _eltwise(cfg, "scale", rows, width, x, None, y, factor, label)
+
+
+def softcap(cfg, rows, width, cap: float, x: View, y: View, label="softcap") -> Kernel:
+    """y = cap * tanh(x / cap)."""
+    return _eltwise(cfg, "softcap", rows, width, x, None, y, cap, label)
 
 
 def copy(cfg, rows, width, x: View, y: View, label="copy") -> Kernel:
