@@ -253,7 +253,8 @@ def bench(ctx):
 @click.argument("model", required=False)
 @click.option("--adapter", default=None, help="GPU adapter index or name (default: what --backend gpu picks)")
 @click.option("--tokens", "n_tokens", type=int, multiple=True,
-              help="also tune steps of this many tokens (repeatable; default: one-token decode steps only)")
+              help="tune steps of this many tokens (repeatable; default: one-token decode steps and "
+                   "128-token prefill steps)")
 @click.option("--quick", is_flag=True, help="fewer candidates and rounds")
 @click.option("--rounds", type=int, default=None, help="timed rounds per candidate (default 5, --quick 3)")
 @click.option("--save/--no-save", default=True, show_default=True, help="write the winners to the tuning cache")
@@ -269,7 +270,6 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
 
     try:
         from .gpu import device
-        from .gpu import kernels as K
         from .gpu import tune as T
         from .gpu.runtime import Runtime
     except ImportError as e:
@@ -283,11 +283,10 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
         gguf_file = GGUFFile(path)
         chosen, why = device.choose_adapter(allow_software=True, selector=adapter)
         rt = Runtime(chosen)
-        cases = T.model_cases(gguf_file, tuple(sorted({1, *n_tokens})), rt.caps.max_binding)
+        cases = T.model_cases(gguf_file, tuple(sorted({1, *(n_tokens or (128,))})), rt.caps.max_binding)
     except (ValueError, RuntimeError, OSError) as e:
         _fail(str(e))
     console = Console()
-    cfg = K.choose_config(rt.caps)
     console.print(f"adapter: {why}\n{len(cases)} linear shapes of {path.name}; "
                   f"{'quick, ' if quick else ''}tuning cache: {T.cache_path(rt.info)}")
     results = []
@@ -302,7 +301,7 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
             except RuntimeError as e:
                 _fail(str(e))
             res = results[-1]
-            guess = K.linear_variant(cfg, case.type_name, case.rows, case.cols, case.n_tokens).key
+            guess = T.heuristic(rt.caps, case).key
             table = Table(title=f"{case.label} ({count} per step; {res.timer} time per dispatch)", title_justify="left")
             for col, justify in (("variant", "left"), ("median us", "right"), ("min us", "right"),
                                  ("vs heuristic", "right"), ("", "left")):
@@ -320,7 +319,7 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
     before = after = 0.0
     for res in results:
         c = res.case
-        guess = K.linear_variant(cfg, c.type_name, c.rows, c.cols, c.n_tokens).key
+        guess = T.heuristic(rt.caps, c).key
         before += res.count * res.median(guess) * (c.n_tokens == 1)
         after += res.count * res.median(res.winner) * (c.n_tokens == 1)
         summary.add_row(c.label, str(res.count), guess, res.winner, f"{res.median(guess) / res.median(res.winner):.2f}x")
