@@ -25,6 +25,9 @@ CASES = {
     "granite-F32": ("granite", "F32", {}, 1e-5),
     "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}, 2e-3),
     "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}, 1e-5),
+    # soft-capped attention scores and logits, post-norms, sliding window on even layers
+    "gemma2-F32": ("gemma2", "F32", {}, 1e-5),
+    "gemma2-Q8_0": ("gemma2", "Q8_0", {}, 2e-3),
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}},
                                1e-5),
 }

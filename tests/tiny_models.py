@@ -1,8 +1,8 @@
-"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma3) written with GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
 small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, a SentencePiece-style
-one with byte fallback for gemma and gemma3, so the whole LLM API runs on them.
+one with byte fallback for gemma, gemma2 and gemma3, so the whole LLM API runs on them.
 """
 
 from __future__ import annotations
@@ -104,10 +104,13 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
             w.add_float32(f"{arch}.attention.scale", 0.2)
         w.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
                             "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-    elif arch in ("gemma", "gemma3"):
+    elif arch in ("gemma", "gemma2", "gemma3"):
         w.add_float32(f"{arch}.rope.freq_base", 1000000.0 if arch == "gemma3" else 10000.0)
-        if arch == "gemma3":
+        if arch in ("gemma2", "gemma3"):
             w.add_uint32(f"{arch}.attention.sliding_window", sliding_window)
+        if arch == "gemma2":  # caps near the scores' and logits' size (not Gemma 2's 50 / 30), so both matter
+            w.add_float32(f"{arch}.attn_logit_softcapping", 2.0)
+            w.add_float32(f"{arch}.final_logit_softcapping", 5.0)
         tokens, scores, types = spm_vocab()
         w.add_tokenizer_model("llama")
         w.add_tokenizer_pre("default")
@@ -161,7 +164,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         if arch == "olmo2":  # q/k norms over the whole projection
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", q)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", kv)
-        if arch in ("gemma3", "olmo2"):
+        if arch in ("gemma2", "gemma3", "olmo2"):
             _add_norm(w, rng, f"{b}.post_attention_norm.weight", d_model)
             _add_norm(w, rng, f"{b}.post_ffw_norm.weight", d_model)
     for name, data in (extra_tensors or {}).items():

@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 from tiny_models import write_tiny_model  # noqa: E402
 
 ROPE_FACTORS = [1.0] * 4 + [1.5, 2.5, 4.0, 6.0, 8.0] + [8.0] * 7  # head_dim 32: 16 pairs
-# (arch, type, extra writer args); sequences longer than gemma3's sliding window of 8
+# (arch, type, extra writer args); sequences longer than gemma2/3's sliding window of 8
 CASES = {
     "llama-F32": ("llama", "F32", {}),
     "llama-Q8_0-untied": ("llama", "Q8_0", {"tied_output": False}),
@@ -34,6 +34,8 @@ CASES = {
     "granite-F32": ("granite", "F32", {}),
     "granite-Q8_0-untied": ("granite", "Q8_0", {"tied_output": False}),
     "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}),
+    "gemma2-F32": ("gemma2", "F32", {}),
+    "gemma2-Q8_0": ("gemma2", "Q8_0", {}),
     # Llama 3.1-style rope frequency divisors, and heads wider than d_model / n_head
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}}),
 }
