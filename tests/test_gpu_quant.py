@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize, quantize
+from conftest import no_gpu
 
 from cpu_fallback import ops
 from wgpu_llm.gpu import quant
@@ -303,10 +304,13 @@ class Gpu:
 
 @pytest.fixture(scope="module")
 def gpu():
-    wgpu = pytest.importorskip("wgpu")
+    try:
+        import wgpu
+    except ImportError as e:
+        no_gpu(f"wgpu cannot be loaded: {e}")
     adapters = wgpu.gpu.enumerate_adapters_sync()
     if not adapters:
-        pytest.skip("no wgpu adapter (no GPU and no software Vulkan such as lavapipe / mesa-vulkan-drivers)")
+        no_gpu("no wgpu adapter (no GPU and no software Vulkan such as lavapipe / mesa-vulkan-drivers)")
     # any adapter will do; prefer one with subgroups (both reductions get tested) and not the GL backend
     adapters.sort(key=lambda a: ("subgroup" not in a.features, "OpenGL" in a.summary))
     return Gpu(wgpu, adapters[0])

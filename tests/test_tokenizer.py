@@ -10,6 +10,8 @@ import pytest
 
 from wgpu_llm import tokenizer as tokenizer_mod
 from wgpu_llm.gguf_file import GGUFFile
+from tokenizers import Tokenizer as HFTokenizer
+
 from wgpu_llm.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -51,7 +53,7 @@ def test_ids_match_llama_cpp(model):
     name, _, tok = model
     golden_path = GOLDEN / f"{name}.json"
     if not golden_path.exists():
-        pytest.skip(f"{golden_path.name} not generated yet (tests/golden/make_golden.py writes llama.cpp's ids)")
+        pytest.fail(f"{golden_path.name} missing: tests/golden/make_golden.py writes llama.cpp's ids")
     entries = json.loads(golden_path.read_text(encoding="utf-8"))["tokenize"]
     assert entries, f"{golden_path.name} has no tokenize entries"
     mismatches = []
@@ -344,6 +346,20 @@ def test_cache_is_used_only_for_the_same_vocab_and_rules(tmp_path, monkeypatch):
     monkeypatch.setattr(Tokenizer, "_build_hf", no_rebuild)
     assert Tokenizer.from_metadata(variants[-1], cache_key="k").encode("ab") == [1, 9]
     assert path.read_text() == built
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by others sharing the cache
+
+
+def test_cache_write_failure_leaves_no_temporary_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("WGPU_LLM_CACHE", str(tmp_path))
+
+    def full_disk(self, path, *args):
+        open(path, "w").write("{half")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(HFTokenizer, "save", full_disk)
+    with pytest.raises(OSError, match="no space left"):
+        Tokenizer.from_metadata(_tiny_spm(), cache_key="k")
+    assert list((tmp_path / "tokenizers").iterdir()) == []
 
 
 def test_spm_merges_follow_scores():

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import no_gpu
 from tiny_models import write_tiny_model
 
 from wgpu_llm import LLM
@@ -33,7 +34,7 @@ def _gpu_or_skip(backend: str):
         try:
             choose_adapter(allow_software=True)
         except GpuUnavailable as e:
-            pytest.skip(f"no GPU adapter: {e}")
+            no_gpu(f"no GPU adapter: {e}")
 
 
 def check_trace(trace: Trace, n_layer: int, kinds=("prefill", "decode")) -> str:
