@@ -247,3 +247,11 @@ def test_summary_line():
                  decode_tokens_per_s=9.96, backend="gpu")
     assert _summary(stats) == ("prompt 7 tokens, generated 20 tokens | ttft 250 ms | prefill 123.5 tok/s | "
                                "decode 10.0 tok/s | gpu")
+
+
+def test_backend_and_adapter_reach_the_model(tiny):
+    # an adapter that does not exist: an error with --backend gpu; auto says so and takes the CPU
+    err = fail("run", tiny["llama"], "-p", "hi", "-n", "2", "--backend", "gpu", "--adapter", "no-such-adapter")
+    assert err.startswith("error: ") and "no-such-adapter" in err
+    result = cli("run", tiny["llama"], "-p", "hi", "-n", "2", "--adapter", "no-such-adapter")
+    assert result.stderr.startswith("backend: cpu") and "no-such-adapter" in result.stderr

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tokenizers import Tokenizer as HFTokenizer
 
 from wgpu_llm import tokenizer as tokenizer_mod
 from wgpu_llm.gguf_file import GGUFFile
-from tokenizers import Tokenizer as HFTokenizer
-
 from wgpu_llm.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
