@@ -190,6 +190,26 @@ class _CpuStep:
 
             def run(ids, pos0):
                 ops.scale(x, factor, out)
+        elif op.kind == "layer_norm":
+            both = b._weight(op.weights)  # the weight and bias vectors side by side
+            weight, bias = both[:both.size // 2], both[both.size // 2:]
+            x, eps = args[0], p["eps"]
+
+            def run(ids, pos0):
+                ops.layer_norm(x, weight, bias, eps, out)
+        elif op.kind == "gelu":
+            x = args[0]
+
+            def run(ids, pos0):
+                ops.gelu(x, out)
+        elif op.kind == "pos_embed":
+            x, table = args[0], b._weight(op.weights)
+            if b.n_ctx > table.shape[0]:
+                raise ValueError(f"a context of {b.n_ctx} positions exceeds the {table.shape[0]} rows of "
+                                 f"{op.weights[0]}; use n_ctx <= {table.shape[0]}")
+
+            def run(ids, pos0):
+                ops.pos_embed(x, table, pos0, out)
         elif op.kind == "softcap":
             x, cap = args[0], p["cap"]
 

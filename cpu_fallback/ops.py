@@ -44,6 +44,28 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray | No
     return out
 
 
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """Each group of len(weight) columns of x minus its mean, over its standard deviation, times
+    weight plus bias (the variance of the centred values, as ggml_norm)."""
+    n, width = x.shape
+    weight, bias = weight.reshape(-1), bias.reshape(-1)
+    group = weight.shape[0]
+    out = _out(out, n, width)
+    xg, og = x.reshape(n, -1, group), out.reshape(n, -1, group)
+    mean = xg.sum(axis=-1, keepdims=True, dtype=np.float32)
+    mean *= np.float32(1.0 / group)
+    np.subtract(xg, mean, out=og)
+    var = np.einsum("rgi,rgi->rg", og, og)[..., None]
+    var *= np.float32(1.0 / group)
+    var += np.float32(eps)
+    np.sqrt(var, out=var)
+    og /= var
+    og *= weight
+    og += bias
+    return out
+
+
 def linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> x @ weight.T, (n, m)."""
     return np.matmul(x, weight.T, out=_out(out, x.shape[0], weight.shape[0]))
@@ -200,6 +222,29 @@ def softcap(x: np.ndarray, cap: float, out: np.ndarray | None = None) -> np.ndar
     np.tanh(out, out=out)
     out *= np.float32(cap)
     return out
+
+
+def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) on every element."""
+    out = _out(out, *x.shape)
+    np.multiply(x, x, out=out)
+    out *= np.float32(0.044715)
+    out += np.float32(1.0)
+    out *= x
+    out *= _SQRT_2_OVER_PI
+    np.tanh(out, out=out)
+    out += np.float32(1.0)
+    out *= x
+    out *= np.float32(0.5)
+    return out
+
+
+def pos_embed(x: np.ndarray, table: np.ndarray, pos0: int, out: np.ndarray | None = None) -> np.ndarray:
+    """x plus rows pos0 .. pos0 + n - 1 of table (learned position embeddings)."""
+    n = x.shape[0]
+    if pos0 + n > table.shape[0]:
+        raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the position table's {table.shape[0]} rows")
+    return np.add(x, table[pos0:pos0 + n], out=_out(out, *x.shape))
 
 
 def add(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -1,6 +1,7 @@
 // Elementwise kernels over a (rows, width) view, one thread per element:
 // ADD: y = a + b;  SCALE: y = a * factor;  SOFTCAP: y = factor * tanh(a / factor);
-// otherwise a strided copy y = a.
+// GELU: y = gelu_tanh(a);  otherwise a strided copy y = a.
+// B_AT_POS: b's row r is row pos0 + r (a table of position embeddings).
 // The output may share its buffer (and place) with an input.
 
 const WG: u32 = {{WG}};
@@ -16,10 +17,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let c = id % P.width;
     var v = ld_a(P.a_off + r * P.a_stride + c);
 #if ADD
+#if B_AT_POS
+    v += ld_b(P.b_off + (S.pos0 + r) * P.b_stride + c);
+#else
     v += ld_b(P.b_off + r * P.b_stride + c);
+#endif
 #endif
 #if SCALE
     v *= P.factor;
+#endif
+#if GELU
+    // tanh's argument clamped as in glu.wgsl: tanh(+-10) is +-1 in f32, and no overflow
+    v = 0.5 * v * (1.0 + tanh(clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -10.0, 10.0)));
 #endif
 #if SOFTCAP
     // tanh's argument is clamped: some drivers compute tanh as a ratio of exponentials that

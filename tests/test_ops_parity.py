@@ -11,11 +11,11 @@ cache from pos0 on are filled with NaN on both backends, so an element a kernel 
 fails. Compared by NMSE = sum((gpu - cpu)^2) / sum(cpu^2); NaN never passes.
 
 Tolerances, about 10x the largest NMSE measured on lavapipe over the table:
-  ELTWISE_TOL 0      embed, slice, last_row, add, scale (bias: after a linear, so DOT_TOL): one
+  ELTWISE_TOL 0      embed, slice, last_row, add, scale, pos_embed (bias: after a linear, so DOT_TOL): one
                      correctly rounded float32 operation
                      (or none) per element on both sides, so bit-identical (measured 0)
   ROPE_TOL    3e-14  rope: sin / cos evaluated on the GPU vs numpy's (measured <= 3e-15)
-  NORM_TOL    1e-13  rms_norm, glu and softcap: sums / exp / tanh in another order or implementation
+  NORM_TOL    1e-13  rms_norm, layer_norm, glu, gelu, softcap: sums / exp / tanh in another order or implementation
                      (measured <= 7e-15)
   DOT_TOL     3e-13  linear and attention (soft-capped too): dot products summed in another order (measured <= 3e-14)
 """
@@ -52,6 +52,8 @@ WEIGHTS = {
     "lin.a": ((53, 75), "F32"), "lin.b": ((31, 75), "F32"), "lin.glu": ((21, 45), "F32"),
     "lin.q8": ((40, 96), "Q8_0"),
     "bias.a": ((53,), "F32"), "bias.b": ((31,), "F32"), "factors.5": ((5,), "F32"),
+    "lnw.111": ((111,), "F32"), "lnb.111": ((111,), "F32"), "lnw.37": ((37,), "F32"), "lnb.37": ((37,), "F32"),
+    "pos.57": ((N_CTX, 57), "F16"), "off.111": ((111,), "F32"),
 }
 
 
@@ -108,6 +110,13 @@ CASES = [
     Case("rms_norm whole row", lambda g, l: g.rms_norm(g.embed("tab.111"), "norm.111", 1e-6), NORM_TOL),
     Case("rms_norm per group, on a slice",
          lambda g, l: g.rms_norm(g.split(g.embed("tab.111"), [74, 37])[0], "norm.37", 1e-5), NORM_TOL),
+    # the mean must come off, not only a scale; centring values near 3 sums their rounding: DOT_TOL
+    Case("layer_norm whole row, rows with an offset",
+         lambda g, l: g.layer_norm(g.bias(g.embed("tab.111"), ["off.111"]), "lnw.111", "lnb.111", 1e-5), DOT_TOL),
+    Case("layer_norm per group, on a slice",
+         lambda g, l: g.layer_norm(g.split(g.embed("tab.111"), [74, 37])[0], "lnw.37", "lnb.37", 1e-5), NORM_TOL),
+    Case("gelu", lambda g, l: g.gelu(g.embed("tab.75", scale=2.0)), NORM_TOL),
+    Case("pos_embed", lambda g, l: g.pos_embed(g.embed("tab.57"), "pos.57"), ELTWISE_TOL),
     Case("rms_norm + residual add, then the next norm", _norm_residual, NORM_TOL,
          fused="rms_norm fused into the previous rms_norm"),
     Case("rms_norm + rope", _norm_rope, NORM_TOL, fused="rope fused into rms_norm"),
@@ -155,8 +164,10 @@ def weights_file(tmp_path_factory):
     w = GGUFWriter(path, "parity")
     for name, (shape, type_name) in WEIGHTS.items():
         data = rng.standard_normal(shape).astype(np.float32)
-        if name.startswith("norm."):
+        if name.startswith(("norm.", "lnw.")):
             data = 1.0 + 0.2 * data
+        if name.startswith("off."):
+            data = np.full(data.shape, 3.0, np.float32)
         if name.startswith("factors."):  # rope frequency divisors, as Llama 3.1's: 1 .. 8
             data = np.linspace(1.0, 8.0, data.size, dtype=np.float32)
         if type_name == "F32":

@@ -12,6 +12,8 @@ Ops (``out = op(inputs...)``):
   rms_norm(x, weight)                x / rms(x) * weight, over groups of len(weight) columns
                                      (so a (n, n_head*head_dim) tensor with a head_dim weight is
                                      normalised per head)
+  layer_norm(x, weight, bias)        (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, over groups of
+                                     len(weight) columns (GPT-2's LayerNorm)
   linear(x, weights)                 x @ W.T for each weight, outputs concatenated along columns
   bias(x, vectors)                   x + the vectors side by side (a linear's biases), on every row
   rope(x)                            rotary embedding per head at positions pos0+r; ``neox``
@@ -25,6 +27,8 @@ Ops (``out = op(inputs...)``):
                                      ``softcap`` > 0 turns each scaled score s into
                                      softcap * tanh(s / softcap) before the mask and softmax (Gemma 2)
   glu(x)                             act(x[:, :F]) * x[:, F:] with F = width / 2 (gate | up)
+  gelu(x)                            gelu_tanh(x) on every element (a non-gated FFN's activation)
+  pos_embed(x, table)                x + rows pos0..pos0+n-1 of ``table`` (learned position embeddings)
   add(a, b)                          a + b
   scale(x)                           x * factor
   softcap(x)                         cap * tanh(x / cap) (Gemma 2's final-logit soft-capping)
@@ -93,6 +97,14 @@ class Graph:
             raise ValueError(f"rms_norm: width {self.widths[x]} of {x!r} is not a multiple of {weight} ({group})")
         return self._new("rms_norm", (x,), self.widths[x], (weight,), name, eps=float(eps))
 
+    def layer_norm(self, x: str, weight: str, bias: str, eps: float, name: str | None = None) -> str:
+        group = self._cols(weight)
+        if self.weight_shapes[bias] != (1, group) or self._rows(weight) != 1:
+            raise ValueError(f"layer_norm: {weight} and {bias} are not two vectors of one length")
+        if self.widths[x] % group:
+            raise ValueError(f"layer_norm: width {self.widths[x]} of {x!r} is not a multiple of {weight} ({group})")
+        return self._new("layer_norm", (x,), self.widths[x], (weight, bias), name, eps=float(eps))
+
     def linear(self, x: str, weights: list[str] | tuple[str, ...], name: str | None = None) -> str:
         for w in weights:
             if self._cols(w) != self.widths[x]:
@@ -141,6 +153,14 @@ class Graph:
         if activation not in ACTIVATIONS or self.widths[x] % 2:
             raise ValueError(f"glu: activation {activation!r} / width {self.widths[x]}")
         return self._new("glu", (x,), self.widths[x] // 2, (), name, activation=activation)
+
+    def gelu(self, x: str, name: str | None = None) -> str:
+        return self._new("gelu", (x,), self.widths[x], (), name)
+
+    def pos_embed(self, x: str, table: str, name: str | None = None) -> str:
+        if self._cols(table) != self.widths[x]:
+            raise ValueError(f"pos_embed: {table} has {self._cols(table)} columns, {x!r} {self.widths[x]}")
+        return self._new("pos_embed", (x,), self.widths[x], (table,), name)
 
     def add(self, a: str, b: str, name: str | None = None) -> str:
         if self.widths[a] != self.widths[b]:

@@ -613,6 +613,32 @@ class _Compiler:
         self.intents.append(lambda res: K.scale(self.cfg, x.rows, x.width, f, self._view(res, x), self._view(res, y),
                                                 f"{op.out}: scale"))
 
+    def _op_layer_norm(self, i, op):
+        x = self.acts[op.inputs[0]]
+        group = self.g.weight_shapes[op.weights[0]][1]
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        wb, eps = self.be.vector(op.weights), op.param("eps")  # weight then bias
+        self.intents.append(lambda res: K.layer_norm(self.cfg, x.rows, x.width, group, eps, self._view(res, x), wb,
+                                                     self._view(res, y), f"{op.out}: layer_norm"))
+
+    def _op_gelu(self, i, op):
+        x = self.acts[op.inputs[0]]
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        self.intents.append(lambda res: K.gelu(self.cfg, x.rows, x.width, self._view(res, x), self._view(res, y),
+                                               f"{op.out}: gelu"))
+
+    def _op_pos_embed(self, i, op):
+        x = self.acts[op.inputs[0]]
+        (name,) = op.weights
+        rows, width = self.g.weight_shapes[name]
+        if self.be.n_ctx > rows:
+            raise ValueError(f"a context of {self.be.n_ctx} positions exceeds the {rows} rows of {name}; "
+                             f"use n_ctx <= {rows}")
+        table = K.View(self.be.vector(op.weights), 0, width)  # float32, row-major
+        y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)
+        self.intents.append(lambda res: K.pos_embed(self.cfg, x.rows, x.width, self._view(res, x), table,
+                                                    self._view(res, y), f"{op.out}: pos_embed {name}"))
+
     def _op_softcap(self, i, op):
         x = self.acts[op.inputs[0]]
         y = self._out_place(i, op.out, [op.inputs[0]], x.rows, x.width)

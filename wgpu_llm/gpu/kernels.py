@@ -326,7 +326,8 @@ def glu(cfg: KernelConfig, rows: int, half: int, activation: str, x: View, y: Vi
                  flags={"GELU": activation == "gelu_tanh"}, consts={"WG": cfg.elt_wg})
 
 
-def _eltwise(cfg, op: str, rows: int, width: int, a: View, b: View | None, y: View, factor: float, label) -> Kernel:
+def _eltwise(cfg, op: str, rows: int, width: int, a: View, b: View | None, y: View, factor: float, label,
+             b_at_pos: bool = False) -> Kernel:
     total = rows * width
     params = [("rows", "u32", rows), ("width", "u32", width), ("total", "u32", total), ("factor", "f32", factor),
               ("a_off", "u32", a.offset), ("a_stride", "u32", a.stride),
@@ -334,8 +335,9 @@ def _eltwise(cfg, op: str, rows: int, width: int, a: View, b: View | None, y: Vi
               ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     roles = [Role("a", a.buffer)] + ([Role("b", b.buffer)] if b else []) + [Role("y", y.buffer, write=True)]
     return build("eltwise", label, params, roles, fold_grid(-(-total // cfg.elt_wg), cfg.max_per_dim),
-                 flags={"ADD": op == "add", "SCALE": op == "scale", "SOFTCAP": op == "softcap"},
-                 consts={"WG": cfg.elt_wg})
+                 flags={"ADD": op == "add", "SCALE": op == "scale", "SOFTCAP": op == "softcap", "GELU": op == "gelu",
+                        "B_AT_POS": b_at_pos},
+                 consts={"WG": cfg.elt_wg}, uses_step=b_at_pos)
 
 
 def add(cfg, rows, width, a: View, b: View, y: View, label="add") -> Kernel:
@@ -349,6 +351,28 @@ def scale(cfg, rows, width, factor: float, x: View, y: View, label="scale") -> K
 def softcap(cfg, rows, width, cap: float, x: View, y: View, label="softcap") -> Kernel:
     """y = cap * tanh(x / cap)."""
     return _eltwise(cfg, "softcap", rows, width, x, None, y, cap, label)
+
+
+def gelu(cfg, rows, width, x: View, y: View, label="gelu") -> Kernel:
+    """y = gelu_tanh(x) on every element."""
+    return _eltwise(cfg, "gelu", rows, width, x, None, y, 1.0, label)
+
+
+def pos_embed(cfg, rows, width, x: View, table: View, y: View, label="pos_embed") -> Kernel:
+    """y = x + rows pos0 .. pos0 + rows - 1 of table."""
+    return _eltwise(cfg, "add", rows, width, x, table, y, 1.0, label, b_at_pos=True)
+
+
+def layer_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x: View, wb, y: View,
+               label="layer_norm") -> Kernel:
+    """y = (x - mean) / sqrt(var + eps) * w + b per group of `group` columns; wb holds w then b."""
+    n_groups = width // group
+    params = [("rows", "u32", rows), ("n_groups", "u32", n_groups), ("group", "u32", group), ("eps", "f32", eps),
+              ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    roles = [Role("x", x.buffer), Role("w", wb), Role("y", y.buffer, write=True)]
+    return build("layer_norm", label, params, roles, fold_grid(rows * n_groups, cfg.max_per_dim),
+                 consts={"WG": cfg.norm_wg if group <= 256 else cfg.norm_wg_wide})
 
 
 def copy(cfg, rows, width, x: View, y: View, label="copy") -> Kernel:
