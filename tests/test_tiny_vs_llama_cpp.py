@@ -28,6 +28,9 @@ CASES = {
     # soft-capped attention scores and logits, post-norms, sliding window on even layers
     "gemma2-F32": ("gemma2", "F32", {}, 1e-5),
     "gemma2-Q8_0": ("gemma2", "Q8_0", {}, 2e-3),
+    # LayerNorms and biases, learned positions; llama.cpp's GELU reads a float16 table (measured 2e-7)
+    "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}, 1e-5),
+    "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}, 2e-3),
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}},
                                1e-5),
 }

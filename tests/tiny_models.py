@@ -1,4 +1,5 @@
-"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3) written with GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3, gpt2) written
+with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
 small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, a SentencePiece-style
@@ -13,6 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
+LAYER_NORM_ARCHS = ("gpt2",)  # LayerNorm with biases, the other tensor layout (_add_gpt2_blocks)
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "Q2_K": 256, "Q3_K": 256}
 
@@ -63,6 +65,23 @@ def _add_norm(w: GGUFWriter, rng, name: str, n: int) -> None:
     w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
 
 
+def _add_bias(w: GGUFWriter, rng, name: str, n: int) -> None:
+    w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
+
+
+def _add_gpt2_blocks(w: GGUFWriter, rng, n_layer: int, d: int, qkv: int, f: int, n_ctx: int, types: dict) -> None:
+    """GPT-2's learned positions and blocks: LayerNorms with biases, fused QKV, every projection biased."""
+    _add_weight(w, rng, "position_embd.weight", n_ctx, d, "F32", 0.5)
+    for i in range(n_layer):
+        b = f"blk.{i}"
+        for name, rows, cols in (("attn_qkv", qkv, d), ("attn_output", d, d), ("ffn_up", f, d), ("ffn_down", d, f)):
+            _add_weight(w, rng, f"{b}.{name}.weight", rows, cols, types[name])
+            _add_bias(w, rng, f"{b}.{name}.bias", rows)
+        for name in ("attn_norm", "ffn_norm"):
+            _add_norm(w, rng, f"{b}.{name}.weight", d)
+            _add_bias(w, rng, f"{b}.{name}.bias", d)
+
+
 def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
                      n_layer: int = 2, d_model: int = 64, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16,
                      d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
@@ -84,10 +103,14 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     w.add_uint32(f"{arch}.attention.head_count_kv", n_kv_head)
     w.add_uint32(f"{arch}.attention.key_length", head_dim)
     w.add_uint32(f"{arch}.attention.value_length", head_dim)
-    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2"):
-        w.add_float32(f"{arch}.rope.freq_base", 10000.0)
-        w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
+    if arch in LAYER_NORM_ARCHS:
+        w.add_float32(f"{arch}.attention.layer_norm_epsilon", 1e-5)
+    else:
+        w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
+    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2", "gpt2"):
+        if arch != "gpt2":  # gpt2: learned positions, no rope
+            w.add_float32(f"{arch}.rope.freq_base", 10000.0)
+            w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
         tokens, types, merges = gpt2_vocab()
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
@@ -138,11 +161,16 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     embd_type = "F32" if qtype in ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K") and d_model % 256 else qtype
     _add_weight(w, rng, "token_embd.weight", n_vocab, d_model, embd_type, 1.0)
     _add_norm(w, rng, "output_norm.weight", d_model)
+    if arch in LAYER_NORM_ARCHS:
+        _add_bias(w, rng, "output_norm.bias", d_model)
     if not tied_output:
         _add_weight(w, rng, "output.weight", n_vocab, d_model, qtype)
-    types = {name: qtype for name in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")}
+    types = {name: qtype for name in ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up",
+                                      "ffn_down")}
     types.update(layer_types or {})
-    for i in range(n_layer):
+    if arch in LAYER_NORM_ARCHS:
+        _add_gpt2_blocks(w, rng, n_layer, d_model, q + 2 * kv, d_ff, n_ctx, types)
+    for i in range(n_layer if arch not in LAYER_NORM_ARCHS else 0):
         b = f"blk.{i}"
         if arch != "olmo2":  # olmo2 normalises block outputs instead (the post-norms below)
             _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)

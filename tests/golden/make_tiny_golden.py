@@ -36,6 +36,8 @@ CASES = {
     "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}),
     "gemma2-F32": ("gemma2", "F32", {}),
     "gemma2-Q8_0": ("gemma2", "Q8_0", {}),
+    "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}),
+    "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}),
     # Llama 3.1-style rope frequency divisors, and heads wider than d_model / n_head
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}}),
 }

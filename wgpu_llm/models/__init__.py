@@ -5,11 +5,11 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..gguf_file import GGUFError, GGUFFile
-from . import gemma, gemma2, gemma3, granite, llama, olmo2, qwen2, qwen3
+from . import gemma, gemma2, gemma3, gpt2, granite, llama, olmo2, qwen2, qwen3
 
 ARCHITECTURES: dict[str, ModuleType] = {"llama": llama, "qwen2": qwen2, "qwen3": qwen3, "gemma": gemma,
                                           "gemma2": gemma2, "gemma3": gemma3,
-                                          "granite": granite, "olmo2": olmo2}
+                                          "granite": granite, "olmo2": olmo2, "gpt2": gpt2}
 
 
 def architecture(gf: GGUFFile) -> ModuleType:
