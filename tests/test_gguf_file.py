@@ -269,3 +269,89 @@ def test_dequantize_large_tensors_in_chunks(tmp_path):
     assert advice.calls == [(mmap.MADV_DONTNEED, at - at % page, 481 * row_q + at % page),
                             (mmap.MADV_DONTNEED, (at + 481 * row_q) // page * page,
                              end_q - (at + 481 * row_q) // page * page)]  # F32 rows are views: nothing to release
+
+
+def _kv(key: str, vtype: int, payload: bytes) -> bytes:
+    return _s(key) + struct.pack("<I", vtype) + payload
+
+
+def _raw(tmp_path, body: bytes, n_kv: int, n_tensors: int = 0, version: int = 3):
+    """A file of exactly the header and `body`: no padding after it."""
+    path = tmp_path / "raw.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv) + body)
+    return path
+
+
+def _message(path) -> str:
+    with pytest.raises(GGUFError) as err:
+        GGUFFile(path)
+    return str(err.value).removeprefix(f"{path}: ")
+
+
+def test_values_of_every_kind_up_to_the_last_byte(tmp_path):
+    arch = _kv_str("general.architecture", "llama")
+    kvs = [arch, _kv("a.empty", 8, _s("")), _kv("a.yes", 7, b"\x01"), _kv("a.no", 7, b"\x00"),
+           _kv("a.neg", 5, struct.pack("<i", -1)), _kv("a.zero", 4, struct.pack("<I", 0)),
+           _kv("a.bools", 9, struct.pack("<IQ", 7, 2) + b"\x01\x00"),
+           _kv("a.u8", 9, struct.pack("<IQ", 0, 2) + b"\x00\x02"),
+           _kv("a.u64", 9, struct.pack("<IQ", 10, 1) + struct.pack("<Q", 2**64 - 1)),
+           _kv("k" * 65536, 4, struct.pack("<I", 1)),  # the longest key allowed
+           _kv("a.strings", 9, struct.pack("<IQ", 8, 2) + _s("") + _s(""))]  # ends exactly at the end of the file
+    gf = GGUFFile(_raw(tmp_path, b"".join(kvs), len(kvs)))
+    md = gf.metadata
+    assert md["a.empty"] == "" and md["a.strings"] == ["", ""] and md["a.u64"] == [2**64 - 1]
+    assert md["a.yes"] is True and md["a.no"] is False and md["a.bools"] == [True, False]
+    assert md["a.u8"] == [0, 2] and all(type(v) is int for v in md["a.u8"])
+    assert gf.get("a.zero", int) == 0 and gf.get("a.zero", float) == 0.0 and type(gf.get("a.zero", float)) is float
+    assert gf.require("a.yes", bool) is True and gf.get("a.missing", int, 7) == 7
+    for key, kind, message in (("a.neg", int, "= -1: expected a non-negative integer"),
+                               ("a.yes", int, "= True: expected an integer"),
+                               ("a.yes", float, "= True: expected float")):
+        with pytest.raises(GGUFError) as err:
+            gf.require(key, kind)
+        assert str(err.value) == f"{gf.path}: metadata {key!r} {message}"
+
+
+@pytest.mark.parametrize("body, n_kv, message", [
+    (_s("general.name") + struct.pack("<IQ", 8, 2**63), 1,
+     f"metadata 'general.name' string: needs {2**63} bytes at offset 56, file is 56 bytes (truncated?)"),
+    (_s("k" * 65537), 1, "metadata key #0: length 65537 exceeds the limit of 65536 bytes"),
+    (_s("general.name") + struct.pack("<IQ", 8, 1) + b"\xff", 1,
+     "metadata 'general.name' string: not valid UTF-8 (invalid start byte at byte 0)"),
+    (_s("a") + struct.pack("<I", 9), 1, "metadata 'a' array type: needs 4 bytes at offset 37, file is 37 bytes (truncated?)"),
+    (_s("a") + struct.pack("<IIQ", 9, 2**31 + 1, 0), 1, f"metadata 'a': unsupported array item type {2**31 + 1}"),
+    (_s("a") + struct.pack("<IIQ", 9, 9, 0), 1, "metadata 'a': unsupported array item type 9"),
+    (_s("a") + struct.pack("<IIQ", 9, 99, 0), 1, "metadata 'a': unsupported array item type 99"),
+    (_s("a") + struct.pack("<IIQ", 9, 4, 2**63), 1, f"metadata 'a': array of {2**63} items cannot fit in the 0 bytes "
+                                                    "left in the file"),
+    (_s("a") + struct.pack("<IIQ", 9, 4, 10) + bytes(39), 1,
+     "metadata 'a': array of 10 items cannot fit in the 39 bytes left in the file"),
+    (_s("a") + struct.pack("<IIQ", 9, 8, 5) + bytes(39), 1,
+     "metadata 'a': array of 5 items cannot fit in the 39 bytes left in the file"),
+    (_s("a") + struct.pack("<IIQ", 9, 8, 2) + _s("") + struct.pack("<Q", 1), 1,
+     "metadata 'a' item: needs 1 bytes at offset 65, file is 65 bytes (truncated?)"),
+    (_s("a") + struct.pack("<I", 4), 1, "metadata 'a' value: needs 4 bytes at offset 37, file is 37 bytes (truncated?)"),
+    (_s("a")[:4], 1, "metadata key #0 length: needs 8 bytes at offset 24, file is 28 bytes (truncated?)"),
+    (bytes(210 - 24), 15, "metadata key '' appears twice"),  # 15 * 14 bytes fit in 210: read, not refused
+    (bytes(210 - 24), 16, "kv_count 16 is impossible for a file of 210 bytes"),
+    (b"", 2**63, f"kv_count {2**63} is impossible for a file of 24 bytes"),
+])
+def test_exact_messages_of_bad_metadata(tmp_path, body, n_kv, message):
+    assert _message(_raw(tmp_path, body, n_kv)) == message
+
+
+@pytest.mark.parametrize("n_tensors, size, message", [
+    (34, 1122, "tensor '': n_dims 0, expected 1..4"),  # 34 * 33 bytes fit in 1122: read, not refused
+    (35, 1122, "tensor_count 35 is impossible for a file of 1122 bytes"),
+    (2**63, 24, f"tensor_count {2**63} is impossible for a file of 24 bytes"),
+])
+def test_exact_messages_of_bad_tensor_counts(tmp_path, n_tensors, size, message):
+    assert _message(_raw(tmp_path, bytes(size - 24), 0, n_tensors)) == message
+
+
+def test_header_only_and_odd_versions(tmp_path):
+    assert _message(_raw(tmp_path, b"", 0)) == "required metadata 'general.architecture' is missing"  # 24 bytes
+    assert _message(_raw(tmp_path, b"", 0, version=2**32 - 1)) == \
+        f"GGUF version {2**32 - 1} is not supported (expected one of (2, 3))"
+    (tmp_path / "23.gguf").write_bytes(b"GGUF" + bytes(19))
+    assert _message(tmp_path / "23.gguf") == "file is 23 bytes, too small for a GGUF header (24 bytes)"
