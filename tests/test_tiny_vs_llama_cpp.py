@@ -31,6 +31,13 @@ CASES = {
     # LayerNorms and biases, learned positions; llama.cpp's GELU reads a float16 table (measured 2e-7)
     "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}, 1e-5),
     "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}, 2e-3),
+    # LayerNorms, partial rotary (4 / 6 of 16 dimensions); stablelm with q, k, v biases; phi2's parallel block
+    "stablelm-F32": ("stablelm", "F32", {"n_rot": 4, "tied_output": False}, 1e-5),
+    "stablelm-Q8_0": ("stablelm", "Q8_0", {"n_rot": 4, "tied_output": False}, 2e-3),
+    "phi2-F32": ("phi2", "F32", {"n_rot": 6, "n_kv_head": 4, "tied_output": False}, 1e-5),
+    "phi2-F32-split-qkv": ("phi2", "F32", {"n_rot": 6, "n_kv_head": 4, "tied_output": False, "fused_qkv": False},
+                           1e-5),
+    "phi2-Q8_0": ("phi2", "Q8_0", {"n_rot": 6, "n_kv_head": 4, "tied_output": False}, 2e-3),
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}},
                                1e-5),
 }

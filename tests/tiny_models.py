@@ -1,9 +1,10 @@
-"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3, gpt2) written
-with GGUFWriter.
+"""Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3, gpt2, stablelm,
+phi2) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, a SentencePiece-style
-one with byte fallback for gemma, gemma2 and gemma3, so the whole LLM API runs on them.
+small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, gpt2, stablelm, phi2,
+a SentencePiece-style one with byte fallback for gemma, gemma2 and gemma3, so the whole LLM API runs
+on them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
-LAYER_NORM_ARCHS = ("gpt2",)  # LayerNorm with biases, the other tensor layout (_add_gpt2_blocks)
+LAYER_NORM_ARCHS = ("gpt2", "stablelm", "phi2")  # LayerNorms with biases
+FUSED_QKV_ARCHS = ("gpt2", "phi2")  # GPT-2's tensor layout (_add_gpt2_blocks)
 BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
          "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "Q2_K": 256, "Q3_K": 256}
 
@@ -69,15 +71,20 @@ def _add_bias(w: GGUFWriter, rng, name: str, n: int) -> None:
     w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
 
 
-def _add_gpt2_blocks(w: GGUFWriter, rng, n_layer: int, d: int, qkv: int, f: int, n_ctx: int, types: dict) -> None:
-    """GPT-2's learned positions and blocks: LayerNorms with biases, fused QKV, every projection biased."""
-    _add_weight(w, rng, "position_embd.weight", n_ctx, d, "F32", 0.5)
+def _add_gpt2_blocks(w: GGUFWriter, rng, n_layer: int, d: int, qkv: list, f: int, n_positions: int,
+                     types: dict) -> None:
+    """GPT-2's blocks: LayerNorms with biases, the (name, rows) projections of qkv (one fused or
+    three), every projection biased; n_positions > 0:
+    a learned position table and an ffn_norm (GPT-2), else neither (phi2's parallel block)."""
+    if n_positions:
+        _add_weight(w, rng, "position_embd.weight", n_positions, d, "F32", 0.5)
     for i in range(n_layer):
         b = f"blk.{i}"
-        for name, rows, cols in (("attn_qkv", qkv, d), ("attn_output", d, d), ("ffn_up", f, d), ("ffn_down", d, f)):
+        for name, rows, cols in ([(n, rows, d) for n, rows in qkv] + [("attn_output", d, d), ("ffn_up", f, d),
+                                                                      ("ffn_down", d, f)]):
             _add_weight(w, rng, f"{b}.{name}.weight", rows, cols, types[name])
             _add_bias(w, rng, f"{b}.{name}.bias", rows)
-        for name in ("attn_norm", "ffn_norm"):
+        for name in ("attn_norm", "ffn_norm") if n_positions else ("attn_norm",):
             _add_norm(w, rng, f"{b}.{name}.weight", d)
             _add_bias(w, rng, f"{b}.{name}.bias", d)
 
@@ -85,10 +92,13 @@ def _add_gpt2_blocks(w: GGUFWriter, rng, n_layer: int, d: int, qkv: int, f: int,
 def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", *, seed: int = 0,
                      n_layer: int = 2, d_model: int = 64, n_head: int = 4, n_kv_head: int = 2, head_dim: int = 16,
                      d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
+                     n_rot: int | None = None, fused_qkv: bool = True,
                      layer_types: dict[str, str] | None = None, extra_metadata: dict | None = None,
                      extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
     """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block.
     layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}.
+    n_rot: rotated dimensions per head (partial rotary), default head_dim.
+    fused_qkv: gpt2 / phi2 layout with one attn_qkv (else attn_q, attn_k, attn_v, each with a bias).
     extra_metadata: more keys (str, float, bool or int values; ints written as uint32).
     extra_tensors: more float32 tensors, by name."""
     path = Path(path)
@@ -107,10 +117,10 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         w.add_float32(f"{arch}.attention.layer_norm_epsilon", 1e-5)
     else:
         w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2", "gpt2"):
+    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2", "gpt2", "stablelm", "phi2"):
         if arch != "gpt2":  # gpt2: learned positions, no rope
             w.add_float32(f"{arch}.rope.freq_base", 10000.0)
-            w.add_uint32(f"{arch}.rope.dimension_count", head_dim)
+            w.add_uint32(f"{arch}.rope.dimension_count", n_rot or head_dim)
         tokens, types, merges = gpt2_vocab()
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
@@ -165,12 +175,15 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         _add_bias(w, rng, "output_norm.bias", d_model)
     if not tied_output:
         _add_weight(w, rng, "output.weight", n_vocab, d_model, qtype)
+        if arch == "phi2":
+            _add_bias(w, rng, "output.bias", n_vocab)
     types = {name: qtype for name in ("attn_q", "attn_k", "attn_v", "attn_qkv", "attn_output", "ffn_gate", "ffn_up",
                                       "ffn_down")}
     types.update(layer_types or {})
-    if arch in LAYER_NORM_ARCHS:
-        _add_gpt2_blocks(w, rng, n_layer, d_model, q + 2 * kv, d_ff, n_ctx, types)
-    for i in range(n_layer if arch not in LAYER_NORM_ARCHS else 0):
+    if arch in FUSED_QKV_ARCHS:
+        qkv = [("attn_qkv", q + 2 * kv)] if fused_qkv else [("attn_q", q), ("attn_k", kv), ("attn_v", kv)]
+        _add_gpt2_blocks(w, rng, n_layer, d_model, qkv, d_ff, n_ctx if arch == "gpt2" else 0, types)
+    for i in range(n_layer if arch not in FUSED_QKV_ARCHS else 0):
         b = f"blk.{i}"
         if arch != "olmo2":  # olmo2 normalises block outputs instead (the post-norms below)
             _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
@@ -186,7 +199,10 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         if arch in ("gemma3", "qwen3"):
             _add_norm(w, rng, f"{b}.attn_q_norm.weight", head_dim)
             _add_norm(w, rng, f"{b}.attn_k_norm.weight", head_dim)
-        if arch == "qwen2":  # biases of q, k and v
+        if arch in LAYER_NORM_ARCHS:  # stablelm: the norms' biases
+            _add_bias(w, rng, f"{b}.attn_norm.bias", d_model)
+            _add_bias(w, rng, f"{b}.ffn_norm.bias", d_model)
+        if arch in ("qwen2", "stablelm"):  # biases of q, k and v
             for name, width in (("attn_q", q), ("attn_k", kv), ("attn_v", kv)):
                 w.add_tensor(f"{b}.{name}.bias", (0.5 * rng.standard_normal(width)).astype(np.float32))
         if arch == "olmo2":  # q/k norms over the whole projection

@@ -38,6 +38,12 @@ CASES = {
     "gemma2-Q8_0": ("gemma2", "Q8_0", {}),
     "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}),
     "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}),
+    # partial rotary: 4 of 16 (stablelm), 6 of 16 (phi2) dimensions per head
+    "stablelm-F32": ("stablelm", "F32", {"n_rot": 4, "tied_output": False}),
+    "stablelm-Q8_0": ("stablelm", "Q8_0", {"n_rot": 4, "tied_output": False}),
+    "phi2-F32": ("phi2", "F32", {"n_rot": 6, "n_kv_head": 4, "tied_output": False}),
+    "phi2-F32-split-qkv": ("phi2", "F32", {"n_rot": 6, "n_kv_head": 4, "tied_output": False, "fused_qkv": False}),
+    "phi2-Q8_0": ("phi2", "Q8_0", {"n_rot": 6, "n_kv_head": 4, "tied_output": False}),
     # Llama 3.1-style rope frequency divisors, and heads wider than d_model / n_head
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}}),
 }
