@@ -21,16 +21,16 @@ TOL = 5e-4
 pytestmark = pytest.mark.gpu
 
 
-def run_case(rt, cfg, n, pos0, n_head, n_kv, hd, window, tiles=None, in_place=False, seed=0) -> float:
+def run_case(rt, cfg, n, pos0, n_head, n_kv, hd, window, tiles=None, in_place=False, seed=0, softcap=0.0) -> float:
     rng = np.random.default_rng(seed)
     tiles = tiles or A.choose_flash_tiles(rt.caps, hd)
 
     def make_kernel(scale, *views):
-        return A.flash_attention(cfg, n, n_head, n_kv, hd, scale, window, *views, tiles=tiles)
+        return A.flash_attention(cfg, n, n_head, n_kv, hd, scale, window, *views, tiles=tiles, softcap=softcap)
 
     # peaked softmaxes (q x 2), where a wrong running max shows
     got_y, got_kc, got_vc, ref, kc, vc, qkv = run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel,
-                                                            pos0 + n + 5, in_place, q_gain=2.0)
+                                                            pos0 + n + 5, in_place, q_gain=2.0, softcap=softcap)
     error = nmse(got_y[:, :n_head * hd], ref)
     assert error <= TOL, f"n={n} pos0={pos0} heads {n_head}/{n_kv} hd={hd} window={window} {tiles}: NMSE {error:.3g}"
     assert np.array_equal(got_kc[:pos0 + n], kc[:pos0 + n]) and np.array_equal(got_vc[:pos0 + n], vc[:pos0 + n])
@@ -62,6 +62,14 @@ def test_flash_attention(rt, cfg, n, pos0, n_head, n_kv, hd, window):
 def test_flash_attention_tiles(rt, cfg, tiles):
     run_case(rt, cfg, 33, 20, 4, 1, 256, 0, tiles=tiles, seed=1)
     run_case(rt, cfg, 70, 0, 9, 3, 64, 16, tiles=tiles, seed=2)
+
+
+def test_flash_attention_softcap(rt, cfg):
+    """Gemma 2's soft-capped scores (cap 3 against the peaked scores of q x 2), over several key
+    tiles, windowed and not, with the software tiles and the default ones."""
+    run_case(rt, cfg, 70, 0, 4, 1, 256, 0, seed=6, softcap=3.0)
+    run_case(rt, cfg, 33, 37, 9, 3, 64, 16, seed=7, softcap=3.0)
+    run_case(rt, cfg, 33, 20, 4, 1, 64, 0, tiles=A.FlashTiles(), seed=8, softcap=3.0)
 
 
 def test_flash_attention_in_place_and_odd_heads(rt, cfg):
