@@ -76,3 +76,46 @@ def test_cpu_step_reuses_buffers(arch, tmp_path):
     first = step(ids, 0).copy()
     assert len(step.buffers) <= 8 < len(graph.ops) // 4, (len(step.buffers), len(graph.ops))
     assert np.array_equal(step(ids, 0), first)
+
+
+@pytest.mark.parametrize("arch,extra,message", [
+    # Stable LM 2 12B's per-head q/k norms
+    ("stablelm", {"extra_tensors": {"blk.0.attn_q_norm.weight": np.ones((4, 16), np.float32)}},
+     "tensor 'blk.0.attn_q_norm.weight' is not used by the 'stablelm' graph"),
+    ("gemma2", {"extra_metadata": {"gemma2.rope.freq_base_swa": 10000.0}},
+     "'gemma2.rope.freq_base_swa' = 10000.0 is not implemented by the 'gemma2' graph"),
+    ("gemma2", {"extra_metadata": {"gemma2.final_logit_softcapping": 0.0}},
+     "'gemma2.final_logit_softcapping' = 0.0: expected a positive finite number"),
+    ("gpt2", {"extra_metadata": {"gpt2.rope.dimension_count": 16}}, "'gpt2.rope.dimension_count' = 16 is not implemented"),
+    # a position table shorter than the training context
+    ("gpt2", {"extra_metadata": {"gpt2.context_length": 512}},
+     r"tensor 'position_embd.weight' has shape \(256, 64\), expected \(512, 64\)"),
+    ("phi2", {"extra_metadata": {"phi2.attention.key_length": 32}}, "'phi2.attention.key_length' = 32: only 16"),
+])
+def test_variants_not_implemented_are_refused(arch, extra, message, tmp_path):
+    from wgpu_llm.gguf_file import GGUFError
+
+    kw = {"tied_output": False} if arch in ("stablelm", "phi2") else {}
+    with pytest.raises(GGUFError, match=message):
+        LLM(write_tiny_model(tmp_path / f"{arch}.gguf", arch, "F32", **kw, **extra), backend="cpu")
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_context_past_the_position_table_is_refused(backend, tmp_path, request):
+    """A backend whose context holds more positions than the learned table refuses the graph by name."""
+    from cpu_fallback.backend import CpuBackend
+    from wgpu_llm.gguf_file import GGUFFile
+    from wgpu_llm.models import architecture
+
+    gf = GGUFFile(write_tiny_model(tmp_path / "gpt2.gguf", "gpt2", "F32", n_kv_head=4, n_ctx=32))
+    graph = architecture(gf).build_graph(gf, all_logits=False)
+    if backend == "gpu":
+        from wgpu_llm.gpu.backend import GpuBackend
+
+        adapter = request.getfixturevalue("adapter")
+        make = lambda n_ctx: GpuBackend(gf, n_ctx, adapter)  # noqa: E731
+    else:
+        make = lambda n_ctx: CpuBackend(gf, n_ctx)  # noqa: E731
+    with pytest.raises(ValueError, match="a context of 33 positions exceeds the 32 rows of position_embd.weight"):
+        make(33).compile(graph, 1)
+    assert make(32).compile(graph, 1)(np.array([5]), 31).shape == (1, 267)  # the last position is fine
