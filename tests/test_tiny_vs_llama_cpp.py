@@ -28,6 +28,10 @@ CASES = {
     # soft-capped attention scores and logits, post-norms, sliding window on even layers
     "gemma2-F32": ("gemma2", "F32", {}, 1e-5),
     "gemma2-Q8_0": ("gemma2", "Q8_0", {}, 2e-3),
+    # heads wider than d_model / n_head: queries scaled by key_length^-0.5, but (d_model / n_head)^-0.5 in a
+    # 46-layer model, as llama.cpp's 27B (the other scale there: NMSE 8e-3)
+    "gemma2-F32-wide-heads": ("gemma2", "F32", {"head_dim": 32}, 1e-5),
+    "gemma2-F32-wide-heads-46-layers": ("gemma2", "F32", {"head_dim": 32, "n_layer": 46}, 1e-5),
     # LayerNorms and biases, learned positions; llama.cpp's GELU reads a float16 table (measured 2e-7)
     "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}, 1e-5),
     "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}, 2e-3),
@@ -86,7 +90,8 @@ def test_cpu_step_reuses_buffers(arch, tmp_path):
      "'gemma2.rope.freq_base_swa' = 10000.0 is not implemented by the 'gemma2' graph"),
     ("gemma2", {"extra_metadata": {"gemma2.final_logit_softcapping": 0.0}},
      "'gemma2.final_logit_softcapping' = 0.0: expected a positive finite number"),
-    ("gpt2", {"extra_metadata": {"gpt2.rope.dimension_count": 16}}, "'gpt2.rope.dimension_count' = 16 is not implemented"),
+    ("gpt2", {"extra_metadata": {"gpt2.rope.dimension_count": 16}},
+     "'gpt2.rope.dimension_count' = 16 is not implemented"),
     # a position table shorter than the training context
     ("gpt2", {"extra_metadata": {"gpt2.context_length": 512}},
      r"tensor 'position_embd.weight' has shape \(256, 64\), expected \(512, 64\)"),

@@ -36,6 +36,9 @@ CASES = {
     "olmo2-F32-untied": ("olmo2", "F32", {"tied_output": False}),
     "gemma2-F32": ("gemma2", "F32", {}),
     "gemma2-Q8_0": ("gemma2", "Q8_0", {}),
+    # heads wider than d_model / n_head: the query scale is key_length's, except at 46 layers (27B)
+    "gemma2-F32-wide-heads": ("gemma2", "F32", {"head_dim": 32}),
+    "gemma2-F32-wide-heads-46-layers": ("gemma2", "F32", {"head_dim": 32, "n_layer": 46}),
     "gpt2-F32": ("gpt2", "F32", {"n_kv_head": 4}),
     "gpt2-Q8_0-untied": ("gpt2", "Q8_0", {"n_kv_head": 4, "tied_output": False}),
     # partial rotary: 4 of 16 (stablelm), 6 of 16 (phi2) dimensions per head

@@ -57,7 +57,8 @@ class Config:
         n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
         if n_head % n_kv_head:
             raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
-        head_dim = positive(gf, f"{a}.attention.key_length", gf.get(f"{a}.attention.key_length", int, d_model // n_head))
+        head_dim = positive(gf, f"{a}.attention.key_length",
+                            gf.get(f"{a}.attention.key_length", int, d_model // n_head))
         check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
                     "value heads as wide as key heads")
         n_vocab = gf.tensor("token_embd.weight").shape[0]
