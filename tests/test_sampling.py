@@ -131,8 +131,8 @@ def test_plan(params, plan):
 
 
 def test_repeat_penalty_edges():
-    logits = np.array([0.5, 0.4, -1.0], np.float32)
-    assert apply_repeat_penalty(logits, [0], 2.0).tolist() == [0.25, 0.4, -1.0]  # below 1 is still divided
+    logits = np.array([0.5, 0.25, -1.0], np.float32)
+    assert apply_repeat_penalty(logits, [0], 2.0).tolist() == [0.25, 0.25, -1.0]  # below 1 is still divided
     assert Sampler(SamplingParams(temperature=0, repeat_penalty=2.0))(logits, []) == 0  # nothing seen yet
     with pytest.raises(InvalidSamplingParam, match=r"^sampling parameter seed=-1 must be >= 0 or None \(random\)$"):
         SamplingParams(seed=-1)
