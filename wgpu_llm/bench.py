@@ -282,6 +282,30 @@ def llama_cpp_probe() -> dict:
         return {"error": f"could not probe llama-cpp-python ({type(e).__name__}: {e})"}
 
 
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def _without_repacked_weights() -> None:
+    """Keep llama.cpp's weights in plain CPU buffers: on a CPU with AMX, llama-cpp-python 0.3.36
+    repacks them into AMX buffer types and then crashes (SIGSEGV) in the first eval, for these
+    models and tiny ones alike. This worker process loads one model; the patch lives only here."""
+    import llama_cpp.llama_cpp as C
+
+    default = C.llama_model_default_params
+
+    def params():
+        p = default()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+
+    C.llama_model_default_params = params
+
+
 class LlamaCppEngine:
     """llama-cpp-python on its CPU backend (device "cpu") or on the GPU backend it was built with ("gpu")."""
 
@@ -305,13 +329,17 @@ class LlamaCppEngine:
         options = {}
         if gpu is None and "op_offload" in inspect.signature(llama_cpp.Llama).parameters:
             options["op_offload"] = False  # a GPU build would otherwise run big prefill products on the GPU
+        plain = _cpu_has_amx()
+        if plain:
+            _without_repacked_weights()
         self.label = f"llama.cpp:{gpu or 'cpu'}"
         self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=N_BATCH, n_ubatch=N_BATCH, n_threads=threads,
                                    n_threads_batch=threads, n_gpu_layers=-1 if gpu else 0, seed=0, verbose=False,
                                    **options)
         self.n_vocab = self.llm.n_vocab()
         self.description = (f"llama-cpp-python {build['version']}, {threads} threads, "
-                            f"{'all layers on ' + gpu if gpu else 'CPU'}")
+                            f"{'all layers on ' + gpu if gpu else 'CPU'}"
+                            f"{', weights not repacked for AMX (that path crashes)' if plain else ''}")
         self.versions = {"llama-cpp-python": build["version"], "ggml_gpu_backend": build["gpu_backend"],
                          "ggml_libraries": build["libraries"], "ggml_devices": build["devices"],
                          "numpy": np.__version__}
