@@ -57,7 +57,7 @@ def repo(tmp_path, tiny_doc):
     _git(repo, "add", ".")
     _git(repo, "commit", "-q", "-m", "init")
     doc = {**tiny_doc, "git_commit": _git(repo, "rev-parse", "HEAD"), "git_dirty": False, "git_dirty_paths": [],
-           "git_note": None}
+           "git_note": None, "environment": {"OPENBLAS_NUM_THREADS": "1"}}  # not this shell's variables
     write_doc(repo, doc)
     return repo
 
@@ -88,7 +88,7 @@ def test_write_then_check(repo, tiny_doc, capsys):
     body = section(repo)
     doc = json.loads((repo / RESULTS).read_text())
     assert f"commit `{doc['git_commit'][:7]}`" in body and doc["date"][:10] in body
-    assert "Command: `python benchmarks/run.py --models tiny.gguf`" in body
+    assert "Command: `OPENBLAS_NUM_THREADS=1 python benchmarks/run.py --models tiny.gguf`" in body
     assert f"numpy {doc['engines']['wgpu-llm:cpu']['versions']['numpy']}" in body
     rows = {(r["engine"], r["case"]): r for r in doc["rows"]}
     pre, dec = rows[("wgpu-llm:cpu", "prefill_16")], rows[("wgpu-llm:cpu", "decode_8")]
