@@ -321,6 +321,24 @@ class LLM:
         tokens = stats.pop("tokens")
         return Completion(text, tokens, stats.pop("finish_reason"), stats)
 
+    def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16, *, stream: bool = False,
+                          **params):
+        """OpenAI's `completions.create` on this model: a dict shaped like OpenAI's response, or with
+        stream=True an iterator of chunk dicts. params: temperature (default 1, as OpenAI's), top_p,
+        seed, stop, logprobs (how many top tokens per token), and llama-server's top_k, min_p,
+        repeat_penalty, ignore_eos. Bad values are ValueErrors naming the parameter."""
+        from .completions import create
+
+        return create(self, {"prompt": prompt, "max_tokens": max_tokens, "stream": stream, **params}, chat=False)
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None, *, stream: bool = False,
+                               **params):
+        """OpenAI's `chat.completions.create` on this model (see create_completion); logprobs=True
+        with top_logprobs=n reports each token's log-probability and the n most likely."""
+        from .completions import create
+
+        return create(self, {"messages": messages, "max_tokens": max_tokens, "stream": stream, **params}, chat=True)
+
     def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
         """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
         return self.generate(self.chat_prompt(messages), max_tokens, **kwargs)

@@ -118,7 +118,9 @@ class Engine:
         self._wake = threading.Condition()
         self._closed = False
         self.metrics = {"requests": 0, "prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0}
-        llm.forget_cache()  # the single-sequence API's cached prompt lives in slot 0's rows
+        if n_slots == 1:  # the one slot is laid out as the LLM's own cache: take over what it holds
+            self.slots[0].tokens = list(llm._cached)
+        llm.forget_cache()  # the LLM's own cached prompt lives in slot 0's rows, which are the engine's now
         self._thread = threading.Thread(target=self._run, name="wgpu-llm engine", daemon=True)
         self._thread.start()
 
@@ -161,6 +163,8 @@ class Engine:
             self._closed = True
             self._wake.notify()
         self._thread.join()
+        if len(self.slots) == 1:  # hand the cache back (see __init__)
+            self.llm._cached = list(self.slots[0].tokens)
 
     # ---- the scheduler thread ----
     def _run(self) -> None:
