@@ -2,7 +2,8 @@
 
 Weights are dequantized once at load with gguf-py's dequantizers; the weights of a multi-weight
 `linear` (QKV, gate+up) are concatenated into one matrix so the step does one matmul for them.
-The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim) per layer.
+The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim) per layer; a step's
+spans (wgpu_llm.graph.Span) say which rows belong to which sequence and where its cache starts.
 
 `compile` turns the graph into a list of small closures over buffers allocated once, each calling
 the op's function in ops.py (the reference the GPU kernels are tested against) with `out=` its
@@ -18,13 +19,14 @@ import time
 
 import numpy as np
 
-from wgpu_llm.graph import Graph, Op
+from wgpu_llm.graph import Graph, Op, Span, check_spans
 
 from . import ops
 
 
 class CpuBackend:
     name = "cpu"
+    batched_spans = True  # a step may run rows of several sequences (Spans): a batched decode
     tracer = None  # a wgpu_llm.trace.Trace while tracing: each op's closure is then timed
 
     def __init__(self, gguf_file, n_ctx: int):
@@ -78,7 +80,8 @@ class CpuBackend:
 
     # ---- compile / run ----
     def compile(self, graph: Graph, n_tokens: int):
-        """A callable step(token_ids (n_tokens,), pos0) -> output activation (rows, width)."""
+        """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width);
+        `step.spans(token_ids, spans)` runs rows of several sequences (see wgpu_llm.graph.Span)."""
         self._prepare(graph)
         return _CpuStep(self, graph, n_tokens)
 
@@ -131,7 +134,8 @@ class _CpuStep:
                     self.free.append(b)
 
     def _compile_op(self, op: Op):
-        """A closure run(token_ids, pos0) that computes op into its preallocated buffer."""
+        """A closure run(token_ids, spans) that computes op into its preallocated buffer; spans:
+        ((span, first row), ...) for the position-dependent ops."""
         b, p = self.backend, op.p
         args = [self.env[i] for i in op.inputs]
         rows = args[0].shape[0] if args else self.n_tokens
@@ -145,62 +149,66 @@ class _CpuStep:
         if op.kind == "embed":
             table, scale = b._weight(op.weights), p["scale"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.embed(table, ids, scale, out)
         elif op.kind == "rms_norm":
             weight, x, eps = b._weight(op.weights), args[0], p["eps"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.rms_norm(x, weight, eps, out)
         elif op.kind == "linear":
             weight, x = b._weight(op.weights), args[0]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.linear(x, weight, out)
         elif op.kind == "rope":
             x, head_dim, n_rot, neox = args[0], p["head_dim"], p["n_rot"], p["neox"]
             cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"], op.weights)
 
-            def run(ids, pos0):
-                ops.rope(x, cos[pos0:pos0 + rows], sin[pos0:pos0 + rows], head_dim, n_rot, neox, out)
+            def run(ids, spans):
+                for s, r in spans:
+                    p, e = s.pos0, r + s.n
+                    ops.rope(x[r:e], cos[p:p + s.n], sin[p:p + s.n], head_dim, n_rot, neox, out[r:e])
         elif op.kind == "attention":
             q, k, v = args
             k_cache, v_cache = b.k_cache[p["layer"]], b.v_cache[p["layer"]]
             n_head, scale, window, cap = p["n_head"], p["scale"], p["window"], p["softcap"]
 
-            def run(ids, pos0):
-                ops.attention(q, k, v, k_cache, v_cache, pos0, n_head, scale, window, cap, out)
+            def run(ids, spans):
+                for s, r in spans:
+                    e, kc, vc = r + s.n, k_cache[:, s.base:], v_cache[:, s.base:]
+                    ops.attention(q[r:e], k[r:e], v[r:e], kc, vc, s.pos0, n_head, scale, window, cap, out[r:e])
         elif op.kind == "glu":
             x, act = args[0], p["activation"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.glu(x, act, out)
         elif op.kind == "add":
             x, y = args
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.add(x, y, out)
         elif op.kind == "bias":
             x, vector = args[0], b._weight(op.weights).reshape(-1)
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.add(x, vector, out)
         elif op.kind == "scale":
             x, factor = args[0], p["factor"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.scale(x, factor, out)
         elif op.kind == "layer_norm":
             both = b._weight(op.weights)  # the weight and bias vectors side by side
             weight, bias = both[:both.size // 2], both[both.size // 2:]
             x, eps = args[0], p["eps"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.layer_norm(x, weight, bias, eps, out)
         elif op.kind == "gelu":
             x = args[0]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.gelu(x, out)
         elif op.kind == "pos_embed":
             x, table = args[0], b._weight(op.weights)
@@ -208,32 +216,38 @@ class _CpuStep:
                 raise ValueError(f"a context of {b.n_ctx} positions exceeds the {table.shape[0]} rows of "
                                  f"{op.weights[0]}; use n_ctx <= {table.shape[0]}")
 
-            def run(ids, pos0):
-                ops.pos_embed(x, table, pos0, out)
+            def run(ids, spans):
+                for s, r in spans:
+                    ops.pos_embed(x[r:r + s.n], table, s.pos0, out[r:r + s.n])
         elif op.kind == "softcap":
             x, cap = args[0], p["cap"]
 
-            def run(ids, pos0):
+            def run(ids, spans):
                 ops.softcap(x, cap, out)
         else:
             raise NotImplementedError(f"cpu backend: op {op.kind!r}")
         return run
 
-    def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
+    def __call__(self, token_ids: np.ndarray, pos0: int, base: int = 0) -> np.ndarray:
+        return self.spans(token_ids, [Span(pos0, len(token_ids), base)])
+
+    def spans(self, token_ids: np.ndarray, spans: list[Span]) -> np.ndarray:
+        """Run the step over rows of one or several sequences; returns the output activation."""
         n = self.n_tokens
         if len(token_ids) != n:
             raise ValueError(f"step compiled for {n} tokens got {len(token_ids)}")
-        if pos0 < 0 or pos0 + n > self.backend.n_ctx:
-            raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {self.backend.n_ctx}")
+        check_spans(spans, n, self.backend.n_ctx)
         ids = np.asarray(token_ids, dtype=np.intp)
+        starts = np.cumsum([0] + [s.n for s in spans[:-1]])
+        located = tuple(zip(spans, (int(r) for r in starts)))
         if self.backend.tracer is not None:
-            return self._traced(ids, pos0)
+            return self._traced(ids, located)
         for run in self.program:
             if run is not None:
-                run(ids, pos0)
+                run(ids, located)
         return self.env[self.graph.output]
 
-    def _traced(self, ids: np.ndarray, pos0: int) -> np.ndarray:
+    def _traced(self, ids: np.ndarray, spans) -> np.ndarray:
         """The same run with each op's closure timed, reported to the backend's tracer."""
         keys, seconds = [], []
         clock = time.perf_counter
@@ -241,9 +255,9 @@ class _CpuStep:
         for i, run in enumerate(self.program):
             if run is not None:
                 t0 = clock()
-                run(ids, pos0)
+                run(ids, spans)
                 seconds.append(clock() - t0)
                 keys.append(i)
-        self.backend.tracer.record_step(self.graph, self.n_tokens, pos0, keys, seconds, clock() - t_start, t_start,
-                                        timer="host clock (time.perf_counter) per op")
+        self.backend.tracer.record_step(self.graph, self.n_tokens, spans[0][0].pos0, keys, seconds,
+                                        clock() - t_start, t_start, timer="host clock (time.perf_counter) per op")
         return self.env[self.graph.output]

@@ -1,6 +1,7 @@
 // Causal attention over the KV cache, one workgroup per (query row, head).
 //
-// First the step's own keys and values go into the cache at positions pos0 + row (done by the
+// First the step's own keys and values go into the cache at positions pos0 + row (cache row
+// kv_base + position: a sequence's slot of a shared cache) (done by the
 // workgroups of the first head of each KV group). Keys and values of the step's positions are
 // read from the k / v inputs themselves, not from the cache, so no workgroup waits on another.
 // Then an online softmax runs over the visible positions in chunks of WG: each thread scores one
@@ -22,7 +23,7 @@ var<workgroup> red: array<f32, WG>;
 fn score(p: u32, kvh: u32) -> f32 {
     var s = 0.0;
     if (p < S.pos0) {
-        let base = p * P.kv_width + kvh * HD;
+        let base = (S.kv_base + p) * P.kv_width + kvh * HD;
         for (var d = 0u; d < HD; d++) {
             s += q_sh[d] * ld_kc(base + d);
         }
@@ -51,7 +52,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     // the step's k and v rows of this KV head -> cache
     if (h % P.group == 0u) {
-        let dst = (S.pos0 + row) * P.kv_width + kvh * HD;
+        let dst = (S.kv_base + S.pos0 + row) * P.kv_width + kvh * HD;
         let ks = P.k_off + row * P.k_stride + kvh * HD;
         let vs = P.v_off + row * P.v_stride + kvh * HD;
         for (var d = tid; d < HD; d += WG) {
@@ -117,7 +118,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let pw = p_sh[j];
             var vb: u32;
             if (pj < S.pos0) {
-                vb = pj * P.kv_width + kvh * HD;
+                vb = (S.kv_base + pj) * P.kv_width + kvh * HD;
                 for (var i = 0u; i < DPT; i++) {
                     let d = tid + i * WG;
                     if (d < HD) {

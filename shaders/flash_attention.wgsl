@@ -1,8 +1,8 @@
 // Causal attention for a prefill chunk, flash-attention style: queries in blocks, keys and
 // values in tiles staged in workgroup memory, an online softmax per query, never the full
 // score matrix. Same inputs, cache layout and semantics as attention.wgsl (its one-query-per-
-// workgroup twin, kept for decode): the step's k, v rows go into the cache at pos0 + row; GQA
-// (head h reads KV head h / group); window > 0: a query at p sees keys in (p - window, p].
+// workgroup twin, kept for decode): the step's k, v rows go into the cache at pos0 + row (cache
+// row kv_base + position); GQA (head h reads KV head h / group); window > 0: a query at p sees keys in (p - window, p].
 //
 // One workgroup takes one KV head and a block of BQ "query slots": slot f = row * group + g is
 // query row `row` of head kvh * group + g, so all heads sharing a KV head share its K / V tiles.
@@ -53,7 +53,7 @@ fn ld4_q(i: u32) -> vec4<f32> {
 // 4 dims of key / value position kp of KV head kvh, from the cache (before pos0) or the step
 fn key4(kp: u32, kvh: u32, d: u32) -> vec4<f32> {
     if (kp < S.pos0) {
-        let i = kp * P.kv_width + kvh * 4u * HD4 + d;
+        let i = (S.kv_base + kp) * P.kv_width + kvh * 4u * HD4 + d;
         return vec4<f32>(ld_kc(i), ld_kc(i + 1u), ld_kc(i + 2u), ld_kc(i + 3u));
     }
     let i = P.k_off + (kp - S.pos0) * P.k_stride + kvh * 4u * HD4 + d;
@@ -62,7 +62,7 @@ fn key4(kp: u32, kvh: u32, d: u32) -> vec4<f32> {
 
 fn value4(kp: u32, kvh: u32, d: u32) -> vec4<f32> {
     if (kp < S.pos0) {
-        let i = kp * P.kv_width + kvh * 4u * HD4 + d;
+        let i = (S.kv_base + kp) * P.kv_width + kvh * 4u * HD4 + d;
         return vec4<f32>(ld_vc(i), ld_vc(i + 1u), ld_vc(i + 2u), ld_vc(i + 3u));
     }
     let i = P.v_off + (kp - S.pos0) * P.v_stride + kvh * 4u * HD4 + d;
@@ -92,7 +92,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var i = tid; i < (row_end - row_own) * hd; i += WG) {
         let row = row_own + i / hd;
         let d = i % hd;
-        let dst = (S.pos0 + row) * P.kv_width + kvh * hd + d;
+        let dst = (S.kv_base + S.pos0 + row) * P.kv_width + kvh * hd + d;
         st_kc(dst, ld_k(P.k_off + row * P.k_stride + kvh * hd + d));
         st_vc(dst, ld_v(P.v_off + row * P.v_stride + kvh * hd + d));
     }

@@ -2,7 +2,7 @@
 
 import pytest
 
-from wgpu_llm.chat import render_chat
+from wgpu_llm.chat import BUILTIN_TEMPLATES, chat_template, render_chat
 
 TOKENS = ["<unk>", "<s>", "</s>", "hi"]
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}{% endfor %}"
@@ -52,9 +52,37 @@ def test_no_template(template):
         del metadata["tokenizer.chat_template"]
     else:
         metadata["tokenizer.chat_template"] = template
-    with pytest.raises(ValueError, match=r"^this model has no chat template \(metadata 'tokenizer.chat_template'\); "
+    with pytest.raises(ValueError, match=r"^this model has no chat template \(metadata 'tokenizer.chat_template'\) "
+                                         r"and its family has no built-in one \(built-in: gemma, chatml, llama3\); "
                                          r"use generate\(\)$"):
         render_chat(metadata, None, MESSAGES)
+
+
+GEMMA_TURNS = [{"role": "system", "content": " Be brief. "}, {"role": "user", "content": "Hi "},
+               {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"}]
+
+
+@pytest.mark.parametrize("metadata, name, text", [
+    # llama.cpp's built-in gemma: the trimmed system text joins the first user turn, "model" for the assistant
+    ({"general.architecture": "gemma3"}, "gemma",
+     "<s><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
+     "<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"),
+    ({"general.architecture": "qwen2"}, "chatml",
+     "<|im_start|>system\n Be brief. <|im_end|>\n<|im_start|>user\nHi <|im_end|>\n<|im_start|>assistant\nHello"
+     "<|im_end|>\n<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"),
+    ({"general.architecture": "llama", "tokenizer.ggml.tokens": ["<s>", "<|start_header_id|>"]}, "llama3",
+     "<s><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>"
+     "\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>user"
+     "<|end_header_id|>\n\nWhy?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    ({"general.architecture": "llama", "tokenizer.ggml.tokens": ["<s>", "<|im_start|>"]}, "chatml", None),
+])
+def test_builtin_template_for_a_file_without_one(metadata, name, text):
+    metadata = {"tokenizer.ggml.tokens": ["<s>"], "tokenizer.ggml.bos_token_id": 0, **metadata}
+    template, source = chat_template(metadata)
+    assert template == BUILTIN_TEMPLATES[name] and source == f"built-in '{name}' (the file has none)"
+    if text is not None:
+        assert render_chat(metadata, None, GEMMA_TURNS) == text
+    assert chat_template({**metadata, "tokenizer.chat_template": "{{ 1 }}"}) == ("{{ 1 }}", "the model's own")
 
 
 @pytest.mark.parametrize("bad", [

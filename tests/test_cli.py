@@ -177,9 +177,21 @@ def test_chat_uses_the_template_and_keeps_history(tiny):
     assert cli("chat", tiny["llama"], "--backend", "cpu", "-n", "2", input="").stdout == "> "
 
 
-def test_chat_without_template(tiny):
+def test_chat_with_a_builtin_template(tiny):
+    """Gemma 3 files may carry no template: the family's built-in one is used, and said."""
+    result = cli("chat", tiny["gemma3"], "--backend", "cpu", "-n", "4", "--temperature", "0", input="hi\n\n")
+    assert "chat template: built-in 'gemma' (the file has none)" in result.stderr
+    assert result.stdout.startswith("> ") and "generated 4 tokens" in result.stderr
+
+
+def test_chat_without_any_template_fails_before_loading(tiny, monkeypatch):
+    from wgpu_llm import chat
+
+    monkeypatch.setattr(chat, "_BUILTIN_BY_ARCH", {})
+    monkeypatch.setattr(chat, "_BUILTIN_BY_TOKEN", ())
     result = cli("chat", tiny["gemma3"], "--backend", "cpu", input="hi\n", expect=1)
-    assert result.stdout == "> " and "error: this model has no chat template" in result.stderr
+    assert result.stdout == "" and "backend:" not in result.stderr  # no prompt shown, no model loaded
+    assert "error: this model has no chat template" in result.stderr
 
 
 def test_inspect(tiny):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from . import models, zoo
 from .backends import open_backend
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
+from .text import TextStream
 from .tokenizer import Tokenizer
 from .trace import Trace, enabled_by_env
 
@@ -44,6 +44,11 @@ class LLM:
     adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
     trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
         default: the environment variable WGPU_LLM_TRACE. Off, nothing is timed.
+
+    `llm.cache_prompt = True` makes each generation reuse the KV cache of the longest prefix its
+    prompt shares with what the previous call left there (a chat's earlier turns): only the rest is
+    computed. Off by default: the reused rows were computed in other chunks, so logits may differ
+    from a fresh run in the last bits.
 
     On a GPU backend, greedy decoding (temperature 0) and top-k sampling (0 < top_k <= 128) pick
     tokens on the GPU: the greedy loop feeds each step the previous step's argmax from GPU memory
@@ -80,6 +85,8 @@ class LLM:
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
+        self.cache_prompt = False  # reuse the cached K/V of the previous call's common prefix (see below)
+        self._cached: list[int] = []  # tokens whose K/V the cache holds at positions 0..
         self.trace = None
         if trace or (trace is None and enabled_by_env()):
             self.trace = Trace(self.file, self.backend.name, self.backend.describe())
@@ -117,8 +124,9 @@ class LLM:
             self._steps[key] = self.backend.compile(self._graphs[all_rows], n_tokens)
         return self._steps[key]
 
-    def _prefill(self, ids: list[int], all_rows: bool, head=None):
-        """Run ids from position 0 in chunks of n_batch; logits of every row or of the last.
+    def _prefill(self, ids: list[int], all_rows: bool, head=None, begin: int = 0):
+        """Run ids[begin:] from position begin in chunks of n_batch (positions before begin are in
+        the KV cache already); logits of every row or of the last.
         head(step, chunk, pos0): how to run the last chunk instead (a sampling step's result)."""
         if len(ids) > self.n_ctx:
             raise ContextOverflow(f"{len(ids)} tokens do not fit the context of {self.n_ctx} tokens "
@@ -126,7 +134,7 @@ class LLM:
         if self.trace is not None:
             self.trace.phase = "prefill"
         out = []
-        for start in range(0, len(ids), self.n_batch):
+        for start in range(begin, len(ids), self.n_batch):
             chunk = np.asarray(ids[start:start + self.n_batch], dtype=np.int32)
             step = self._step(len(chunk), all_rows)
             if head is not None and start + self.n_batch >= len(ids):
@@ -139,7 +147,26 @@ class LLM:
         """float32 logits of shape (len(ids), n_vocab) for every position, in a fresh context."""
         ids = [int(t) for t in ids]
         self._check_ids(ids)
-        return np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
+        self._cached = []
+        logits = np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
+        self._cached = ids
+        return logits
+
+    def forget_cache(self) -> None:
+        """Treat the KV cache as empty: the next prompt is computed from its first token."""
+        self._cached = []
+
+    def _reusable_prefix(self, prompt_ids: list[int]) -> int:
+        """Leading prompt tokens whose K/V the cache holds from the previous call (with
+        cache_prompt); the last prompt token is always computed again (its logits are needed)."""
+        if not self.cache_prompt:
+            return 0
+        n = 0
+        for a, b in zip(self._cached, prompt_ids[:-1]):
+            if a != b:
+                break
+            n += 1
+        return n
 
     # ---- generation ----
     def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict,
@@ -147,7 +174,8 @@ class LLM:
         """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
         t0 = time.perf_counter()
         t_first = None
-        generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids)
+        generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids,
+                                    stats)
         try:
             for i, token in enumerate(generated):
                 if t_first is None:
@@ -174,21 +202,42 @@ class LLM:
             return "full", 0  # a k the GPU kernel does not serve, or no filtering at all
         return mode, k
 
-    def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=()) -> Iterator[int]:
-        """The sampled ids: the first from the prompt's last logits, each next one from a decode
-        step fed the previous one (at most max_tokens, no step past the context's end). Where the
-        backend can, greedy and top-k choose on the GPU (see the class docstring); steps computed
-        ahead of an early stop are dropped unread (the greedy loop queues none past a stop_ids token)."""
+    def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=(),
+                   stats: dict | None = None) -> Iterator[int]:
+        """The sampled ids (see _sampled_ids), keeping track of which tokens the KV cache holds:
+        the prompt once it is prefilled, then every token a decode step was fed."""
+        begin = self._reusable_prefix(prompt_ids)
+        if stats is not None:
+            stats["cached_tokens"] = begin
+        self._cached = []  # rewritten from `begin` on: nothing is reusable until the prefill is done
+        fed = list(prompt_ids)
+        previous = None
+        for token in self._sampled_ids(prompt_ids, begin, max_tokens, sampler, stop_ids):
+            if previous is None:
+                self._cached = fed
+            else:
+                fed.append(previous)  # token was computed from previous: previous is in the cache
+            previous = token
+            yield token
+        self._cached = fed
+
+    def _sampled_ids(self, prompt_ids: list[int], begin: int, max_tokens: int, sampler: Sampler,
+                     stop_ids=()) -> Iterator[int]:
+        """The sampled ids: the first from the prompt's last logits (the prompt computed from
+        position begin on), each next one from a decode step fed the previous one (at most
+        max_tokens, no step past the context's end). Where the backend can, greedy and top-k
+        choose on the GPU (see the class docstring); steps computed ahead of an early stop are
+        dropped unread (the greedy loop queues none past a stop_ids token)."""
         pos = len(prompt_ids)
         if max_tokens <= 0:
-            self._prefill(prompt_ids, all_rows=False)
+            self._prefill(prompt_ids, all_rows=False, begin=begin)
             return
         n_decode = min(max_tokens - 1, self.n_ctx - pos)  # decode steps at pos .. pos + n_decode - 1
         decode = self._step(1, False)
         mode, k = self._sampling_mode(sampler, decode)
         trace = self.trace
         if mode == "greedy":
-            token = int(self._prefill(prompt_ids, False, head=lambda step, ids, p: step.greedy(ids, p))[-1])
+            token = int(self._prefill(prompt_ids, False, lambda step, ids, p: step.greedy(ids, p), begin)[-1])
             yield token
             if n_decode > 0:
                 if trace is not None:
@@ -196,7 +245,7 @@ class LLM:
                 yield from decode.greedy_loop(token, pos, n_decode, chunk=self.decode_chunk, stop_ids=stop_ids)
             return
         if mode == "top_k":
-            ids, cand = self._prefill(prompt_ids, False, head=lambda step, ids, p: step.top_k(ids, p, k))
+            ids, cand = self._prefill(prompt_ids, False, lambda step, ids, p: step.top_k(ids, p, k), begin)
             token = self._timed_sampling(sampler.finish, ids, cand)
             loop = decode.top_k_loop(k, pos)
             for _ in range(n_decode):
@@ -208,7 +257,7 @@ class LLM:
             yield token
             return
         history = list(prompt_ids)
-        logits = self._prefill(prompt_ids, all_rows=False)[-1]
+        logits = self._prefill(prompt_ids, all_rows=False, begin=begin)[-1]
         for i in range(n_decode + 1):
             token = self._timed_sampling(sampler, logits, history)
             yield token
@@ -245,31 +294,24 @@ class LLM:
         """
         if max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens} must be >= 0")
-        stops = [s for s in (stop or []) if s]
         sampler = Sampler(SamplingParams(**sampling))
         ids = self._prompt_ids(prompt)
         stats = {} if stats is None else stats
         stats.update(prompt_tokens=len(ids), generated_tokens=0, ttft_s=0.0, prefill_tokens_per_s=0.0,
                      decode_tokens_per_s=0.0, finish_reason="length", tokens=[], backend=self.backend.name)
         max_tokens = min(max_tokens, self.n_ctx - len(ids))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text, emitted = "", 0
+        text = TextStream(self.tokenizer, stop)
         for token in self._tokens(ids, max_tokens, sampler, stats, ignore_eos):
             stats["tokens"].append(token)
-            text += decoder.decode(self.tokenizer.token_bytes(token))
-            cut = _find_stop(text, stops, emitted)
-            if cut is not None:
-                if cut > emitted:
-                    yield text[emitted:cut]
+            piece = text.add(token)
+            if piece:
+                yield piece
+            if text.stopped:
                 stats["finish_reason"] = "stop"
                 return
-            safe = len(text) - _stop_prefix_len(text, stops)
-            if safe > emitted:
-                yield text[emitted:safe]
-                emitted = safe
-        text += decoder.decode(b"", final=True)
-        if len(text) > emitted:
-            yield text[emitted:]
+        piece = text.finish()
+        if piece:
+            yield piece
 
     def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                  ignore_eos: bool = False, **sampling) -> Completion:
@@ -278,6 +320,24 @@ class LLM:
         text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, ignore_eos=ignore_eos, **sampling))
         tokens = stats.pop("tokens")
         return Completion(text, tokens, stats.pop("finish_reason"), stats)
+
+    def create_completion(self, prompt: str | list[int], max_tokens: int | None = 16, *, stream: bool = False,
+                          **params):
+        """OpenAI's `completions.create` on this model: a dict shaped like OpenAI's response, or with
+        stream=True an iterator of chunk dicts. params: temperature (default 1, as OpenAI's), top_p,
+        seed, stop, logprobs (how many top tokens per token), and llama-server's top_k, min_p,
+        repeat_penalty, ignore_eos. Bad values are ValueErrors naming the parameter."""
+        from .completions import create
+
+        return create(self, {"prompt": prompt, "max_tokens": max_tokens, "stream": stream, **params}, chat=False)
+
+    def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None, *, stream: bool = False,
+                               **params):
+        """OpenAI's `chat.completions.create` on this model (see create_completion); logprobs=True
+        with top_logprobs=n reports each token's log-probability and the n most likely."""
+        from .completions import create
+
+        return create(self, {"messages": messages, "max_tokens": max_tokens, "stream": stream, **params}, chat=True)
 
     def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
         """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
@@ -293,23 +353,6 @@ class LLM:
         if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
             ids = ids[1:]  # the template wrote BOS itself
         return ids
-
-
-def _find_stop(text: str, stops: list[str], emitted: int) -> int | None:
-    """Index where the first stop string starts in text (searching from what may still be cut)."""
-    hits = [i for s in stops if (i := text.find(s, max(0, emitted - len(s) + 1))) >= 0]
-    return min(hits) if hits else None
-
-
-def _stop_prefix_len(text: str, stops: list[str]) -> int:
-    """Length of the longest tail of text that could still grow into a stop string."""
-    best = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:k]):
-                best = k
-                break
-    return best
 
 
 def _return_freed_memory() -> None:

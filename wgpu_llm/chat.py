@@ -1,12 +1,46 @@
-"""Chat prompts: the model's own Jinja chat template (`tokenizer.chat_template`), rendered with jinja2."""
+"""Chat prompts: the model's own Jinja chat template (`tokenizer.chat_template`), rendered with jinja2;
+for a file without one, the built-in template of its family (as llama.cpp keeps built-in templates)."""
 
 from __future__ import annotations
 
+# Built-in templates, written to render what llama.cpp's built-in ones of the same name render.
+BUILTIN_TEMPLATES = {
+    # Gemma 1/2/3: a system message goes before the first user turn; the assistant's role is "model"
+    "gemma": "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+             "{% set prefix = messages[0]['content'] | trim %}{% set prefix = prefix + '\n\n' %}"
+             "{% set msgs = messages[1:] %}{% else %}{% set prefix = '' %}{% set msgs = messages %}{% endif %}"
+             "{% for m in msgs %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\n'"
+             " + (prefix if loop.first else '') + (m['content'] | trim) + '<end_of_turn>\n' }}{% endfor %}"
+             "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+    "chatml": "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+              "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "llama3": "{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+              "'<|end_header_id|>\n\n' + (m['content'] | trim) + '<|eot_id|>' }}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+}
+# which built-in a file without a template gets: by architecture, else by the special tokens it has
+_BUILTIN_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "qwen2": "chatml", "qwen3": "chatml"}
+_BUILTIN_BY_TOKEN = (("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"), ("<start_of_turn>", "gemma"))
+
+
+def chat_template(metadata: dict) -> tuple[str, str]:
+    """(template, where it comes from): the file's own, else its family's built-in one.
+    ValueError when the file has none and no built-in fits."""
+    template = metadata.get("tokenizer.chat_template")
+    if isinstance(template, str) and template:
+        return template, "the model's own"
+    name = _BUILTIN_BY_ARCH.get(metadata.get("general.architecture"))
+    if name is None:
+        tokens = set(metadata.get("tokenizer.ggml.tokens") or ())
+        name = next((n for tok, n in _BUILTIN_BY_TOKEN if tok in tokens), None)
+    if name is None:
+        raise ValueError("this model has no chat template (metadata 'tokenizer.chat_template') and its family "
+                         f"has no built-in one (built-in: {', '.join(BUILTIN_TEMPLATES)}); use generate()")
+    return BUILTIN_TEMPLATES[name], f"built-in '{name}' (the file has none)"
+
 
 def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    template = metadata.get("tokenizer.chat_template")
-    if not isinstance(template, str) or not template:
-        raise ValueError("this model has no chat template (metadata 'tokenizer.chat_template'); use generate()")
+    template, _ = chat_template(metadata)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"message #{i} must be a dict with string 'role' and 'content', got {m!r}")

@@ -1,4 +1,4 @@
-"""`wgpu-llm` command line: run, chat, inspect, devices."""
+"""`wgpu-llm` command line: run, chat, serve, inspect, devices."""
 
 from __future__ import annotations
 
@@ -171,7 +171,9 @@ def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_pen
          adapter, n_ctx):
     """Interactive chat with the model's chat template (empty line or EOF ends)."""
     sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
+    _check_chat_template(model)
     llm = _open(model, backend, n_ctx, adapter)
+    llm.cache_prompt = True  # each turn computes only what the history does not already hold
     messages = [{"role": "system", "content": system}] if system else []
     while True:
         try:
@@ -193,6 +195,53 @@ def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_pen
         click.echo()
         click.echo(_summary(stats), err=True)
         messages.append({"role": "assistant", "content": reply})
+
+
+def _check_chat_template(model) -> None:
+    """Before loading: fail when the model has no chat template at all; say when a built-in one is used."""
+    from . import zoo
+    from .chat import chat_template
+    from .gguf_file import GGUFError, GGUFFile
+
+    model = _model_arg(model)
+    try:
+        path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True) \
+            if model is None or model in zoo.KNOWN_MODELS else Path(model)
+        _, source = chat_template(GGUFFile(path).metadata)
+    except (GGUFError, ValueError, OSError) as e:
+        _fail(str(e))
+    click.echo(f"chat template: {source}", err=True)
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("-np", "--parallel", "n_slots", type=click.IntRange(min=1), default=1, show_default=True,
+              help="slots: requests generated at once (they share --ctx-size); more wait in a queue")
+@click.option("-c", "--ctx-size", "n_ctx", type=click.IntRange(min=2), default=None,
+              help="context size shared by the slots (default: min(4096, model's))")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--adapter", default=None, help="GPU adapter index or name (default: best; env WGPU_LLM_ADAPTER)")
+@click.option("--api-key", envvar="WGPU_LLM_API_KEY", default=None,
+              help="require 'Authorization: Bearer KEY' (also env WGPU_LLM_API_KEY)")
+@click.option("--alias", default=None, help="model name in /v1/models and responses (default: the file name)")
+def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
+    """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...)."""
+    try:
+        import prometheus_client  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        _fail(f"serve needs the server packages: pip install 'wgpu-llm[server]' ({e})")
+    from .server import Service, serve as run_server
+
+    if n_ctx is not None and n_ctx < 2 * n_slots:
+        raise click.BadParameter(f"{n_ctx} gives {n_slots} slots less than 2 positions each", param_hint="'--ctx-size'")
+    service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias)
+    click.echo(f"wgpu-llm serve: loading the model; listening on http://{host}:{port} (/health answers 503 "
+               f"until it is ready)", err=True)
+    sys.exit(run_server(service, host, port))
 
 
 @main.command()

@@ -7,6 +7,12 @@ Weights are referred to by their GGUF tensor names; the backend owns how they ar
 Row ``r`` of the step sits at sequence position ``pos0 + r``; ``pos0`` and the token ids are the
 step's only run-time inputs, so a backend compiles a graph once per token count and reuses it.
 
+Several sequences share a backend by owning disjoint ranges of its KV cache (a server's slots): a
+step's rows then come as ``Span``s, each one sequence's consecutive tokens with its own ``pos0`` and
+the cache row ``base`` where its position 0 lives. Position-dependent ops (rope, pos_embed,
+attention) work span by span; every other op treats the step's rows alike, so the decode steps of
+several sequences run as one step over one row each (a batched decode: one mat-mat per weight).
+
 Ops (``out = op(inputs...)``):
   embed(table)                       rows of ``table`` picked by the step's token ids, times ``scale``
   rms_norm(x, weight)                x / rms(x) * weight, over groups of len(weight) columns
@@ -41,6 +47,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ACTIVATIONS = ("silu", "gelu_tanh")
+
+
+@dataclass(frozen=True)
+class Span:
+    """n consecutive rows of a step: one sequence's tokens at positions pos0 .. pos0 + n - 1, whose
+    KV cache holds position p at cache row base + p."""
+
+    pos0: int
+    n: int
+    base: int = 0
+
+
+def check_spans(spans, n_tokens: int, n_ctx: int) -> None:
+    """ValueError unless the spans cover exactly n_tokens rows and each stays inside the cache."""
+    if sum(s.n for s in spans) != n_tokens:
+        raise ValueError(f"step compiled for {n_tokens} tokens got spans of {sum(s.n for s in spans)}")
+    for s in spans:
+        if s.n < 1 or s.pos0 < 0 or s.base < 0 or s.base + s.pos0 + s.n > n_ctx:
+            raise ValueError(f"positions {s.pos0}..{s.pos0 + s.n - 1} at cache row {s.base} exceed the "
+                             f"context size {n_ctx}")
 
 
 @dataclass(frozen=True)

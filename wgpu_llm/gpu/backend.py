@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wgpu_llm.graph import Graph, Op
+from wgpu_llm.graph import Graph, Op, Span, check_spans
 
 from . import attention as flash
 from . import kernels as K
@@ -78,6 +78,7 @@ class _Piece:
 
 class GpuBackend:
     name = "gpu"
+    batched_spans = False  # a step runs one sequence (Span); see _GpuStep.spans
 
     def __init__(self, gguf_file, n_ctx: int, adapter=None):
         from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
@@ -711,34 +712,41 @@ class _GpuStep:
         self._positions = None  # (pos, 1, 0, 0) per context position: the loops copy the step uniform from it
         self._loop_staging: list = []
 
-    def _inputs(self, token_ids, pos0: int) -> list:
+    def _inputs(self, token_ids, pos0: int, base: int = 0) -> list:
         b, n = self.backend, self.n_tokens
         ids = np.asarray(token_ids)
         if ids.shape != (n,):
             raise ValueError(f"step compiled for {n} tokens got {ids.shape[0] if ids.ndim else 'a scalar'}")
-        if pos0 < 0 or pos0 + n > b.n_ctx:
-            raise ValueError(f"positions {pos0}..{pos0 + n - 1} exceed the context size {b.n_ctx}")
+        check_spans([Span(pos0, n, base)], n, b.n_ctx)
         if self._n_vocab is not None and (ids.min() < 0 or ids.max() >= self._n_vocab):
             raise ValueError(f"token ids must lie in [0, {self._n_vocab}), got {ids.min()}..{ids.max()}")
         return [(self.ids_buffer, ids.astype(np.uint32))]
 
-    def _run(self, program: Program, token_ids, pos0: int) -> list[np.ndarray]:
-        writes = self._inputs(token_ids, pos0)
+    def _run(self, program: Program, token_ids, pos0: int, base: int = 0) -> list[np.ndarray]:
+        writes = self._inputs(token_ids, pos0, base)
         tracer = self.backend.tracer
         if tracer is None:
-            return program.run(pos0, self.n_tokens, writes)
+            return program.run(pos0, self.n_tokens, writes, kv_base=base)
         t0 = time.perf_counter()
-        parts = program.run(pos0, self.n_tokens, writes, timed=True)
+        parts = program.run(pos0, self.n_tokens, writes, timed=True, kv_base=base)
         timer = ("GPU timestamp queries, one compute pass per dispatch" if program.timestamps else
                  "host clock per dispatch (no timestamp queries: each dispatch submitted and waited for alone)")
         tracer.record_step(self.graph, self.n_tokens, pos0, program.labels, program.last_times,
                            time.perf_counter() - t0, t0, timer=timer)
         return parts
 
-    def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
-        parts = self._run(self.program, token_ids, pos0)
+    def __call__(self, token_ids: np.ndarray, pos0: int, base: int = 0) -> np.ndarray:
+        parts = self._run(self.program, token_ids, pos0, base)
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a strided output comes back row by row
         return data.view(np.float32).reshape(self.out_shape)
+
+    def spans(self, token_ids: np.ndarray, spans: list[Span]) -> np.ndarray:
+        """The step over one sequence's rows (a Span); several sequences per step are the numpy
+        backend's alone for now (`GpuBackend.batched_spans` is False)."""
+        if len(spans) != 1:
+            raise ValueError(f"the gpu backend runs one sequence per step, not {len(spans)}")
+        (s,) = spans
+        return self(token_ids, s.pos0, s.base)
 
     # ---- sampling on the GPU ----
     def _greedy_program(self) -> Program:
@@ -959,19 +967,21 @@ class _ChunkedStep:
         self.fused = self.chunks[0].fused
         self.all_rows = self.chunks[0].out_shape[0] == sizes[0]  # False: the graph keeps the last row only
 
-    def _run(self, token_ids, pos0: int, greedy: bool) -> np.ndarray:
+    def _run(self, token_ids, pos0: int, greedy: bool, base: int = 0) -> np.ndarray:
         ids = np.asarray(token_ids)
         if ids.shape != (self.n_tokens,):
             raise ValueError(f"step compiled for {self.n_tokens} tokens got {ids.shape[0] if ids.ndim else 'a scalar'}")
         outs, start = [], 0
         for step in self.chunks:
             chunk = ids[start:start + step.n_tokens]
-            outs.append(step.greedy(chunk, pos0 + start) if greedy else step(chunk, pos0 + start))
+            outs.append(step.greedy(chunk, pos0 + start) if greedy else step(chunk, pos0 + start, base))
             start += step.n_tokens
         return np.concatenate(outs) if self.all_rows else outs[-1]
 
-    def __call__(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
-        return self._run(token_ids, pos0, greedy=False)
+    def __call__(self, token_ids: np.ndarray, pos0: int, base: int = 0) -> np.ndarray:
+        return self._run(token_ids, pos0, greedy=False, base=base)
+
+    spans = _GpuStep.spans
 
     def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
         return self._run(token_ids, pos0, greedy=True)

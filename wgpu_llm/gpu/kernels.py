@@ -1,7 +1,7 @@
 """Our WGSL kernels (shaders/*.wgsl, one family per file) and how each is specialised and bound.
 
 A shader file holds a kernel body. The loader prepends a generated header -- the `Params` struct
-(static per dispatch), the `Step` uniform (pos0, n_tokens: written once per step), the storage
+(static per dispatch), the `Step` uniform (pos0, n_tokens, kv_base: written once per step), the storage
 bindings and an accessor per buffer role (`ld_x(i)`, `st_y(i, v)`) -- and specialises the body:
 lines between `#if FLAG` / `#else` / `#endif` are kept or dropped, `{{NAME}}` becomes a constant.
 Roles that name the same GPU buffer share one binding (read_write when any of them writes), so a
@@ -127,7 +127,7 @@ class Kernel:
     source: str
     entry: str
     params: bytes  # contents of the binding-0 uniform
-    uses_step: bool  # binding 1 = the step uniform (pos0, n_tokens)
+    uses_step: bool  # binding 1 = the step uniform (pos0, n_tokens, kv_base)
     buffers: list  # [(binding, buffer, read_only)] for bindings >= 2 (or >= 1 for foreign kernels)
     grid: tuple[int, int, int]
     explicit_layout: bool = True  # False: let wgpu derive the layout (kernels written elsewhere)
@@ -204,7 +204,7 @@ def build(family: str, label: str, params: list, roles: list[Role], grid, *, fla
     struct_text, pbytes = _pack_params(params)
     header = [struct_text, "@group(0) @binding(0) var<uniform> P: Params;"]
     if uses_step:
-        header += ["struct Step { pos0: u32, n_tokens: u32, _pad0: u32, _pad1: u32, }",
+        header += ["struct Step { pos0: u32, n_tokens: u32, kv_base: u32, _pad: u32, }",
                    "@group(0) @binding(1) var<uniform> S: Step;"]
     groups: list[list[Role]] = []
     for r in roles:

@@ -339,14 +339,15 @@ class Program:
             enc.copy_buffer_to_buffer(buf, off, self.staging, at, n)
             at += n
 
-    def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = (), timed: bool = False) -> list[np.ndarray]:
+    def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = (), timed: bool = False,
+            kv_base: int = 0) -> list[np.ndarray]:
         """Run the kernels once; writes: [(buffer, numpy array)] uploaded first. Returns the
         outputs as uint8 arrays (copies). timed: also measure every dispatch (one pass each, GPU
         timestamps where the device has them) into `self.last_times` (seconds, in order)."""
         rt = self.rt
         wgpu = rt.wgpu
         with rt.guard(f"running {self.label}"):
-            rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, 0, 0], np.uint32))
+            rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, kv_base, 0], np.uint32))
             for buf, data in writes:
                 rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
             enc = rt.device.create_command_encoder()
