@@ -26,7 +26,6 @@ from . import ops
 
 class CpuBackend:
     name = "cpu"
-    batched_spans = True  # a step may run rows of several sequences (Spans): a batched decode
     tracer = None  # a wgpu_llm.trace.Trace while tracing: each op's closure is then timed
 
     def __init__(self, gguf_file, n_ctx: int):
@@ -79,9 +78,13 @@ class CpuBackend:
         return self._rope_tables[key]
 
     # ---- compile / run ----
-    def compile(self, graph: Graph, n_tokens: int):
+    def max_batch_rows(self, graph: Graph) -> int:
+        return 1 << 30  # any number of sequences: a step's rows are plain numpy rows
+
+    def compile(self, graph: Graph, n_tokens: int, batched: bool = False):
         """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width);
-        `step.spans(token_ids, spans)` runs rows of several sequences (see wgpu_llm.graph.Span)."""
+        `step.spans(token_ids, spans)` runs rows of several sequences (see wgpu_llm.graph.Span); any
+        step can, so `batched` changes nothing here."""
         self._prepare(graph)
         return _CpuStep(self, graph, n_tokens)
 

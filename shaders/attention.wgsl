@@ -20,15 +20,21 @@ var<workgroup> q_sh: array<f32, HD>;
 var<workgroup> p_sh: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
+// this workgroup's query row: its sequence's cache start, and where the step's own rows of that
+// sequence begin (position and row): keys before sp0 come from the cache, the others from k / v
+var<private> kb: u32;
+var<private> sp0: u32;
+var<private> r0: u32;
+
 fn score(p: u32, kvh: u32) -> f32 {
     var s = 0.0;
-    if (p < S.pos0) {
-        let base = (S.kv_base + p) * P.kv_width + kvh * HD;
+    if (p < sp0) {
+        let base = (kb + p) * P.kv_width + kvh * HD;
         for (var d = 0u; d < HD; d++) {
             s += q_sh[d] * ld_kc(base + d);
         }
     } else {
-        let base = P.k_off + (p - S.pos0) * P.k_stride + kvh * HD;
+        let base = P.k_off + (r0 + p - sp0) * P.k_stride + kvh * HD;
         for (var d = 0u; d < HD; d++) {
             s += q_sh[d] * ld_k(base + d);
         }
@@ -49,10 +55,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row = job / P.n_head;
     let h = job % P.n_head;
     let kvh = h / P.group;
+    kb = row_base(row);
+    sp0 = span_pos0(row);
+    r0 = span_row0(row);
 
     // the step's k and v rows of this KV head -> cache
     if (h % P.group == 0u) {
-        let dst = (S.kv_base + S.pos0 + row) * P.kv_width + kvh * HD;
+        let dst = (kb + row_pos(row)) * P.kv_width + kvh * HD;
         let ks = P.k_off + row * P.k_stride + kvh * HD;
         let vs = P.v_off + row * P.v_stride + kvh * HD;
         for (var d = tid; d < HD; d += WG) {
@@ -66,7 +75,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
 
-    let hi = S.pos0 + row;  // last visible position
+    let hi = row_pos(row);  // last visible position
     var lo = 0u;
     if (P.window > 0u && hi + 1u > P.window) {
         lo = hi + 1u - P.window;
@@ -117,8 +126,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let pj = base + j;
             let pw = p_sh[j];
             var vb: u32;
-            if (pj < S.pos0) {
-                vb = (S.kv_base + pj) * P.kv_width + kvh * HD;
+            if (pj < sp0) {
+                vb = (kb + pj) * P.kv_width + kvh * HD;
                 for (var i = 0u; i < DPT; i++) {
                     let d = tid + i * WG;
                     if (d < HD) {
@@ -126,7 +135,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     }
                 }
             } else {
-                vb = P.v_off + (pj - S.pos0) * P.v_stride + kvh * HD;
+                vb = P.v_off + (r0 + pj - sp0) * P.v_stride + kvh * HD;
                 for (var i = 0u; i < DPT; i++) {
                     let d = tid + i * WG;
                     if (d < HD) {

@@ -18,7 +18,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var v = ld_a(P.a_off + r * P.a_stride + c);
 #if ADD
 #if B_AT_POS
-    v += ld_b(P.b_off + (S.pos0 + r) * P.b_stride + c);
+    v += ld_b(P.b_off + row_pos(r) * P.b_stride + c);
 #else
     v += ld_b(P.b_off + r * P.b_stride + c);
 #endif

@@ -2,7 +2,8 @@
 // values in tiles staged in workgroup memory, an online softmax per query, never the full
 // score matrix. Same inputs, cache layout and semantics as attention.wgsl (its one-query-per-
 // workgroup twin, kept for decode): the step's k, v rows go into the cache at pos0 + row (cache
-// row kv_base + position); GQA (head h reads KV head h / group); window > 0: a query at p sees keys in (p - window, p].
+// row kv_base + position; one sequence per step: a batched step uses attention.wgsl); GQA (head h
+// reads KV head h / group); window > 0: a query at p sees keys in (p - window, p].
 //
 // One workgroup takes one KV head and a block of BQ "query slots": slot f = row * group + g is
 // query row `row` of head kvh * group + g, so all heads sharing a KV head share its K / V tiles.

@@ -76,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         nx[i] = ld_x(xb + i) / rms * ld_w(wb + i);
     }
     workgroupBarrier();
-    let pos = f32(S.pos0 + row);
+    let pos = f32(row_pos(row));
     let half = P.n_rot / 2u;
     for (var i = tid; i < P.group; i += WG) {
         var v = nx[i];

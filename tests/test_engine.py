@@ -212,6 +212,30 @@ def test_openai_shaped_library_calls(llm):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_gpu_batched_decode_rows_equal_one_step_each(arch, adapter, tmp_path):
+    """The GPU's batched step: rows of sequences at other positions and cache bases (the row table)."""
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, n_ctx=512)
+    gpu = LLM(str(path), backend="gpu", n_ctx=256)
+    prompts = [gpu.tokenize(t) for t in ["the cat", "hello there the", "a", "in the beginning was the"]]
+    bases = [0, 64, 128, 192]
+    for ids, base in zip(prompts, bases):
+        gpu._step(len(ids), False)(np.asarray(ids, np.int32), 0, base)
+    spans = [Span(len(ids), 1, base) for ids, base in zip(prompts, bases)]
+    tokens = np.array([7, 8, 9, 10], np.int32)
+    batched = gpu._step(4, True, batched=True).spans(tokens, spans).copy()
+    single = np.concatenate([gpu._step(1, False)(tokens[i:i + 1], s.pos0, s.base).copy() for i, s in enumerate(spans)])
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-5 * np.abs(single).max())
+    cpu = LLM(str(path), backend="cpu", n_ctx=256)
+    for ids, base in zip(prompts, bases):
+        cpu._step(len(ids), False)(np.asarray(ids, np.int32), 0, base)
+    want = cpu._step(4, True, batched=True).spans(tokens, spans)
+    np.testing.assert_allclose(batched, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    with pytest.raises(ValueError, match="need a step compiled batched"):
+        gpu._step(4, True).spans(tokens, spans)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_engine_on_the_gpu_equals_the_cpu(arch, adapter, tmp_path):
     """Slots at other cache bases through the GPU's attention kernels (decode and flash prefill)."""

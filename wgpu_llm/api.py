@@ -81,7 +81,7 @@ class LLM:
             raise ValueError(f"n_batch={n_batch} must be >= 1")
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
-        self._steps: dict[tuple[int, bool], object] = {}
+        self._steps: dict[tuple[int, bool, bool], object] = {}
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
@@ -118,10 +118,13 @@ class LLM:
             raise ValueError(f"token id {bad[0]} out of range 0..{self.n_vocab - 1}")
 
     # ---- forward ----
-    def _step(self, n_tokens: int, all_rows: bool):
-        key = (n_tokens, all_rows)
+    def _step(self, n_tokens: int, all_rows: bool, batched: bool = False):
+        """The compiled step of n_tokens rows (batched: one row for each of n_tokens sequences)."""
+        key = (n_tokens, all_rows, batched)
         if key not in self._steps:
-            self._steps[key] = self.backend.compile(self._graphs[all_rows], n_tokens)
+            graph = self._graphs[all_rows]
+            self._steps[key] = (self.backend.compile(graph, n_tokens, batched=True) if batched
+                                else self.backend.compile(graph, n_tokens))
         return self._steps[key]
 
     def _prefill(self, ids: list[int], all_rows: bool, head=None, begin: int = 0):

@@ -10,9 +10,8 @@ its sampler, from admission until it ends. One scheduler thread runs the backend
    prefix is not computed again (llama.cpp's `cache_prompt`);
 2. prefills one chunk (at most n_batch tokens) of one admitted prompt, so that a long prompt does
    not stall the others' decoding;
-3. runs one decode step for every request that is generating: where the backend's steps take rows
-   of several sequences (`batched_spans`: numpy), as one step of one row per sequence, so each
-   weight is read once for all of them; otherwise one step per sequence.
+3. runs one decode step for every request that is generating, as one step of one row per sequence
+   (a batched step, up to the backend's max_batch_rows), so each weight is read once for all.
 
 Requests come from any thread (`submit`) and their tokens come back through a queue per request.
 Sampling is the same `Sampler` as `LLM.generate`'s, one per request (its own seed), fed the logits
@@ -229,19 +228,21 @@ class Engine:
             else:
                 self._sampled(r, logits[-1])
 
-    def _decode(self, batch: list[Request]) -> None:
+    def _decode(self, requests: list[Request]) -> None:
         llm = self.llm
-        tokens = np.asarray([r.next_token for r in batch], np.int32)
-        if len(batch) > 1 and llm.backend.batched_spans:
-            spans = [Span(len(r.slot.tokens), 1, r.slot.base) for r in batch]
-            rows = llm._step(len(batch), True).spans(tokens, spans)
-        else:
-            step = llm._step(1, False)
-            rows = np.concatenate([step(tokens[i:i + 1], len(r.slot.tokens), r.slot.base).copy()
-                                   for i, r in enumerate(batch)])
-        for r, row in zip(batch, rows):
-            r.slot.tokens.append(r.next_token)
-            self._sampled(r, row)
+        size = llm.backend.max_batch_rows(llm._graphs[True])
+        for start in range(0, len(requests), size):
+            batch = requests[start:start + size]
+            tokens = np.asarray([r.next_token for r in batch], np.int32)
+            if len(batch) > 1:
+                spans = [Span(len(r.slot.tokens), 1, r.slot.base) for r in batch]
+                rows = llm._step(len(batch), True, batched=True).spans(tokens, spans)
+            else:
+                (r,) = batch
+                rows = llm._step(1, False)(tokens, len(r.slot.tokens), r.slot.base)
+            for r, row in zip(batch, rows):
+                r.slot.tokens.append(r.next_token)
+                self._sampled(r, row)
 
     def _sampled(self, r: Request, logits: np.ndarray) -> None:
         """Choose r's next token from its logits row, hand it out, and end r where it must end."""

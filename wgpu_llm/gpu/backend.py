@@ -78,7 +78,6 @@ class _Piece:
 
 class GpuBackend:
     name = "gpu"
-    batched_spans = False  # a step runs one sequence (Span); see _GpuStep.spans
 
     def __init__(self, gguf_file, n_ctx: int, adapter=None):
         from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
@@ -124,15 +123,23 @@ class GpuBackend:
         """Device memory in buffers: weights, KV caches, activations, per-step parameters."""
         return self.rt.allocated_bytes
 
-    def compile(self, graph: Graph, n_tokens: int):
-        """A callable step(token_ids (n_tokens,), pos0) -> output activation (rows, width) float32."""
+    def compile(self, graph: Graph, n_tokens: int, batched: bool = False):
+        """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width)
+        float32. batched: a step whose rows are n_tokens sequences, one row each (`step.spans`), at
+        most max_batch_rows(graph)."""
         per_step = self.max_tokens_per_step(graph)
+        if batched and n_tokens > self.max_batch_rows(graph):
+            raise ValueError(f"a batched step takes at most {self.max_batch_rows(graph)} sequences, not {n_tokens}")
         if n_tokens > per_step:
             return _ChunkedStep(self, graph, n_tokens, per_step)
         t0 = time.perf_counter()
-        step = _Compiler(self, graph, n_tokens).build()
+        step = _Compiler(self, graph, n_tokens, batched).build()
         self.timings["compile_s"] += time.perf_counter() - t0
         return step
+
+    def max_batch_rows(self, graph: Graph) -> int:
+        """Sequences one batched step may hold (the step uniform's row table, one binding's rows)."""
+        return min(K.MAX_BATCH_ROWS, self.max_tokens_per_step(graph))
 
     def max_tokens_per_step(self, graph: Graph) -> int:
         """How many tokens one step may hold: every activation must fit one storage binding
@@ -224,12 +231,12 @@ class GpuBackend:
 class _Compiler:
     """Plans one graph for one token count: views, fusions, in-place ops, buffer slots, kernels."""
 
-    def __init__(self, be: GpuBackend, graph: Graph, n_tokens: int):
+    def __init__(self, be: GpuBackend, graph: Graph, n_tokens: int, batched: bool = False):
         if n_tokens < 1:
             raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
         if graph.output is None:
             raise ValueError("graph has no output")
-        self.be, self.g, self.n = be, graph, n_tokens
+        self.be, self.g, self.n, self.batched = be, graph, n_tokens, batched
         self.cfg = be.cfg
         ops = graph.ops
         self.uses: dict[str, list[int]] = defaultdict(list)
@@ -554,7 +561,7 @@ class _Compiler:
         kc, vc = self.be.kv_cache(p["layer"], p["n_kv_head"] * p["head_dim"])
         y = self._out_place(i, op.out, [qn], q.rows, q.width)
 
-        if matmul.prefill_path(q.rows) == "tiled" and flash.supported(p["head_dim"]):
+        if matmul.prefill_path(q.rows) == "tiled" and flash.supported(p["head_dim"]) and not self.batched:
             # a block of queries per workgroup, K / V tiles shared, online softmax
             tiles = flash.choose_flash_tiles(self.be.rt.caps, p["head_dim"])
 
@@ -665,8 +672,10 @@ class _Compiler:
 
         head = _Head(self._view(res, out), out.rows, width, self.g.output)
         vocab = [self.g.weight_shapes[op.weights[0]][0] for op in self.g.ops if op.kind == "embed"]
-        return _GpuStep(self.be, program, kernel_list, head, self.ids, self.n, (out.rows, width), self.absorbed,
+        step = _GpuStep(self.be, program, kernel_list, head, self.ids, self.n, (out.rows, width), self.absorbed,
                         min(vocab, default=None), self.g)
+        step.batched = self.batched
+        return step
 
 
 # The greedy decode loop puts this much device work (measured per step as it runs) into one
@@ -699,6 +708,7 @@ class _GpuStep:
       recorded while this one runs."""
 
     max_top_k = 128  # the largest k `top_k` serves (sample.TOP_K_MAX)
+    batched = False  # compiled for rows of several sequences (see spans)
 
     def __init__(self, backend: GpuBackend, program: Program, kernels: list, head: _Head, ids_buffer, n_tokens: int,
                  out_shape, fused: dict, n_vocab: int | None, graph: Graph):
@@ -741,12 +751,19 @@ class _GpuStep:
         return data.view(np.float32).reshape(self.out_shape)
 
     def spans(self, token_ids: np.ndarray, spans: list[Span]) -> np.ndarray:
-        """The step over one sequence's rows (a Span); several sequences per step are the numpy
-        backend's alone for now (`GpuBackend.batched_spans` is False)."""
-        if len(spans) != 1:
-            raise ValueError(f"the gpu backend runs one sequence per step, not {len(spans)}")
-        (s,) = spans
-        return self(token_ids, s.pos0, s.base)
+        """The step over one sequence's rows (one Span), or, for a step compiled batched, over one
+        row of each of several sequences (Spans of one row)."""
+        if len(spans) == 1:
+            (s,) = spans
+            return self(token_ids, s.pos0, s.base)
+        if not self.batched or any(s.n != 1 for s in spans):
+            raise ValueError(f"{len(spans)} sequences in one step need a step compiled batched, one row each")
+        writes = self._inputs(token_ids, 0)
+        check_spans(spans, self.n_tokens, self.backend.n_ctx)
+        rows = np.array([(s.pos0, s.base) for s in spans], np.uint32)
+        parts = self.program.run(0, self.n_tokens, writes, rows=rows)
+        data = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return data.view(np.float32).reshape(self.out_shape)
 
     # ---- sampling on the GPU ----
     def _greedy_program(self) -> Program:

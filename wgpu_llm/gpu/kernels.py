@@ -1,7 +1,8 @@
 """Our WGSL kernels (shaders/*.wgsl, one family per file) and how each is specialised and bound.
 
 A shader file holds a kernel body. The loader prepends a generated header -- the `Params` struct
-(static per dispatch), the `Step` uniform (pos0, n_tokens, kv_base: written once per step), the storage
+(static per dispatch), the `Step` uniform (pos0, n_tokens, kv_base, or a row table for a batched step; written once per
+step), the storage
 bindings and an accessor per buffer role (`ld_x(i)`, `st_y(i, v)`) -- and specialises the body:
 lines between `#if FLAG` / `#else` / `#endif` are kept or dropped, `{{NAME}}` becomes a constant.
 Roles that name the same GPU buffer share one binding (read_write when any of them writes), so a
@@ -198,14 +199,28 @@ def specialise(text: str, flags: dict[str, bool], consts: dict[str, object]) -> 
     return re.sub(r"\{\{(\w+)\}\}", sub, text)
 
 
+MAX_BATCH_ROWS = 64  # rows of a batched step, one per sequence: the Step uniform's row table
+STEP_BYTES = 16 + 16 * MAX_BATCH_ROWS
+# The step uniform. A step of one sequence: row r sits at position pos0 + r, its K/V at cache row
+# kv_base + position. A batched step (batched = 1, a decode step of several sequences): row r is one
+# sequence's only row, at position rows[r].x, its cache starting at row rows[r].y.
+STEP_WGSL = ("struct Step { pos0: u32, n_tokens: u32, kv_base: u32, batched: u32, "
+             f"rows: array<vec4<u32>, {MAX_BATCH_ROWS}>, }}")
+STEP_FUNCTIONS = """
+fn row_pos(row: u32) -> u32 { if (S.batched == 0u) { return S.pos0 + row; } return S.rows[row].x; }
+fn row_base(row: u32) -> u32 { if (S.batched == 0u) { return S.kv_base; } return S.rows[row].y; }
+// the position and the row of the first of the step's rows that belong to row's sequence
+fn span_pos0(row: u32) -> u32 { if (S.batched == 0u) { return S.pos0; } return S.rows[row].x; }
+fn span_row0(row: u32) -> u32 { if (S.batched == 0u) { return 0u; } return row; }"""
+
+
 def build(family: str, label: str, params: list, roles: list[Role], grid, *, flags=None, consts=None,
           uses_step: bool = False, entry: str = "main") -> Kernel:
     """Specialise shaders/<family>.wgsl and describe one dispatch of it."""
     struct_text, pbytes = _pack_params(params)
     header = [struct_text, "@group(0) @binding(0) var<uniform> P: Params;"]
     if uses_step:
-        header += ["struct Step { pos0: u32, n_tokens: u32, kv_base: u32, _pad: u32, }",
-                   "@group(0) @binding(1) var<uniform> S: Step;"]
+        header += [STEP_WGSL, "@group(0) @binding(1) var<uniform> S: Step;", STEP_FUNCTIONS]
     groups: list[list[Role]] = []
     for r in roles:
         for g in groups:

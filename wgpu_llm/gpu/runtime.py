@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels as K
 from .device import AdapterInfo, adapter_info, request_device
 
 
@@ -279,7 +280,7 @@ class Program:
         """outputs: [(buffer, byte offset, nbytes)] copied back after the pass, in order."""
         u = rt.wgpu.BufferUsage
         self.rt, self.label = rt, label
-        self.step_buffer = rt.buffer(16, u.UNIFORM | u.COPY_DST, f"{label} step")
+        self.step_buffer = rt.buffer(K.STEP_BYTES, u.UNIFORM | u.COPY_DST, f"{label} step")
         align = rt.caps.uniform_align
         offsets, total = [], 0
         for k in kernels:
@@ -303,7 +304,8 @@ class Program:
                     layout.append({"binding": binding, "visibility": S,
                                    "buffer": {"type": "read-only-storage" if read_only else "storage"}})
             if k.uses_step:
-                entries.append({"binding": 1, "resource": {"buffer": self.step_buffer, "offset": 0, "size": 16}})
+                entries.append({"binding": 1, "resource": {"buffer": self.step_buffer, "offset": 0,
+                                                       "size": K.STEP_BYTES}})
             for binding, buf, _ in k.buffers:
                 if buf.size > rt.caps.max_binding:
                     raise GpuError(f"kernel {k.label}: a {buf.size}-byte buffer exceeds the device's storage "
@@ -340,14 +342,20 @@ class Program:
             at += n
 
     def run(self, pos0: int = 0, n_tokens: int = 0, writes: list[tuple] = (), timed: bool = False,
-            kv_base: int = 0) -> list[np.ndarray]:
+            kv_base: int = 0, rows=None) -> list[np.ndarray]:
         """Run the kernels once; writes: [(buffer, numpy array)] uploaded first. Returns the
         outputs as uint8 arrays (copies). timed: also measure every dispatch (one pass each, GPU
         timestamps where the device has them) into `self.last_times` (seconds, in order)."""
         rt = self.rt
         wgpu = rt.wgpu
         with rt.guard(f"running {self.label}"):
-            rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, kv_base, 0], np.uint32))
+            if rows is None:
+                rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, kv_base, 0], np.uint32))
+            else:  # a batched step: rows = (n, 2) positions and cache bases, one row per sequence
+                table = np.zeros((1 + len(rows), 4), np.uint32)
+                table[0] = (0, n_tokens, 0, 1)
+                table[1:, :2] = rows
+                rt.queue.write_buffer(self.step_buffer, 0, table)
             for buf, data in writes:
                 rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
             enc = rt.device.create_command_encoder()
