@@ -13,6 +13,7 @@ import numpy as np
 
 from . import models, zoo
 from .backends import open_backend
+from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -52,10 +53,13 @@ class LLM:
     and finishes top-p / min-p / temperature / the draw on the host with the same generator as the
     CPU. A repetition penalty, or no top-k, reads the whole logits row (`gpu_sampling = False`
     forces that everywhere).
+
+    One call at a time: calls from several threads wait for each other (see `wgpu_llm.exclusive`).
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
                  n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None):
+        self._exclusive = Exclusive()
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
@@ -135,6 +139,7 @@ class LLM:
             out.append(logits.copy() if all_rows else logits)  # a step reuses its output buffer
         return np.concatenate(out) if all_rows else out[-1]
 
+    @exclusive
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 logits of shape (len(ids), n_vocab) for every position, in a fresh context."""
         ids = [int(t) for t in ids]
@@ -235,6 +240,7 @@ class LLM:
                                   f"and needs room for at least one generated token")
         return ids
 
+    @exclusive_generator
     def stream(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                stats: dict | None = None, ignore_eos: bool = False, **sampling) -> Iterator[str]:
         """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
@@ -242,6 +248,7 @@ class LLM:
         sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
         stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
         ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
+        The LLM is busy from the first piece until the generator is exhausted or closed (`close()`).
         """
         if max_tokens < 0:
             raise ValueError(f"max_tokens={max_tokens} must be >= 0")
@@ -271,6 +278,7 @@ class LLM:
         if len(text) > emitted:
             yield text[emitted:]
 
+    @exclusive
     def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                  ignore_eos: bool = False, **sampling) -> Completion:
         """Generate a completion: `.text` and `.tokens` (generated part only), `.stats`, `.finish_reason`."""
@@ -279,6 +287,7 @@ class LLM:
         tokens = stats.pop("tokens")
         return Completion(text, tokens, stats.pop("finish_reason"), stats)
 
+    @exclusive
     def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
         """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
         return self.generate(self.chat_prompt(messages), max_tokens, **kwargs)
