@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import models, zoo
+from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
 from .backends import open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFFile
@@ -59,6 +60,7 @@ class LLM:
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
                  n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None):
+        check_open(model, backend, n_ctx, n_batch, adapter, trace)  # before anything is read or built
         self._exclusive = Exclusive()
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
@@ -76,8 +78,6 @@ class LLM:
         self.n_ctx = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
         if not 1 <= self.n_ctx <= train_ctx:
             raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
-        if n_batch < 1:
-            raise ValueError(f"n_batch={n_batch} must be >= 1")
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
         self._steps: dict[tuple[int, bool], object] = {}
@@ -101,11 +101,13 @@ class LLM:
     # ---- tokens ----
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of text; BOS is added exactly when the model's metadata says so."""
+        check_text(text)
         return self.tokenizer.encode(text, add_special=add_special)
 
     def detokenize(self, ids: list[int]) -> str:
+        ids = check_token_ids(ids, "ids")
         self._check_ids(ids, allow_empty=True)
-        return self.tokenizer.decode(list(ids))
+        return self.tokenizer.decode(ids)
 
     def _check_ids(self, ids, allow_empty: bool = False) -> None:
         if not allow_empty and len(ids) == 0:
@@ -142,7 +144,7 @@ class LLM:
     @exclusive
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 logits of shape (len(ids), n_vocab) for every position, in a fresh context."""
-        ids = [int(t) for t in ids]
+        ids = check_token_ids(ids, "ids")
         self._check_ids(ids)
         return np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
 
@@ -233,7 +235,11 @@ class LLM:
         return token
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if isinstance(prompt, str):
+            check_text(prompt, "prompt")
+            ids = self.tokenize(prompt)
+        else:
+            ids = check_token_ids(prompt)
         self._check_ids(ids)
         if len(ids) >= self.n_ctx:
             raise ContextOverflow(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx} "
@@ -250,9 +256,8 @@ class LLM:
         ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
         The LLM is busy from the first piece until the generator is exhausted or closed (`close()`).
         """
-        if max_tokens < 0:
-            raise ValueError(f"max_tokens={max_tokens} must be >= 0")
-        stops = [s for s in (stop or []) if s]
+        check_keywords("LLM.stream()", sampling, ("max_tokens", "stop", "stats", "ignore_eos"))
+        stops = [s for s in check_generation(max_tokens, stop, stats, ignore_eos) if s]
         sampler = Sampler(SamplingParams(**sampling))
         ids = self._prompt_ids(prompt)
         stats = {} if stats is None else stats
@@ -282,6 +287,7 @@ class LLM:
     def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                  ignore_eos: bool = False, **sampling) -> Completion:
         """Generate a completion: `.text` and `.tokens` (generated part only), `.stats`, `.finish_reason`."""
+        check_keywords("LLM.generate()", sampling, ("max_tokens", "stop", "ignore_eos"))
         stats: dict = {}
         text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, ignore_eos=ignore_eos, **sampling))
         tokens = stats.pop("tokens")
@@ -290,6 +296,8 @@ class LLM:
     @exclusive
     def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
         """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
+        check_keywords("LLM.chat()", {k: v for k, v in kwargs.items() if k not in ("stop", "ignore_eos")},
+                       ("max_tokens", "stop", "ignore_eos"))
         return self.generate(self.chat_prompt(messages), max_tokens, **kwargs)
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:

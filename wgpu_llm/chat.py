@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .arguments import check_text
+
 
 def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
     template = metadata.get("tokenizer.chat_template")
@@ -10,6 +12,8 @@ def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"message #{i} must be a dict with string 'role' and 'content', got {m!r}")
+        for key in ("role", "content"):
+            check_text(m[key], f"message #{i} {key!r}")
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

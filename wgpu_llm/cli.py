@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .arguments import check_text
 from .backends import BACKENDS
 from .sampling import InvalidSamplingParam, SamplingParams
 
@@ -74,9 +75,31 @@ def unescape(text: str) -> str:
                          f"write a character as \\uNNNN or as all of its UTF-8 bytes") from None
 
 
+def utf8_text(text: str) -> str:
+    """A command-line argument or input line, which must be UTF-8: Python hands over bytes that are
+    not UTF-8 as lone surrogates (errors='surrogateescape'). A ValueError names the first bad byte."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows' UTF-16 argv)
+        check_text(text, "the text")
+        raise
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start} ({e.reason}); "
+                         f"pass the text in UTF-8") from None
+
+
+def _text_option(ctx, param, value):
+    try:
+        return None if value is None else utf8_text(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
 def _stop_strings(ctx, param, values):
     try:
-        return [unescape(v) for v in values]
+        return [unescape(utf8_text(v)) for v in values]
     except ValueError as e:
         raise click.BadParameter(str(e), ctx, param) from None
 
@@ -130,7 +153,7 @@ def main():
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("-p", "--prompt", required=True, help="prompt text")
+@click.option("-p", "--prompt", required=True, callback=_text_option, help="prompt text")
 @click.option("--trace", is_flag=True, default=None,
               help="time every step op by op; print a report after the text (also env WGPU_LLM_TRACE=1)")
 @click.option("--trace-json", type=click.Path(dir_okay=False), default=None,
@@ -165,7 +188,7 @@ def _summary(stats: dict) -> str:
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--system", default=None, help="system message")
+@click.option("--system", default=None, callback=_text_option, help="system message")
 @sampling_options
 def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, backend,
          adapter, n_ctx):
@@ -173,11 +196,16 @@ def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_pen
     sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     llm = _open(model, backend, n_ctx, adapter)
     messages = [{"role": "system", "content": system}] if system else []
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 reaches utf8_text, which names the byte
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
-            user = input("> ")
+            user = utf8_text(input("> "))
         except EOFError:
             break
+        except ValueError as e:  # bytes that are not UTF-8: the conversation goes on without this line
+            click.echo(f"error: this line was left out, it is {e}", err=True)
+            continue
         if not user.strip():
             break
         messages.append({"role": "user", "content": user})
