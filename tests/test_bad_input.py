@@ -32,11 +32,13 @@ def own_cache(tmp_path, monkeypatch):
 SURROGATE = "not valid Unicode: a lone surrogate U+{:04X} at position {}"
 
 
-@pytest.mark.parametrize("text, code, at", [("\ud800", 0xD800, 0), ("ab\udcff\udcfe", 0xDCFF, 2), ("x\udfff", 0xDFFF, 1)])
+@pytest.mark.parametrize("text, code, at", [("\ud800", 0xD800, 0), ("ab\udcff\udcfe", 0xDCFF, 2),
+                                            ("x\udfff", 0xDFFF, 1)])
 def test_lone_surrogates_are_a_value_error(llm, text, code, at):
     where = SURROGATE.format(code, at)
     for call, what in ((lambda: llm.generate(text, 2), "prompt"), (lambda: "".join(llm.stream(text, 2)), "prompt"),
-                       (lambda: llm.tokenize(text), "text"), (lambda: llm.generate("hi", 2, stop=["a", text]), "stop[1]"),
+                       (lambda: llm.tokenize(text), "text"),
+                       (lambda: llm.generate("hi", 2, stop=["a", text]), "stop[1]"),
                        (lambda: llm.chat([{"role": "user", "content": text}]), "message #0 'content'"),
                        (lambda: llm.chat_prompt([{"role": text, "content": "hi"}]), "message #0 'role'")):
         with pytest.raises(ValueError) as err:
@@ -59,8 +61,8 @@ def test_cli_prompt_that_is_not_utf8_is_a_usage_error(tiny_path):
 
 def test_subprocess_invalid_utf8_argv(tiny_path):
     """`wgpu-llm run -p $'\\xff\\xfe'`, as a shell passes it: a usage error before the model is opened."""
-    proc = subprocess.run([sys.executable.encode(), b"-m", b"wgpu_llm.cli", b"run", b"missing.gguf", b"-p", b"\xff\xfe"],
-                          cwd=ROOT, capture_output=True, timeout=120)
+    argv = [sys.executable.encode(), b"-m", b"wgpu_llm.cli", b"run", b"missing.gguf", b"-p", b"\xff\xfe"]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and proc.stdout == b"" and "Traceback" not in err
     assert "Invalid value for '-p' / '--prompt': not UTF-8: byte 0xff at byte 0 (invalid start byte)" in err
@@ -89,7 +91,8 @@ def test_chat_line_that_is_not_utf8_is_left_out(tiny_path):
 
 # ---------------------------------------------------------------- keyword arguments
 def test_unknown_keyword_names_it_and_lists_the_valid_ones(llm):
-    cases = [(lambda: llm.generate("hi", temprature=0.5), "LLM.generate()", "'temprature' (did you mean 'temperature'?)"),
+    cases = [(lambda: llm.generate("hi", temprature=0.5), "LLM.generate()",
+              "'temprature' (did you mean 'temperature'?)"),
              (lambda: llm.chat([], topk=3), "LLM.chat()", "'topk' (did you mean 'top_k'?)"),
              (lambda: next(llm.stream("hi", colour=1)), "LLM.stream()", "'colour'"),
              (lambda: llm.generate("hi", stats={}), "LLM.generate()", "'stats'")]
@@ -113,8 +116,10 @@ def test_arguments_of_the_wrong_type(llm):
              (lambda: "".join(llm.stream("hi", stats=[])), "stats must be a dict to fill or None, got list"),
              (lambda: llm.generate("hi", top_k="5"), "sampling parameter top_k='5' must be an int, got str"),
              (lambda: llm.generate("hi", top_k=2.0), "sampling parameter top_k=2.0 must be an int, got float"),
-             (lambda: llm.generate("hi", temperature=None), "sampling parameter temperature=None must be a number, got NoneType"),
-             (lambda: llm.generate("hi", temperature=True), "sampling parameter temperature=True must be a number, got bool"),
+             (lambda: llm.generate("hi", temperature=None),
+              "sampling parameter temperature=None must be a number, got NoneType"),
+             (lambda: llm.generate("hi", temperature=True),
+              "sampling parameter temperature=True must be a number, got bool"),
              (lambda: llm.generate("hi", seed="1"), "sampling parameter seed='1' must be an int, got str"),
              (lambda: llm.tokenize(None), "text must be a str, got NoneType"),
              (lambda: llm.logits("abc"), "ids must be a str or a list of token ids, got str"),

@@ -105,7 +105,8 @@ def test_a_call_from_the_thread_of_an_open_stream_is_refused(llm):
     for call, f in calls.items():
         with pytest.raises(ReentrantCall) as refused:
             f()
-        assert str(refused.value) == f"{call} {message} (one call at a time): exhaust that generator or call its close() first"
+        assert str(refused.value) == (f"{call} {message} (one call at a time): "
+                                      f"exhaust that generator or call its close() first")
     # the tokenizer is not the backend: free to use meanwhile
     assert llm.detokenize(llm.tokenize("hi", add_special=False)) == "hi"
     assert llm.chat_prompt([{"role": "user", "content": "hi"}])
