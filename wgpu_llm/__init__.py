@@ -2,7 +2,9 @@
 
 from .api import LLM, Completion, ContextOverflow
 from .backends import BackendUnavailable
+from .exclusive import ReentrantCall
 from .gguf_file import GGUFError, GGUFFile
 
-__all__ = ["LLM", "Completion", "ContextOverflow", "BackendUnavailable", "GGUFError", "GGUFFile"]
+__all__ = ["LLM", "Completion", "ContextOverflow", "BackendUnavailable", "GGUFError", "GGUFFile",
+           "ReentrantCall"]
 __version__ = "0.1.0"

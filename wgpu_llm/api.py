@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from . import models, zoo
+from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
 from .backends import open_backend
+from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFFile
 from .sampling import Sampler, SamplingParams
 from .text import TextStream
@@ -57,10 +59,14 @@ class LLM:
     and finishes top-p / min-p / temperature / the draw on the host with the same generator as the
     CPU. A repetition penalty, or no top-k, reads the whole logits row (`gpu_sampling = False`
     forces that everywhere).
+
+    One call at a time: calls from several threads wait for each other (see `wgpu_llm.exclusive`).
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
                  n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None):
+        check_open(model, backend, n_ctx, n_batch, adapter, trace)  # before anything is read or built
+        self._exclusive = Exclusive()
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
@@ -77,8 +83,6 @@ class LLM:
         self.n_ctx = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
         if not 1 <= self.n_ctx <= train_ctx:
             raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
-        if n_batch < 1:
-            raise ValueError(f"n_batch={n_batch} must be >= 1")
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
         self._steps: dict[tuple[int, bool, bool], object] = {}
@@ -104,11 +108,13 @@ class LLM:
     # ---- tokens ----
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of text; BOS is added exactly when the model's metadata says so."""
+        check_text(text)
         return self.tokenizer.encode(text, add_special=add_special)
 
     def detokenize(self, ids: list[int]) -> str:
+        ids = check_token_ids(ids, "ids")
         self._check_ids(ids, allow_empty=True)
-        return self.tokenizer.decode(list(ids))
+        return self.tokenizer.decode(ids)
 
     def _check_ids(self, ids, allow_empty: bool = False) -> None:
         if not allow_empty and len(ids) == 0:
@@ -146,9 +152,10 @@ class LLM:
             out.append(logits.copy() if all_rows else logits)  # a step reuses its output buffer
         return np.concatenate(out) if all_rows else out[-1]
 
+    @exclusive
     def logits(self, ids: list[int]) -> np.ndarray:
         """float32 logits of shape (len(ids), n_vocab) for every position, in a fresh context."""
-        ids = [int(t) for t in ids]
+        ids = check_token_ids(ids, "ids")
         self._check_ids(ids)
         self._cached = []
         logits = np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
@@ -280,13 +287,18 @@ class LLM:
         return token
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if isinstance(prompt, str):
+            check_text(prompt, "prompt")
+            ids = self.tokenize(prompt)
+        else:
+            ids = check_token_ids(prompt)
         self._check_ids(ids)
         if len(ids) >= self.n_ctx:
             raise ContextOverflow(f"the prompt has {len(ids)} tokens; the context holds {self.n_ctx} "
                                   f"and needs room for at least one generated token")
         return ids
 
+    @exclusive_generator
     def stream(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                stats: dict | None = None, ignore_eos: bool = False, **sampling) -> Iterator[str]:
         """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
@@ -294,16 +306,17 @@ class LLM:
         sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
         stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
         ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
+        The LLM is busy from the first piece until the generator is exhausted or closed (`close()`).
         """
-        if max_tokens < 0:
-            raise ValueError(f"max_tokens={max_tokens} must be >= 0")
+        check_keywords("LLM.stream()", sampling, ("max_tokens", "stop", "stats", "ignore_eos"))
+        stops = [s for s in check_generation(max_tokens, stop, stats, ignore_eos) if s]
         sampler = Sampler(SamplingParams(**sampling))
         ids = self._prompt_ids(prompt)
         stats = {} if stats is None else stats
         stats.update(prompt_tokens=len(ids), generated_tokens=0, ttft_s=0.0, prefill_tokens_per_s=0.0,
                      decode_tokens_per_s=0.0, finish_reason="length", tokens=[], backend=self.backend.name)
         max_tokens = min(max_tokens, self.n_ctx - len(ids))
-        text = TextStream(self.tokenizer, stop)
+        text = TextStream(self.tokenizer, stops)
         for token in self._tokens(ids, max_tokens, sampler, stats, ignore_eos):
             stats["tokens"].append(token)
             piece = text.add(token)
@@ -316,9 +329,11 @@ class LLM:
         if piece:
             yield piece
 
+    @exclusive
     def generate(self, prompt: str | list[int], max_tokens: int = 128, *, stop: list[str] | None = None,
                  ignore_eos: bool = False, **sampling) -> Completion:
         """Generate a completion: `.text` and `.tokens` (generated part only), `.stats`, `.finish_reason`."""
+        check_keywords("LLM.generate()", sampling, ("max_tokens", "stop", "ignore_eos"))
         stats: dict = {}
         text = "".join(self.stream(prompt, max_tokens, stop=stop, stats=stats, ignore_eos=ignore_eos, **sampling))
         tokens = stats.pop("tokens")
@@ -329,21 +344,34 @@ class LLM:
         """OpenAI's `completions.create` on this model: a dict shaped like OpenAI's response, or with
         stream=True an iterator of chunk dicts. params: temperature (default 1, as OpenAI's), top_p,
         seed, stop, logprobs (how many top tokens per token), and llama-server's top_k, min_p,
-        repeat_penalty, ignore_eos. Bad values are ValueErrors naming the parameter."""
-        from .completions import create
+        repeat_penalty, ignore_eos. Bad values are ValueErrors naming the parameter, raised here."""
+        from .completions import prepare
 
-        return create(self, {"prompt": prompt, "max_tokens": max_tokens, "stream": stream, **params}, chat=False)
+        job = prepare(self, {"prompt": prompt, "max_tokens": max_tokens, "stream": stream, **params}, chat=False)
+        return self._completion_chunks(job) if stream else self._completion(job)
 
     def create_chat_completion(self, messages: list[dict], max_tokens: int | None = None, *, stream: bool = False,
                                **params):
         """OpenAI's `chat.completions.create` on this model (see create_completion); logprobs=True
         with top_logprobs=n reports each token's log-probability and the n most likely."""
-        from .completions import create
+        from .completions import prepare
 
-        return create(self, {"messages": messages, "max_tokens": max_tokens, "stream": stream, **params}, chat=True)
+        job = prepare(self, {"messages": messages, "max_tokens": max_tokens, "stream": stream, **params}, chat=True)
+        return self._completion_chunks(job) if stream else self._completion(job)
 
+    @exclusive
+    def _completion(self, job) -> dict:
+        return job.whole(self)
+
+    @exclusive_generator
+    def _completion_chunks(self, job) -> Iterator[dict]:
+        yield from job.chunks(self)
+
+    @exclusive
     def chat(self, messages: list[dict], max_tokens: int = 256, **kwargs) -> Completion:
         """Generate the assistant's reply to messages ([{"role": ..., "content": ...}]) with the model's template."""
+        check_keywords("LLM.chat()", {k: v for k, v in kwargs.items() if k not in ("stop", "ignore_eos")},
+                       ("max_tokens", "stop", "ignore_eos"))
         return self.generate(self.chat_prompt(messages), max_tokens, **kwargs)
 
     def chat_prompt(self, messages: list[dict]) -> list[int]:

@@ -3,6 +3,8 @@ for a file without one, the built-in template of its family (as llama.cpp keeps 
 
 from __future__ import annotations
 
+from .arguments import check_text
+
 # Built-in templates, written to render what llama.cpp's built-in ones of the same name render.
 BUILTIN_TEMPLATES = {
     # Gemma 1/2/3: a system message goes before the first user turn; the assistant's role is "model"
@@ -44,6 +46,8 @@ def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"message #{i} must be a dict with string 'role' and 'content', got {m!r}")
+        for key in ("role", "content"):
+            check_text(m[key], f"message #{i} {key!r}")
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

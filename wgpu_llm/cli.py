@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import string
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import click
 
+from .arguments import check_text
 from .backends import BACKENDS
+from .ctrl_c import CtrlC
 from .sampling import InvalidSamplingParam, SamplingParams
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a program ended by Ctrl-C
 
 
 def _fail(message: str) -> None:
@@ -74,9 +79,31 @@ def unescape(text: str) -> str:
                          f"write a character as \\uNNNN or as all of its UTF-8 bytes") from None
 
 
+def utf8_text(text: str) -> str:
+    """A command-line argument or input line, which must be UTF-8: Python hands over bytes that are
+    not UTF-8 as lone surrogates (errors='surrogateescape'). A ValueError names the first bad byte."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (Windows' UTF-16 argv)
+        check_text(text, "the text")
+        raise
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not UTF-8: byte 0x{raw[e.start]:02x} at byte {e.start} ({e.reason}); "
+                         f"pass the text in UTF-8") from None
+
+
+def _text_option(ctx, param, value):
+    try:
+        return None if value is None else utf8_text(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from None
+
+
 def _stop_strings(ctx, param, values):
     try:
-        return [unescape(v) for v in values]
+        return [unescape(utf8_text(v)) for v in values]
     except ValueError as e:
         raise click.BadParameter(str(e), ctx, param) from None
 
@@ -122,7 +149,19 @@ def sampling_options(f):
     return f
 
 
-@click.group()
+class _Commands(click.Group):
+    """Ctrl-C outside a generation (while a model loads, at chat's prompt) ends the program with
+    exit code 130 and one line on stderr, not click's "Aborted!" (exit code 1) or a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="wgpu-llm")
 def main():
     """Run GGUF language models on any GPU through WebGPU, or on the CPU with numpy."""
@@ -130,7 +169,7 @@ def main():
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("-p", "--prompt", required=True, help="prompt text")
+@click.option("-p", "--prompt", required=True, callback=_text_option, help="prompt text")
 @click.option("--trace", is_flag=True, default=None,
               help="time every step op by op; print a report after the text (also env WGPU_LLM_TRACE=1)")
 @click.option("--trace-json", type=click.Path(dir_okay=False), default=None,
@@ -138,62 +177,88 @@ def main():
 @sampling_options
 def run(model, prompt, trace, trace_json, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop,
         backend, adapter, n_ctx):
-    """Generate text after PROMPT with MODEL (a GGUF path or a known name; default: Gemma 3 270M)."""
+    """Generate text after PROMPT with MODEL (a GGUF path or a known name; default: Gemma 3 270M).
+
+    Ctrl-C stops the text where it is (exit code 130); twice, at once."""
     sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     llm = _open(model, backend, n_ctx, adapter, trace=True if trace or trace_json else None)
     stats: dict = {}
-    try:
-        for piece in llm.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling):
-            click.echo(piece, nl=False)
-            sys.stdout.flush()
-    except ValueError as e:
-        _fail(str(e))
+    with CtrlC() as ctrl_c:
+        try:
+            with closing(llm.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling)) as pieces:
+                for piece in pieces:
+                    click.echo(piece, nl=False)
+                    sys.stdout.flush()
+                    if ctrl_c.pressed:
+                        break
+        except ValueError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:  # pressed twice: stopped in the middle of a step
+            pass
     click.echo()
-    click.echo(_summary(stats), err=True)
+    click.echo(_summary(stats, interrupted=ctrl_c.pressed), err=True)
     if llm.trace is not None:
         click.echo(llm.trace.report(), err=True)
         if trace_json:
             llm.trace.write_json(trace_json)
             click.echo(f"trace written to {trace_json} (Chrome trace event format)", err=True)
+    if ctrl_c.pressed:
+        sys.exit(EXIT_INTERRUPTED)
 
 
-def _summary(stats: dict) -> str:
+def _summary(stats: dict, interrupted: bool = False) -> str:
+    if not stats:  # interrupted before the generation began
+        return "interrupted before the first token"
     return (f"prompt {stats['prompt_tokens']} tokens, generated {stats['generated_tokens']} tokens | "
             f"ttft {stats['ttft_s'] * 1000:.0f} ms | prefill {stats['prefill_tokens_per_s']:.1f} tok/s | "
-            f"decode {stats['decode_tokens_per_s']:.1f} tok/s | {stats['backend']}")
+            f"decode {stats['decode_tokens_per_s']:.1f} tok/s | {stats['backend']}"
+            + (" | interrupted (Ctrl-C)" if interrupted else ""))
 
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--system", default=None, help="system message")
+@click.option("--system", default=None, callback=_text_option, help="system message")
 @sampling_options
 def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, seed, stop, backend,
          adapter, n_ctx):
-    """Interactive chat with the model's chat template (empty line or EOF ends)."""
+    """Interactive chat with the model's chat template (empty line or EOF ends).
+
+    Ctrl-C ends the reply being written (the conversation goes on with it as far as it got); twice,
+    or at the prompt, it ends the chat (exit code 130)."""
     sampling = _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed)
     _check_chat_template(model)
     llm = _open(model, backend, n_ctx, adapter)
     llm.cache_prompt = True  # each turn computes only what the history does not already hold
     messages = [{"role": "system", "content": system}] if system else []
+    if hasattr(sys.stdin, "reconfigure"):  # a line that is not UTF-8 reaches utf8_text, which names the byte
+        sys.stdin.reconfigure(errors="surrogateescape")
     while True:
         try:
-            user = input("> ")
+            user = utf8_text(input("> "))
         except EOFError:
             break
+        except ValueError as e:  # bytes that are not UTF-8: the conversation goes on without this line
+            click.echo(f"error: this line was left out, it is {e}", err=True)
+            continue
         if not user.strip():
             break
         messages.append({"role": "user", "content": user})
         stats: dict = {}
-        try:
-            ids = llm.chat_prompt(messages)
-            reply = ""
-            for piece in llm.stream(ids, max_tokens, stop=stop, stats=stats, **sampling):
-                reply += piece
-                click.echo(piece, nl=False)
-        except ValueError as e:
-            _fail(str(e))
+        reply = ""
+        with CtrlC() as ctrl_c:
+            try:
+                ids = llm.chat_prompt(messages)
+                with closing(llm.stream(ids, max_tokens, stop=stop, stats=stats, **sampling)) as pieces:
+                    for piece in pieces:
+                        reply += piece
+                        click.echo(piece, nl=False)
+                        sys.stdout.flush()
+                        if ctrl_c.pressed:
+                            break
+            except ValueError as e:
+                _fail(str(e))
         click.echo()
-        click.echo(_summary(stats), err=True)
+        click.echo(_summary(stats, interrupted=ctrl_c.pressed), err=True)
         messages.append({"role": "assistant", "content": reply})
 
 

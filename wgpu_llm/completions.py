@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .engine import DoneEvent, TokenEvent
@@ -112,37 +113,40 @@ def prompt_ids(llm, body: dict, chat: bool) -> list[int]:
     raise BadRequest("'prompt' must be a non-empty string or list of token ids (one prompt per request)", "prompt")
 
 
-def create(llm, body: dict, chat: bool):
-    """An OpenAI-shaped completion from llm itself (a one-slot Engine for the call): the whole
-    response dict, or with body["stream"] an iterator of chunk dicts."""
-    from .engine import Engine
+class Job:
+    """One checked library request (see prepare): run it whole or as stream chunks."""
 
-    params = generation_params(body, chat)
-    ids = prompt_ids(llm, body, chat)
-    model = llm.file.path.name
-    reply = Reply(llm.tokenizer, params, chat, model, len(ids))
+    def __init__(self, params: GenerationParams, ids: list[int], chat: bool):
+        self.params, self.ids, self.chat = params, ids, chat
 
-    def events():
+    def chunks(self, llm) -> Iterator[dict]:
+        """The response as stream chunks, from a one-slot Engine on llm for the call."""
+        from .engine import Engine
+
+        self.reply = Reply(llm.tokenizer, self.params, self.chat, llm.file.path.name, len(self.ids))
+        yield from self.reply.opening()
         engine = Engine(llm, 1)
         try:
-            job = engine.submit(ids, engine.slot_size if params.max_tokens is None else params.max_tokens,
-                                params.sampling, params.ignore_eos, params.logprobs)
-            yield from job
+            p = self.params
+            job = engine.submit(self.ids, engine.slot_size if p.max_tokens is None else p.max_tokens, p.sampling,
+                                p.ignore_eos, p.logprobs)
+            for event in job:
+                yield from self.reply.on_event(event)
+                if self.reply.done:
+                    return
         finally:
             engine.close()
 
-    def chunks():
-        yield from reply.opening()
-        for event in events():
-            yield from reply.on_event(event)
-            if reply.done:
-                return
+    def whole(self, llm) -> dict:
+        for _ in self.chunks(llm):
+            pass
+        return self.reply.whole()
 
-    if params.stream:
-        return chunks()
-    for _ in chunks():
-        pass
-    return reply.whole()
+
+def prepare(llm, body: dict, chat: bool) -> Job:
+    """Check an OpenAI-shaped request for llm itself (`LLM.create_completion`): BadRequest (a
+    ValueError) naming what is wrong, before anything runs."""
+    return Job(generation_params(body, chat), prompt_ids(llm, body, chat), chat)
 
 
 def plain_messages(messages: list) -> list[dict]:

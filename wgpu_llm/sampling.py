@@ -7,6 +7,7 @@ random generator, so the same seed gives the same tokens.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,10 @@ class InvalidSamplingParam(ValueError):
         self.name, self.value, self.why = name, value, why
 
 
+_TYPES = [(name, numbers.Real, "a number") for name in ("temperature", "top_p", "min_p", "repeat_penalty")] + [
+    (name, numbers.Integral, "an int") for name in ("top_k", "repeat_last_n", "seed")]
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8
@@ -31,6 +36,13 @@ class SamplingParams:
     seed: int | None = None
 
     def __post_init__(self):
+        # types first: a str or None would fail the range tests below with Python's own TypeError
+        for name, kind, what in _TYPES:
+            value = getattr(self, name)
+            if value is None and name == "seed":
+                continue  # a random seed
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise TypeError(f"sampling parameter {name}={value!r} must be {what}, got {type(value).__name__}")
         # written so that NaN fails every range test; inf is refused explicitly (temperature=inf
         # would divide every logit to 0, repeat_penalty=inf turn logits into 0 and -inf)
         checks = [

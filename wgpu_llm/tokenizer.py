@@ -298,13 +298,18 @@ class Tokenizer:
             except Exception:  # corrupt or stale cache file: rebuild it below
                 pass
         tok = cls(metadata)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        except OSError:  # a read-only cache: the tokenizer is built again next time, nothing is lost
+            return tok
         os.close(fd)
         try:
             tok._hf.save(tmp)
             os.chmod(tmp, 0o644)  # mkstemp creates it private
             os.replace(tmp, path)  # atomic, so concurrent readers never see half a file
+        except Exception:  # a full disk (tokenizers raises a plain Exception): the cache is only a shortcut
+            pass
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
