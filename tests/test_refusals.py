@@ -22,6 +22,8 @@ def test_plain_tiny_models_load(arch, tmp_path):
     ("llama", "blk.0.attn_q.bias", "biases are not implemented"),
     ("gemma3", "blk.1.ffn_gate_exps.weight", "mixture-of-experts"),
     ("gemma3", "blk.0.layer_output_scale", "refusing to run a different model"),
+    ("phi3", "blk.0.attn_qkv.bias", "biases are not implemented"),
+    ("phi3", "output.bias", "biases are not implemented"),
 ])
 def test_unused_tensor_is_refused(arch, name, hint, tmp_path):
     with pytest.raises(GGUFError, match=f"{arch}.gguf: tensor '{name}' is not used by the '{arch}' graph.*{hint}"):
@@ -39,6 +41,11 @@ def test_unused_tensor_is_refused(arch, name, hint, tmp_path):
     ("llama", "llama.rope.freq_base", float("nan"), "'llama.rope.freq_base' = nan: expected a positive finite"),
     ("gemma3", "gemma3.attention.layer_norm_rms_epsilon", float("inf"), "= inf: expected a positive finite"),
     ("llama", "llama.rope.scaling.factor", 0.0, "'llama.rope.scaling.factor' = 0.0"),
+    ("phi3", "phi3.rope.scaling.type", "longrope", "only 'none' and 'linear' rope scaling"),
+    ("phi3", "phi3.attention.scale", 0.5, "'phi3.attention.scale' = 0.5 is not implemented by the 'phi3' graph"),
+    ("phi3", "phi3.expert_count", 16, "'phi3.expert_count' = 16: only 0 is implemented"),
+    ("phi3", "phi3.attention.key_length", 32, "'phi3.attention.key_length' = 32: only 16 is implemented"),
+    ("phi3", "phi3.rope.scaling.attn_factor", 0.0, "'phi3.rope.scaling.attn_factor' = 0.0: expected a positive"),
 ])
 def test_unimplemented_metadata_is_refused(arch, key, value, message, tmp_path):
     extra = {key: value}
@@ -56,3 +63,26 @@ def test_linear_rope_scaling_is_applied(tmp_path):
     assert scaled.config.rope_freq_scale == 0.25 and plain.config.rope_freq_scale == 1.0
     ids = plain.tokenize("the cat sat on the mat")
     assert not np.allclose(plain.logits(ids)[1:], scaled.logits(ids)[1:])
+
+
+PHI3_FACTORS = {"rope_factors_short.weight": np.linspace(1.0, 4.0, 8), "rope_factors_long.weight": np.linspace(2, 8, 8)}
+
+
+def test_phi3_longrope_context_stops_at_the_original_length(tmp_path):
+    """The graph has only the short LongRoPE factors: llama.cpp switches to the long ones past the original
+    context length, so a larger context is refused; without factors the file's context length holds."""
+    kw = dict(n_ctx=1024, extra_metadata={"phi3.rope.scaling.original_context_length": 256})
+    path = write_tiny_model(tmp_path / "longrope.gguf", "phi3", "F32", extra_tensors=PHI3_FACTORS, **kw)
+    assert LLM(path, backend="cpu").n_ctx == 256
+    with pytest.raises(ValueError, match=r"n_ctx=257 must be in 1..256"):
+        LLM(path, backend="cpu", n_ctx=257)
+    plain = write_tiny_model(tmp_path / "plain.gguf", "phi3", "F32", **kw)
+    assert LLM(plain, backend="cpu", n_ctx=1024).n_ctx == 1024
+
+
+def test_phi3_rope_factors_and_partial_rotary(tmp_path):
+    with pytest.raises(GGUFError, match=r"tensor 'rope_factors_short.weight' has shape \(8,\), expected \(4,\)"):
+        load(tmp_path, "phi3", n_rot=8, extra_tensors=PHI3_FACTORS)
+    # llama.cpp's attention factor scales only the rotated dimensions; the graph folds it into the scores
+    with pytest.raises(GGUFError, match=r"attn_factor' = 1.25 with partial rotary \(8 of 16 dimensions\) is not"):
+        load(tmp_path, "phi3", n_rot=8, extra_metadata={"phi3.rope.scaling.attn_factor": 1.25})

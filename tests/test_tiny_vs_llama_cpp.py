@@ -10,6 +10,11 @@ from tiny_models import write_tiny_model
 from wgpu_llm import LLM
 
 ROPE_FACTORS = [1.0] * 4 + [1.5, 2.5, 4.0, 6.0, 8.0] + [8.0] * 7  # as in make_tiny_golden.py
+PHI3_SHORT = [1.0, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 9.0]  # as in make_tiny_golden.py
+PHI3_LONG = [2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0]
+PHI3_LONGROPE = {"n_ctx": 1024, "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
+                                                   "phi3.rope.scaling.attn_factor": 1.25},
+                 "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT, "rope_factors_long.weight": PHI3_LONG}}
 GOLDEN = np.load(Path(__file__).parent / "golden" / "tiny_llama_cpp.npz")
 CASES = {
     "llama-F32": ("llama", "F32", {}, 1e-5),
@@ -44,6 +49,17 @@ CASES = {
     "phi2-Q8_0": ("phi2", "Q8_0", {"n_rot": 6, "n_kv_head": 4, "tied_output": False}, 2e-3),
     "llama31-F32-wide-heads": ("llama", "F32", {"head_dim": 32, "extra_tensors": {"rope_freqs.weight": ROPE_FACTORS}},
                                1e-5),
+    # fused QKV and gate | up; LongRoPE's short factors and attention factor (llama.cpp's long factors, or no
+    # attention factor: NMSE 0.1 to 1), also over 8 of 16 dimensions; llama.cpp leaves phi3's sliding window
+    # unapplied, and so does the graph
+    "phi3-F32": ("phi3", "F32", {}, 1e-5),
+    "phi3-Q8_0-untied": ("phi3", "Q8_0", {"tied_output": False}, 2e-3),
+    "phi3-F32-longrope": ("phi3", "F32", PHI3_LONGROPE, 1e-5),
+    "phi3-F32-partial-rotary": ("phi3", "F32", {
+        "n_rot": 8, "n_ctx": 1024, "extra_metadata": {"phi3.rope.scaling.original_context_length": 256},
+        "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:4], "rope_factors_long.weight": PHI3_LONG[:4]}},
+        1e-5),
+    "phi3-F32-sliding-window": ("phi3", "F32", {"extra_metadata": {"phi3.attention.sliding_window": 8}}, 1e-5),
 }
 
 

@@ -1,8 +1,8 @@
 """Tiny random-weight GGUF models (llama, qwen2/3, granite, olmo2, gemma, gemma2, gemma3, gpt2, stablelm,
-phi2) written with GGUFWriter.
+phi2, phi3) written with GGUFWriter.
 
 Deterministic for a given seed, so a file written twice is byte-identical. The vocabularies are
-small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, gpt2, stablelm, phi2,
+small but real: a byte-level BPE (gpt2-style) for llama, qwen2/3, granite, olmo2, gpt2, stablelm, phi2, phi3,
 a SentencePiece-style one with byte fallback for gemma, gemma2 and gemma3, so the whole LLM API runs
 on them.
 """
@@ -117,11 +117,13 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         w.add_float32(f"{arch}.attention.layer_norm_epsilon", 1e-5)
     else:
         w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)
-    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2", "gpt2", "stablelm", "phi2"):
+    if arch in ("llama", "qwen2", "qwen3", "granite", "olmo2", "gpt2", "stablelm", "phi2", "phi3"):
         if arch != "gpt2":  # gpt2: learned positions, no rope
             w.add_float32(f"{arch}.rope.freq_base", 10000.0)
             w.add_uint32(f"{arch}.rope.dimension_count", n_rot or head_dim)
         tokens, types, merges = gpt2_vocab()
+        if arch == "phi3":  # llama.cpp sets attributes of Phi-3's special tokens (by the model's name): they must exist
+            tokens, types = tokens + ["<unk>", "<s>", "</s>", "<|end|>"], types + [3, 3, 3, 3]
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
         w.add_token_list(tokens)
@@ -183,7 +185,15 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     if arch in FUSED_QKV_ARCHS:
         qkv = [("attn_qkv", q + 2 * kv)] if fused_qkv else [("attn_q", q), ("attn_k", kv), ("attn_v", kv)]
         _add_gpt2_blocks(w, rng, n_layer, d_model, qkv, d_ff, n_ctx if arch == "gpt2" else 0, types)
-    for i in range(n_layer if arch not in FUSED_QKV_ARCHS else 0):
+    for i in range(n_layer if arch == "phi3" else 0):  # fused q | k | v and gate | up, no biases
+        b = f"blk.{i}"
+        _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)
+        _add_weight(w, rng, f"{b}.attn_qkv.weight", q + 2 * kv, d_model, types["attn_qkv"])
+        _add_weight(w, rng, f"{b}.attn_output.weight", d_model, q, types["attn_output"])
+        _add_norm(w, rng, f"{b}.ffn_norm.weight", d_model)
+        _add_weight(w, rng, f"{b}.ffn_up.weight", 2 * d_ff, d_model, types["ffn_up"])
+        _add_weight(w, rng, f"{b}.ffn_down.weight", d_model, d_ff, types["ffn_down"])
+    for i in range(n_layer if arch not in FUSED_QKV_ARCHS + ("phi3",) else 0):
         b = f"blk.{i}"
         if arch != "olmo2":  # olmo2 normalises block outputs instead (the post-norms below)
             _add_norm(w, rng, f"{b}.attn_norm.weight", d_model)

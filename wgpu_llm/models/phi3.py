@@ -1,0 +1,152 @@
+"""`phi3` architecture: Phi-3 mini / medium (4k and 128k), Phi-3.5 mini.
+
+llama's block with a fused QKV projection (q | k | v rows, the query d_model wide), a NeoX rotary
+embedding over the first `rope.dimension_count` dimensions of each head, and one `ffn_up` holding
+the SiLU gate and the up projection together (gate rows first: llama.cpp's swiglu takes the first
+half as the gate, as the glu op does). No biases; the output head is `output.weight`, or the token
+embedding when the file has none (llama.cpp ties them then).
+
+LongRoPE (the 128k models): `rope_factors_short.weight` / `rope_factors_long.weight` divide each
+pair's frequency, and `rope.scaling.attn_factor` multiplies the rotated q and k. llama.cpp picks the
+long factors when the context exceeds `rope.scaling.original_context_length`; a graph here is built
+before the context size is known, so it always uses the short factors and the model's usable
+context (Config.n_ctx_train) is the original context length: a larger n_ctx is refused. The long
+factors are not implemented.
+
+`attention.sliding_window`: the converter writes the Hugging Face config's window (2047 for the
+4k models, 0 for Phi-4), but llama.cpp turns sliding-window attention off for phi3 ("Phi SWA is
+currently disabled") and attends to the whole context; so does this graph, to compute what
+llama.cpp computes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..gguf_file import GGUFError, GGUFFile
+from ..graph import Graph
+from .base import (COMMON_KEYS, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
+
+KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count", "rope.scaling.attn_factor", "attention.sliding_window"}
+SHORT_FACTORS, LONG_FACTORS = "rope_factors_short.weight", "rope_factors_long.weight"
+
+
+@dataclass(frozen=True)
+class Config:
+    n_vocab: int
+    n_ctx_train: int  # the usable context: the original context length when the file has LongRoPE factors
+    d_model: int
+    n_layer: int
+    d_ff: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    n_rot: int
+    rope_base: float
+    rope_freq_scale: float
+    rope_attn_factor: float
+    rope_factors: bool
+    norm_eps: float
+
+    @classmethod
+    def from_gguf(cls, gf: GGUFFile) -> "Config":
+        a = gf.architecture
+        check_metadata(gf, KNOWN_KEYS)
+        check_no_experts(gf)
+        d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
+        n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
+        n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
+        if n_head % n_kv_head or d_model % n_head:
+            raise GGUFError(f"{gf.path}: head_count {n_head} must divide embedding_length {d_model} and be a "
+                            f"multiple of head_count_kv {n_kv_head}")
+        head_dim = d_model // n_head  # llama.cpp's phi3 tensors: a d_model-wide query and attention output
+        for key in ("key_length", "value_length"):
+            check_equal(gf, f"{a}.attention.{key}", gf.get(f"{a}.attention.{key}", int), head_dim,
+                        "heads of embedding_length / head_count")
+        n_vocab = gf.tensor("token_embd.weight").shape[0]
+        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
+        n_rot = gf.get(f"{a}.rope.dimension_count", int, head_dim)
+        if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
+            raise GGUFError(f"{gf.path}: metadata '{a}.rope.dimension_count' = {n_rot}: expected an even number "
+                            f"in 2..{head_dim} (the head size)")
+        attn_factor = positive_float(gf, f"{a}.rope.scaling.attn_factor",
+                                     gf.get(f"{a}.rope.scaling.attn_factor", float, 1.0))
+        if attn_factor != 1.0 and n_rot != head_dim:
+            # llama.cpp scales only the rotated dimensions; the graph folds the factor into the
+            # attention scale, which is the same only when every dimension rotates
+            raise GGUFError(f"{gf.path}: metadata '{a}.rope.scaling.attn_factor' = {attn_factor} with partial "
+                            f"rotary ({n_rot} of {head_dim} dimensions) is not implemented")
+        gf.get(f"{a}.attention.sliding_window", int)  # an integer when present; not applied (see above)
+        n_ctx = positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int))
+        rope_factors = SHORT_FACTORS in gf.tensors or LONG_FACTORS in gf.tensors
+        if rope_factors:  # the short factors hold only up to the original context (see above)
+            n_ctx = min(n_ctx, positive(gf, f"{a}.rope.scaling.original_context_length",
+                                        gf.get(f"{a}.rope.scaling.original_context_length", int, n_ctx)))
+        return cls(
+            n_vocab=n_vocab,
+            n_ctx_train=n_ctx,
+            d_model=d_model,
+            n_layer=positive(gf, f"{a}.block_count", gf.require(f"{a}.block_count", int)),
+            d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
+            n_head=n_head,
+            n_kv_head=n_kv_head,
+            head_dim=head_dim,
+            n_rot=n_rot,
+            rope_base=positive_float(gf, f"{a}.rope.freq_base", gf.get(f"{a}.rope.freq_base", float, 10000.0)),
+            rope_freq_scale=rope_freq_scale(gf),
+            rope_attn_factor=attn_factor,
+            rope_factors=rope_factors,
+            norm_eps=positive_float(gf, f"{a}.attention.layer_norm_rms_epsilon",
+                                    gf.require(f"{a}.attention.layer_norm_rms_epsilon", float)),
+        )
+
+    def expected_tensors(self) -> dict[str, tuple[int, ...]]:
+        d, kv, f = self.d_model, self.n_kv_head * self.head_dim, self.d_ff
+        shapes = {"token_embd.weight": (self.n_vocab, d), "output_norm.weight": (d,)}
+        for i in range(self.n_layer):
+            b = f"blk.{i}"
+            shapes.update({
+                f"{b}.attn_norm.weight": (d,), f"{b}.attn_qkv.weight": (d + 2 * kv, d),
+                f"{b}.attn_output.weight": (d, d), f"{b}.ffn_norm.weight": (d,),
+                f"{b}.ffn_up.weight": (2 * f, d), f"{b}.ffn_down.weight": (d, f),
+            })
+        return shapes
+
+
+def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
+    """One forward step; logits for every row when `all_logits`, else for the last row only."""
+    cfg = Config.from_gguf(gf)
+    check_tensors(gf, cfg.expected_tensors())
+    head = output_weight(gf)
+    check_tensors(gf, {head: (cfg.n_vocab, cfg.d_model)})
+    # the long factors are checked but never read: the usable context stops where llama.cpp would
+    # switch to them
+    factors = {name: (cfg.n_rot // 2,) for name in (SHORT_FACTORS, LONG_FACTORS) if name in gf.tensors}
+    check_tensors(gf, factors)
+    g = Graph(weight_shapes(gf))
+    hd, eps = cfg.head_dim, cfg.norm_eps
+    kv_width = cfg.n_kv_head * hd
+    rope = dict(head_dim=hd, n_rot=cfg.n_rot, base=cfg.rope_base, neox=True, freq_scale=cfg.rope_freq_scale,
+                freq_factors=SHORT_FACTORS if SHORT_FACTORS in factors else None)
+    # llama.cpp's rope multiplies the rotated q and k by attn_factor: their product, by its square
+    scale = cfg.rope_attn_factor ** 2 / math.sqrt(hd)
+
+    x = g.embed("token_embd.weight")
+    for i in range(cfg.n_layer):
+        b = f"blk.{i}"
+        h = g.rms_norm(x, f"{b}.attn_norm.weight", eps)
+        q, k, v = g.split(g.linear(h, [f"{b}.attn_qkv.weight"]), [cfg.d_model, kv_width, kv_width])
+        a = g.attention(g.rope(q, **rope), g.rope(k, **rope), v, layer=i, n_head=cfg.n_head,
+                        n_kv_head=cfg.n_kv_head, head_dim=hd, scale=scale)
+        x = g.add(x, g.linear(a, [f"{b}.attn_output.weight"]))
+        h = g.rms_norm(x, f"{b}.ffn_norm.weight", eps)
+        f = g.glu(g.linear(h, [f"{b}.ffn_up.weight"]), "silu")  # gate | up in one weight
+        x = g.add(x, g.linear(f, [f"{b}.ffn_down.weight"]))
+    if not all_logits:
+        x = g.last_row(x)
+    x = g.rms_norm(x, "output_norm.weight", eps)
+    g.set_output(g.linear(x, [head], name="logits"))
+    check_all_tensors_used(gf, g.weights_used() | ({LONG_FACTORS} & set(factors)))
+    return g
