@@ -80,7 +80,7 @@ class _Cursor:
             raise self.fail(f"{what}: length {n} exceeds the limit of {limit} bytes")
         start = self.take(n, what)
         try:
-            return bytes(self.buf[start:start + n]).decode("utf-8")
+            return str(self.buf[start:start + n], "utf-8")
         except UnicodeDecodeError as e:
             raise self.fail(f"{what}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
@@ -109,10 +109,32 @@ def _read_value(cur: _Cursor, vtype: int, key: str):
         raise cur.fail(f"metadata {key!r}: array of {count} items cannot fit in the "
                        f"{cur.size - cur.pos} bytes left in the file")
     if item_type == 8:
-        return [cur.string(f"metadata {key!r} item") for _ in range(count)]
+        return _read_strings(cur, count, f"metadata {key!r} item")
     start = cur.take(count * item_size, f"metadata {key!r} array data")
     values = np.frombuffer(cur.buf, dtype=_ARRAY_DTYPES[item_type], count=count, offset=start).tolist()
     return [bool(v) for v in values] if item_type == 7 else values
+
+
+_U64 = struct.Struct("<Q")
+
+
+def _read_strings(cur: _Cursor, count: int, what: str) -> list[str]:
+    """count strings: cur.string's checks in one tight loop (a vocabulary has 262144 of them); at the
+    first string that does not fit or decode, cur.string reads it again and raises its message."""
+    buf, pos, size, out = cur.buf, cur.pos, cur.size, []
+    try:
+        for _ in range(count):
+            n = _U64.unpack_from(buf, pos)[0] if pos + 8 <= size else -1
+            if n < 0 or pos + 8 + n > size:
+                break
+            out.append(str(buf[pos + 8:pos + 8 + n], "utf-8"))
+            pos += 8 + n
+    except UnicodeDecodeError:
+        pass
+    cur.pos = pos
+    while len(out) < count:  # (only when the loop above stopped early: this raises)
+        out.append(cur.string(what))
+    return out
 
 
 def _read_layout(path: Path, buf) -> tuple[dict, list[TensorInfo]]:
@@ -201,7 +223,9 @@ class GGUFFile:
             raise GGUFError(f"{self.path}: file is empty")
         # read-only memory map: tensor data is paged in on use, never copied wholesale
         self._data = np.memmap(self.path, dtype=np.uint8, mode="r")
-        self.metadata, tensor_list = _read_layout(self.path, self._data)
+        # parsed through a memoryview: slicing the memmap itself makes a numpy object per string
+        # (seconds for a 262144-token vocabulary)
+        self.metadata, tensor_list = _read_layout(self.path, memoryview(self._data))
         self.tensors: dict[str, TensorInfo] = {t.name: t for t in tensor_list}
         self.architecture = self.require("general.architecture", str)
 
