@@ -5,7 +5,11 @@ something else."""
 
 from __future__ import annotations
 
+import re
+
 from ..gguf_file import GGUFError, GGUFFile
+
+_BLOCK_TENSOR = re.compile(r"blk\.(\d+)\.")
 
 
 def weight_shapes(gf: GGUFFile) -> dict[str, tuple[int, int]]:
@@ -29,6 +33,22 @@ def positive(gf: GGUFFile, key: str, value: int) -> int:
     if value <= 0:
         raise GGUFError(f"{gf.path}: metadata {key!r} = {value}: expected a positive integer")
     return value
+
+
+def block_count(gf: GGUFFile) -> int:
+    """`<arch>.block_count`, at most the number of blocks the file has tensors of.
+
+    Checked before anything is built per block: the graph, the expected tensor list and the KV
+    cache all grow with it, so a bogus count (up to 2^64 - 1) in a small file must fail here, not
+    after minutes of building and gigabytes of lists. A count below the file's blocks leaves
+    tensors unused, which check_all_tensors_used refuses by name."""
+    key = f"{gf.architecture}.block_count"
+    n = positive(gf, key, gf.require(key, int))
+    blocks = {m.group(1) for name in gf.tensors if (m := _BLOCK_TENSOR.match(name))}
+    if n > len(blocks):
+        raise GGUFError(f"{gf.path}: metadata {key!r} = {n}: the file has tensors of {len(blocks)} blocks "
+                        f"(blk.N.*)")
+    return n
 
 
 def positive_float(gf: GGUFFile, key: str, value: float) -> float:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ..gguf_file import GGUFError, GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
+from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
                    check_tensors, positive, positive_float, rope_freq_scale, weight_shapes)
 
 KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count", "attention.layer_norm_epsilon"}
@@ -61,7 +61,7 @@ class Config:
             n_vocab=n_vocab,
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),
             d_model=d_model,
-            n_layer=positive(gf, f"{a}.block_count", gf.require(f"{a}.block_count", int)),
+            n_layer=block_count(gf),
             d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
             n_head=n_head,
             n_kv_head=n_kv_head,
