@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..gguf_file import GGUFError, GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
+from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
                    check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
 
 KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count", "rope.scaling.attn_factor", "attention.sliding_window"}
@@ -88,7 +88,7 @@ class Config:
             n_vocab=n_vocab,
             n_ctx_train=n_ctx,
             d_model=d_model,
-            n_layer=positive(gf, f"{a}.block_count", gf.require(f"{a}.block_count", int)),
+            n_layer=block_count(gf),
             d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
             n_head=n_head,
             n_kv_head=n_kv_head,
