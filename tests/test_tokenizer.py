@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer as HFTokenizer
 
 from wgpu_llm import tokenizer as tokenizer_mod
-from wgpu_llm.gguf_file import GGUFFile
+from wgpu_llm.gguf_file import GGUFError, GGUFFile
 from wgpu_llm.tokenizer import Tokenizer
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -209,32 +209,87 @@ def test_tiny_gpt2_and_eog_detection():
     assert tok.token_bytes(1) == b"" and tok.decode([6, 1]) == " ab"
 
 
+M = "tokenizer.ggml."
+
+
 @pytest.mark.parametrize("change, message", [
-    ({"tokenizer.ggml.model": "bert"}, r"tokenizer\.ggml\.model 'bert'.*expected 'llama'"),
-    ({"tokenizer.ggml.model": None}, r"tokenizer\.ggml\.model None"),
-    ({"tokenizer.ggml.tokens": None}, r"tokenizer\.ggml\.tokens must be a non-empty list"),
-    ({"tokenizer.ggml.tokens": []}, r"tokenizer\.ggml\.tokens must be a non-empty list"),
-    ({"tokenizer.ggml.scores": [0.0] * 3}, r"tokenizer\.ggml\.scores has 3 entries: expected 11"),
-    ({"tokenizer.ggml.scores": None}, r"tokenizer\.ggml\.scores is missing"),
-    ({"tokenizer.ggml.token_type": [1] * 12}, r"tokenizer\.ggml\.token_type has 12 entries: expected 11"),
-    ({"tokenizer.ggml.bos_token_id": 11}, r"tokenizer\.ggml\.bos_token_id = 11: expected a token id in \[0, 11\)"),
-    ({"tokenizer.ggml.eos_token_id": "2"}, r"tokenizer\.ggml\.eos_token_id = '2'"),
+    ({M + "model": "bert"}, f"'{M}model' = 'bert': expected 'llama' (SentencePiece) or 'gpt2' (BPE)"),
+    ({M + "model": None}, f"'{M}model' is missing: expected 'llama' (SentencePiece) or 'gpt2' (BPE)"),
+    ({M + "model": ["llama"]}, f"'{M}model' = ['llama']: expected a string"),
+    ({M + "tokens": None}, f"'{M}tokens' is missing: expected an array of strings"),
+    ({M + "tokens": []}, f"'{M}tokens' is empty: a vocabulary needs at least one token"),
+    ({M + "tokens": "ab"}, f"'{M}tokens' = 'ab': expected an array of strings"),
+    ({M + "tokens": ["a", 7]}, f"'{M}tokens' item #1 = 7: expected an array of strings"),
+    ({M + "scores": [0.0] * 3}, f"'{M}scores' has 3 items: expected 11 (one per token of {M}tokens)"),
+    ({M + "scores": None}, f"'{M}scores' is missing: expected an array of numbers (one per token, 11)"),
+    ({M + "scores": 0.5}, f"'{M}scores' = 0.5: expected an array of numbers (one per token, 11)"),
+    ({M + "scores": ["0"] * 11}, f"'{M}scores' item #0 = '0': expected an array of numbers (one per token, 11)"),
+    ({M + "token_type": [1] * 12}, f"'{M}token_type' has 12 items: expected 11 (one per token of {M}tokens)"),
+    ({M + "token_type": 3}, f"'{M}token_type' = 3: expected an array of integers (one per token, 11)"),
+    ({M + "token_type": [1.0] * 11}, f"'{M}token_type' item #0 = 1.0: expected an array of integers (one per "
+                                     f"token, 11)"),
+    ({M + "token_type": [True] * 11}, f"'{M}token_type' item #0 = True: expected an array of integers (one per "
+                                      f"token, 11)"),
+    ({M + "bos_token_id": 11}, f"'{M}bos_token_id' = 11: expected a token id in [0, 11)"),
+    ({M + "eos_token_id": -1}, f"'{M}eos_token_id' = -1: expected a token id in [0, 11)"),
+    ({M + "eos_token_id": "2"}, f"'{M}eos_token_id' = '2': expected an integer"),
+    ({M + "eot_token_id": 2.0}, f"'{M}eot_token_id' = 2.0: expected an integer"),
+    ({M + "add_bos_token": "yes"}, f"'{M}add_bos_token' = 'yes': expected a bool"),
+    ({M + "add_space_prefix": 1}, f"'{M}add_space_prefix' = 1: expected a bool"),
+    ({M + "token_type": [2, 3, 3, 6, 6, 6, 1, 1, 6, 1, 1]},
+     f"'{M}tokens' item #8 = 'b' has token_type 6 (a byte) but is not of the form <0xNN>"),
+    ({M + "tokens": ["<unk>", "<s>", "</s>", "<0x4G>", "<0xC3>", "<0xA9>", "▁", "a", "b", "▁ab", "ab"]},
+     f"'{M}tokens' item #3 = '<0x4G>' has token_type 6 (a byte) but is not of the form <0xNN>"),
+    ({M + "tokens": ["<unk>", "<s>", "</s>", "<0x 1>", "<0xC3>", "<0xA9>", "▁", "a", "b", "▁ab", "ab"]},
+     f"'{M}tokens' item #3 = '<0x 1>' has token_type 6 (a byte) but is not of the form <0xNN>"),
 ])
 def test_bad_spm_metadata(change, message):
-    metadata = {**_tiny_spm(), **change}
-    with pytest.raises(ValueError, match=message):
-        Tokenizer.from_metadata(metadata)
+    """Each malformed value is a GGUFError naming the file, the key and what was expected."""
+    with pytest.raises(GGUFError) as err:
+        Tokenizer.from_metadata({**_tiny_spm(), **change}, source="m.gguf")
+    assert str(err.value) == f"m.gguf: metadata {message}"
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"tokenizer.ggml.merges": None}, r"tokenizer\.ggml\.merges is NoneType"),
-    ({"tokenizer.ggml.merges": ["a b", "ab"]}, r"tokenizer\.ggml\.merges\[1\] = 'ab': expected 'left right'"),
-    ({"tokenizer.ggml.pre": "no-such-pre"}, r"tokenizer\.ggml\.pre 'no-such-pre'.*expected one of"),
+    ({M + "merges": None}, f"'{M}merges' is missing: a gpt2 vocab needs an array of 'left right' merges"),
+    ({M + "merges": "a b"}, f"'{M}merges' = 'a b': expected an array of strings"),
+    ({M + "merges": ["a b", "ab"]}, f"'{M}merges' item #1 = 'ab': expected 'left right'"),
+    ({M + "merges": ["a b", 1]}, f"'{M}merges' item #1 = 1: expected an array of strings"),
+    ({M + "merges": ["a b", "z b"]}, f"'{M}merges' item #1 = 'z b': 'z' is not a token of the vocabulary"),
+    ({M + "merges": ["b Ġ"]}, f"'{M}merges' item #0 = 'b Ġ': 'bĠ' is not a token of the vocabulary"),
+    ({M + "pre": "no-such-pre"}, f"'{M}pre' = 'no-such-pre': not a pre-tokenizer of gpt2 vocabularies this "
+                                 f"runtime knows (known: "),
+    ({M + "pre": ["gpt2"]}, f"'{M}pre' = ['gpt2']: expected a string"),
 ])
 def test_bad_gpt2_metadata(change, message):
-    metadata = {**_tiny_gpt2(), **change}
-    with pytest.raises(ValueError, match=message):
-        Tokenizer.from_metadata(metadata)
+    with pytest.raises(GGUFError) as err:
+        Tokenizer.from_metadata({**_tiny_gpt2(), **change}, source="m.gguf")
+    assert str(err.value).startswith(f"m.gguf: metadata {message}")
+
+
+def test_errors_without_a_source_name_the_key_only():
+    with pytest.raises(GGUFError, match=rf"^metadata '{M}tokens' is empty"):
+        Tokenizer.from_metadata({**_tiny_gpt2(), M + "tokens": []})
+
+
+def test_long_token_builds_quickly():
+    """One 100000-character token in a SentencePiece vocabulary: splitting it at every position
+    would take hours; only the splits into two token lengths are tried."""
+    md = _tiny_spm()
+    md[M + "tokens"] = md[M + "tokens"][:-1] + ["a" * 100_000]
+    t0 = time.process_time()
+    tok = Tokenizer.from_metadata(md)
+    assert time.process_time() - t0 < 1.0
+    assert tok.token_bytes(10) == b"a" * 100_000
+    # the splits that can exist are still merges: "a" + "b" -> "ab" when both lengths occur
+    assert tokenizer_mod._spm_merges({"a": 0, "b": 1, "ab": 2, "x" * 50: 3}, [0.0, 0.0, -1.0, -2.0]) == [("a", "b")]
+
+
+def test_byte_tokens_are_parsed_at_load():
+    tok = Tokenizer.from_metadata({**_tiny_spm(), M + "tokens": ["<unk>", "<s>", "</s>", "<0x41>", "<0xc3>",
+                                                                 "<0xA9>", "▁", "a", "b", "▁ab", "ab"]})
+    assert tok._pieces[3:6] == [b"A", b"\xc3", b"\xa9"]  # lower-case hex digits are bytes too (llama.cpp: strtol)
+    assert tok.decode([4, 5]) == "é"
 
 
 def test_other_pre_tokenizers_build():
@@ -395,7 +450,8 @@ def test_vocab_defaults_and_renames():
     tok = Tokenizer.from_metadata(gpt2)  # gpt2 defaults: bos = eos = 11, "default" pre-tokenizer, all normal
     assert (tok.bos_id, tok.eos_id, tok.clean_spaces) == (11, 11, True)
     assert tok.tokens[9] == "[EMPTY_9]" and tok.types == [3, 3] + [1] * 11  # (the two end-of-text texts: control)
-    with pytest.raises(ValueError, match=r"tokens must be a non-empty list of strings, got list$"):
+    with pytest.raises(GGUFError, match=r"^metadata 'tokenizer\.ggml\.tokens' is empty: a vocabulary needs at least one "
+                                        r"token$"):
         Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.tokens": []})
 
 
@@ -417,7 +473,7 @@ def test_ignore_merges_takes_whole_words_from_the_vocab():
 
 @pytest.mark.parametrize("merge", [1, " ab", "ab"])
 def test_bad_merge_is_named(merge):
-    with pytest.raises(ValueError, match=rf"tokenizer\.ggml\.merges\[1\] = {re.escape(repr(merge))}: expected"):
+    with pytest.raises(GGUFError, match=rf"'tokenizer\.ggml\.merges' item #1 = {re.escape(repr(merge))}: expected"):
         Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.merges": ["a b", merge]})
 
 

@@ -28,6 +28,8 @@ from tokenizers import AddedToken, Regex, decoders, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers.models import BPE
 
+from .gguf_file import GGUFError
+
 # tokenizer.ggml.token_type values
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -93,6 +95,7 @@ _DETECTED_TEXTS = {
 }
 _LEGACY_ID_KEYS = {"fim_pre": "prefix", "fim_suf": "suffix", "fim_mid": "middle"}
 _P = "tokenizer.ggml."
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -112,99 +115,188 @@ _BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 
 def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
-    """Every split of every token into two vocab tokens, best merged-token score first."""
+    """Every split of every token into two vocab tokens, best merged-token score first.
+
+    Only the split points where both sides have the length of some token are tried: the work is
+    (number of distinct token lengths) per token, not the square of the token's length (one token
+    of 100000 characters would otherwise take hours)."""
+    lengths = {len(t) for t in vocab}
+    split_at = sorted(lengths)
     merges = []
     for text, tid in vocab.items():
         score = scores[tid]
-        for k in range(1, len(text)):
-            left, right = text[:k], text[k:]
-            if left in vocab and right in vocab:
-                merges.append((-score, vocab[left], vocab[right], left, right))
+        n = len(text)
+        for k in split_at:
+            if k >= n:
+                break
+            if n - k in lengths:
+                left, right = text[:k], text[k:]
+                if left in vocab and right in vocab:
+                    merges.append((-score, vocab[left], vocab[right], left, right))
     # Equal scores (llama.cpp then prefers the leftmost pair) fall back to id order here; real SPM
     # vocabularies give their normal tokens distinct scores, so this only orders control/byte tokens.
     merges.sort()
     return [(m[3], m[4]) for m in merges]
 
 
+class _Fields:
+    """Typed reads of the tokenizer metadata. A missing or malformed value is a GGUFError naming the
+    file (when known), the key and what was expected, raised before anything is built from it."""
+
+    _KINDS = {str: "string", int: "integer", float: "number"}
+
+    def __init__(self, metadata: dict, source):
+        self.md, self.prefix = metadata, f"{source}: " if source is not None else ""
+
+    def fail(self, key: str, what: str) -> GGUFError:
+        return GGUFError(f"{self.prefix}metadata {key!r} {what}")
+
+    def string(self, key: str) -> str | None:
+        value = self.md.get(key)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(key, f"= {_short(value)}: expected a string")
+        return value
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.md.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"= {_short(value)}: expected a bool")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self.md.get(key)
+        if value is not None and not _is_int(value):
+            raise self.fail(key, f"= {_short(value)}: expected an integer")
+        return None if value is None else int(value)
+
+    def array(self, key: str, kind: type, n: int | None = None, default: list | None = None,
+              missing: str | None = None) -> list:
+        """A list of `kind` items (float: any number), of n items when n is given; `default` when the
+        key is absent, or with no default an error (`missing`: what to say)."""
+        value = self.md.get(key)
+        what = f"an array of {self._KINDS[kind]}s" + (f" (one per token, {n})" if n is not None else "")
+        if value is None:
+            if default is None:
+                raise self.fail(key, f"is missing: {missing or 'expected ' + what}")
+            return default
+        if not isinstance(value, (list, tuple)):
+            raise self.fail(key, f"= {_short(value)}: expected {what}")
+        if n is not None and len(value) != n:
+            raise self.fail(key, f"has {len(value)} items: expected {n} (one per token of {_P}tokens)")
+        exact = {str: (str,), int: (int,), float: (float, int)}[kind]
+        if not all(type(v) in exact for v in value):  # the fast check (GGUF arrays are of one type) failed
+            good = {str: lambda v: isinstance(v, str), int: _is_int,
+                    float: lambda v: _is_int(v) or isinstance(v, numbers.Real) and not isinstance(v, bool)}[kind]
+            for i, item in enumerate(value):
+                if not good(item):
+                    raise self.fail(key, f"item #{i} = {_short(item)}: expected {what}")
+        return list(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class Tokenizer:
     """GGUF vocabulary tokenizer; ``encode`` gives the ids llama.cpp gives with parse_special=True."""
 
-    def __init__(self, metadata: dict, hf: HFTokenizer | None = None):
-        md = metadata
-        self.model = md.get(_P + "model")
+    def __init__(self, metadata: dict, hf: HFTokenizer | None = None, source: str | os.PathLike | None = None):
+        """metadata: the GGUF file's; hf: a tokenizer built before for the same vocabulary (the cache);
+        source: the file, named in every error (a GGUFError naming the key and what is wrong)."""
+        md = _Fields(metadata, source)
+        self.model = md.string(_P + "model")
         if self.model not in ("llama", "gpt2"):
-            raise ValueError(f"unsupported {_P}model {self.model!r}: expected 'llama' (SentencePiece) or 'gpt2' (BPE)")
+            raise md.fail(_P + "model", f"= {self.model!r}: expected 'llama' (SentencePiece) or 'gpt2' (BPE)"
+                          if self.model is not None else "is missing: expected 'llama' (SentencePiece) or 'gpt2' (BPE)")
         self.spm = self.model == "llama"
-        tokens = md.get(_P + "tokens")
-        if not isinstance(tokens, (list, tuple)) or not tokens or not all(isinstance(t, str) for t in tokens):
-            raise ValueError(f"{_P}tokens must be a non-empty list of strings, got {type(tokens).__name__}")
+        tokens = md.array(_P + "tokens", str)
+        if not tokens:
+            raise md.fail(_P + "tokens", "is empty: a vocabulary needs at least one token")
         n = self.n_vocab = len(tokens)
         # llama.cpp renames empty tokens so that every text is unique and non-empty
         self.tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        self.types = self._array(md, "token_type", n, [NORMAL] * n)
-        self.scores = self._array(md, "scores", n, None if self.spm else [0.0] * n)
+        self.types = md.array(_P + "token_type", int, n, [NORMAL] * n)
+        self.scores = md.array(_P + "scores", float, n, None if self.spm else [0.0] * n)
 
-        pre = md.get(_P + "pre") or "default"
+        pre = md.string(_P + "pre") or "default"
         regex_set = None
         if self.spm:
             self.clean_spaces, ignore_merges, default_bos = False, False, True
         elif pre in _PRE_TYPES:
             regex_set, self.clean_spaces, ignore_merges, default_bos = _PRE_TYPES[pre]
         else:
-            raise ValueError(f"unsupported {_P}pre {pre!r} for a gpt2 vocab: expected one of {sorted(_PRE_TYPES)}")
-        self.add_space_prefix = bool(md.get(_P + "add_space_prefix", self.spm))
-        self.add_bos = bool(md.get(_P + "add_bos_token", default_bos))
-        self.add_eos = bool(md.get(_P + "add_eos_token", False))
+            raise md.fail(_P + "pre", f"= {pre!r}: not a pre-tokenizer of gpt2 vocabularies this runtime knows "
+                                      f"(known: {', '.join(sorted(_PRE_TYPES))})")
+        self.add_space_prefix = md.flag(_P + "add_space_prefix", self.spm)
+        self.add_bos = md.flag(_P + "add_bos_token", default_bos)
+        self.add_eos = md.flag(_P + "add_eos_token", False)
 
         # token id lookups; as in llama.cpp a duplicated text maps to its last id
         self._ids = {t: i for i, t in enumerate(self.tokens)}
         defaults = {"bos": 1, "eos": 2, "unk": 0} if self.spm else {"bos": 11, "eos": 11}
         ids = {}
-        for name, key in [("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("eot", "eot"), ("eom", "eom"),
+        for name, stem in [("bos", "bos"), ("eos", "eos"), ("unk", "unknown"), ("eot", "eot"), ("eom", "eom"),
                           ("fim_pre", "fim_pre"), ("fim_suf", "fim_suf"), ("fim_mid", "fim_mid"),
                           ("fim_pad", "fim_pad"), ("fim_rep", "fim_rep"), ("fim_sep", "fim_sep")]:
-            value = md.get(f"{_P}{key}_token_id", md.get(f"{_P}{_LEGACY_ID_KEYS.get(name, key)}_token_id"))
-            if value is not None:
-                if not (isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= value < n):
-                    if name in ("bos", "eos"):
-                        raise ValueError(f"{_P}{key}_token_id = {value!r}: expected a token id in [0, {n})")
-                    value = None  # llama.cpp ignores an out-of-range optional id
-                else:
-                    value = int(value)
+            key = f"{_P}{stem}_token_id"
+            if key not in metadata:
+                key = f"{_P}{_LEGACY_ID_KEYS.get(name, stem)}_token_id"
+            value = md.integer(key)
+            if value is not None and not 0 <= value < n:
+                if name in ("bos", "eos"):
+                    raise md.fail(key, f"= {value}: expected a token id in [0, {n})")
+                value = None  # llama.cpp ignores an out-of-range optional id
             if value is None and defaults.get(name, n) < n:
                 value = defaults[name]
             ids[name] = value
         self.bos_id, self.eos_id, self.unk_id = ids["bos"], ids["eos"], ids["unk"]
         if self.add_bos and self.bos_id is None:
-            raise ValueError(f"{_P}add_bos_token is true but the vocab has no {_P}bos_token_id")
+            raise md.fail(_P + "add_bos_token", f"is true but the vocab has no {_P}bos_token_id")
         if self.add_eos and self.eos_id is None:
-            raise ValueError(f"{_P}add_eos_token is true but the vocab has no {_P}eos_token_id")
+            raise md.fail(_P + "add_eos_token", f"is true but the vocab has no {_P}eos_token_id")
         self._find_special_tokens(ids)
 
         # special-token partition order: longest UTF-8 text first (llama.cpp's cache_special_tokens)
         special = [i for i, t in enumerate(self.types) if t in (CONTROL, USER_DEFINED, UNKNOWN)]
         self._special = sorted(((self.tokens[i], i) for i in special), key=lambda p: (-len(p[0].encode()), p[1]))
         self._pieces: list[bytes | None] = [None] * n  # token_bytes cache
-        merges = None
-        if not self.spm:
-            merges = md.get(_P + "merges")
-            if not isinstance(merges, (list, tuple)):
-                raise ValueError(f"{_P}merges is {type(merges).__name__}: "
-                                 "a gpt2 vocab needs a list of 'left right' merges")
+        self._parse_byte_tokens(md)
+        merges = None if self.spm else self._gpt2_merges(md)
         self._regex_set, self._ignore_merges = regex_set, ignore_merges
         self._hf = hf if hf is not None else self._build_hf(merges)
 
-    @staticmethod
-    def _array(md: dict, field: str, n: int, default: list | None) -> list:
-        value = md.get(_P + field)
-        if value is None:
-            if default is None:
-                raise ValueError(f"{_P}{field} is missing: expected a list of {n} values (one per token)")
-            return default
-        value = list(value)
-        if len(value) != n:
-            raise ValueError(f"{_P}{field} has {len(value)} entries: expected {n} (the length of {_P}tokens)")
-        return value
+    def _parse_byte_tokens(self, md: _Fields) -> None:
+        """A byte token stands for the byte its text `<0xNN>` names: parsed here, so that a text of
+        another form fails at load and not when the token is first generated."""
+        for i, kind in enumerate(self.types):
+            if kind == BYTE:
+                text = self.tokens[i]
+                if not _BYTE_TOKEN.fullmatch(text):
+                    raise md.fail(_P + "tokens", f"item #{i} = {_short(text)} has token_type {BYTE} (a byte) but is "
+                                                 f"not of the form <0xNN>")
+                self._pieces[i] = bytes([int(text[3:5], 16)])
+
+    def _gpt2_merges(self, md: _Fields) -> list[tuple[str, str]]:
+        """'left right' pairs; both sides and what they merge into must be tokens (the BPE model
+        cannot hold a merge of texts it does not know)."""
+        key = _P + "merges"
+        merges = md.array(key, str, missing="a gpt2 vocab needs an array of 'left right' merges")
+        pairs = []
+        for i, m in enumerate(merges):
+            pos = m.find(" ", 1)  # as llama.cpp: the first space after position 0
+            if pos < 0:
+                raise md.fail(key, f"item #{i} = {_short(m)}: expected 'left right'")
+            left, right = m[:pos], m[pos + 1:]
+            for text in (left, right, left + right):
+                if text not in self._ids:
+                    raise md.fail(key, f"item #{i} = {_short(m)}: {_short(text)} is not a token of the vocabulary")
+            pairs.append((left, right))
+        return pairs
 
     def _find_special_tokens(self, ids: dict) -> None:
         """End-of-generation ids and token type fix-ups, as llama.cpp's load_vocab does them."""
@@ -245,18 +337,12 @@ class Tokenizer:
                 + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
             hf.decoder = decoders.ByteLevel()
 
-    def _build_hf(self, gguf_merges: list | None) -> HFTokenizer:
+    def _build_hf(self, merges: list[tuple[str, str]] | None) -> HFTokenizer:
         vocab = dict(self._ids)
         if self.spm:
             unk = self.tokens[self.unk_id] if self.unk_id is not None else None
             model = BPE(vocab, _spm_merges(vocab, self.scores), unk_token=unk, byte_fallback=True)
         else:
-            merges = []
-            for i, m in enumerate(gguf_merges):
-                pos = m.find(" ", 1) if isinstance(m, str) else -1  # as llama.cpp: first space after position 0
-                if pos < 0:
-                    raise ValueError(f"{_P}merges[{i}] = {m!r}: expected 'left right'")
-                merges.append((m[:pos], m[pos + 1:]))
             model = BPE(vocab, merges, ignore_merges=self._ignore_merges)
         hf = HFTokenizer(model)
         self._pipeline(hf)
@@ -283,21 +369,23 @@ class Tokenizer:
                    if self._ids[self.tokens[i]] == i)
 
     @classmethod
-    def from_metadata(cls, metadata: dict, cache_key: str | None = None) -> Tokenizer:
-        """Build from GGUF metadata; with ``cache_key`` the HF tokenizer JSON is cached on disk."""
+    def from_metadata(cls, metadata: dict, cache_key: str | None = None,
+                      source: str | os.PathLike | None = None) -> Tokenizer:
+        """Build from GGUF metadata; with ``cache_key`` the HF tokenizer JSON is cached on disk.
+        source: the file the metadata comes from, named in errors."""
         if cache_key is None:
-            return cls(metadata)
+            return cls(metadata, source=source)
         from wgpu_llm import zoo
 
         path = zoo.cache_dir() / "tokenizers" / f"{cache_key}.json"
         if path.exists():
             try:
-                tok = cls(metadata, hf=HFTokenizer.from_file(str(path)))
+                tok = cls(metadata, hf=HFTokenizer.from_file(str(path)), source=source)
                 if tok._cache_matches():
                     return tok
-            except Exception:  # corrupt or stale cache file: rebuild it below
+            except Exception:  # corrupt or stale cache file (or bad metadata, raised again below): rebuild
                 pass
-        tok = cls(metadata)
+        tok = cls(metadata, source=source)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
@@ -377,8 +465,6 @@ class Tokenizer:
             text = self.tokens[token_id]
             if kind == USER_DEFINED:
                 piece = text.encode()
-            elif kind == BYTE:
-                piece = bytes([int(text[3:5], 16)])
             elif kind == NORMAL and self.spm:
                 piece = text.replace("▁", " ").encode()
             elif kind == NORMAL:
