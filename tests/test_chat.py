@@ -3,6 +3,7 @@
 import pytest
 
 from wgpu_llm.chat import BUILTIN_TEMPLATES, chat_template, render_chat
+from wgpu_llm.gguf_file import GGUFError
 
 TOKENS = ["<unk>", "<s>", "</s>", "hi"]
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{{ eos_token }}{% endfor %}"
@@ -45,7 +46,7 @@ def test_special_token_texts(ids, bos, eos):
     assert render_chat(metadata, None, MESSAGES) == "|"
 
 
-@pytest.mark.parametrize("template", [None, "", 42])
+@pytest.mark.parametrize("template", [None, ""])
 def test_no_template(template):
     metadata = _metadata()
     if template is None:
@@ -99,8 +100,27 @@ def test_template_errors_are_value_errors():
     with pytest.raises(ValueError, match=r"^the model's chat template failed: roles must start with user$"):
         render_chat(_metadata(raising), None, MESSAGES)
     assert render_chat(_metadata(raising), None, MESSAGES[1:]) == ""
-    with pytest.raises(ValueError, match="^the model's chat template failed: "):
-        render_chat(_metadata("{% for %}"), None, MESSAGES)  # a syntax error
+    with pytest.raises(ValueError, match=r"^the model's chat template failed: ZeroDivisionError: division by zero$"):
+        render_chat(_metadata("{{ 1 / 0 }}"), None, MESSAGES)
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{% for %}", ": not a valid Jinja template (Expected an expression, got 'end of statement block', line 1)"),
+    ("{{ m | nosuchfilter }}", ": not a valid Jinja template (No filter named 'nosuchfilter'., line 1)"),
+    ("hi\n{% if x %}", ": not a valid Jinja template (Unexpected end of template. Jinja was looking for the "
+                         "following tags: 'elif' or 'else' or 'endif'. The innermost block that needs to be closed is "
+                         "'if'., line 2)"),
+    (42, " = 42: expected a string"),
+    (["{{ x }}"], " = ['{{ x }}']: expected a string"),
+])
+def test_malformed_template_is_a_file_error(template, message):
+    """A template that is not a string or does not compile is the file's fault: a GGUFError naming
+    the file and the key (a template that compiles and then refuses the messages stays a ValueError)."""
+    with pytest.raises(GGUFError) as err:
+        render_chat(_metadata(template), None, MESSAGES, source="m.gguf")
+    assert str(err.value) == f"m.gguf: metadata 'tokenizer.chat_template'{message}"
+    with pytest.raises(GGUFError, match="^metadata 'tokenizer.chat_template'"):
+        render_chat(_metadata(template), None, MESSAGES)
 
 
 def test_sandbox_refuses_unsafe_access():

@@ -3,7 +3,12 @@ for a file without one, the built-in template of its family (as llama.cpp keeps 
 
 from __future__ import annotations
 
+import os
+
 from .arguments import check_text
+from .gguf_file import GGUFError
+
+KEY = "tokenizer.chat_template"
 
 # Built-in templates, written to render what llama.cpp's built-in ones of the same name render.
 BUILTIN_TEMPLATES = {
@@ -25,30 +30,44 @@ _BUILTIN_BY_ARCH = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "qwe
 _BUILTIN_BY_TOKEN = (("<|start_header_id|>", "llama3"), ("<|im_start|>", "chatml"), ("<start_of_turn>", "gemma"))
 
 
-def chat_template(metadata: dict) -> tuple[str, str]:
+def chat_template(metadata: dict, source: str | os.PathLike | None = None) -> tuple[str, str]:
     """(template, where it comes from): the file's own, else its family's built-in one.
-    ValueError when the file has none and no built-in fits."""
-    template = metadata.get("tokenizer.chat_template")
-    if isinstance(template, str) and template:
+    GGUFError naming `source` (the file) when the file's template is not a string; ValueError when
+    the file has none and no built-in fits."""
+    template = metadata.get(KEY)
+    if template is not None and not isinstance(template, str):
+        text = repr(template)
+        raise GGUFError(f"{_where(source)}metadata {KEY!r} = {text if len(text) <= 60 else text[:57] + '...'}: "
+                        f"expected a string")
+    if template:
         return template, "the model's own"
     name = _BUILTIN_BY_ARCH.get(metadata.get("general.architecture"))
     if name is None:
-        tokens = set(metadata.get("tokenizer.ggml.tokens") or ())
+        tokens = metadata.get("tokenizer.ggml.tokens")
+        tokens = set(tokens) if isinstance(tokens, list) else set()  # (a malformed vocabulary: no token)
         name = next((n for tok, n in _BUILTIN_BY_TOKEN if tok in tokens), None)
     if name is None:
-        raise ValueError("this model has no chat template (metadata 'tokenizer.chat_template') and its family "
+        raise ValueError(f"this model has no chat template (metadata {KEY!r}) and its family "
                          f"has no built-in one (built-in: {', '.join(BUILTIN_TEMPLATES)}); use generate()")
     return BUILTIN_TEMPLATES[name], f"built-in '{name}' (the file has none)"
 
 
-def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> str:
-    template, _ = chat_template(metadata)
+def _where(source) -> str:
+    return f"{source}: " if source is not None else ""
+
+
+def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                source: str | os.PathLike | None = None) -> str:
+    """The conversation as the template writes it. A file's template that is not a string or does
+    not compile is a GGUFError naming `source` (the file) and the key; an error the template raises
+    while rendering (e.g. its own raise_exception on roles that do not alternate) is a ValueError."""
+    template, _ = chat_template(metadata, source)
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise ValueError(f"message #{i} must be a dict with string 'role' and 'content', got {m!r}")
         for key in ("role", "content"):
             check_text(m[key], f"message #{i} {key!r}")
-    from jinja2 import TemplateError
+    from jinja2 import TemplateError, TemplateSyntaxError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message):
@@ -60,11 +79,18 @@ def render_chat(metadata: dict, tokenizer, messages: list[dict], add_generation_
 
     def token_text(key):
         idx = metadata.get(key)
-        return tokens[idx] if isinstance(idx, int) and 0 <= idx < len(tokens) else ""
+        return tokens[idx] if isinstance(idx, int) and isinstance(tokens, list) and 0 <= idx < len(tokens) else ""
 
     try:
-        return env.from_string(template).render(
+        compiled = env.from_string(template)
+    except TemplateSyntaxError as e:
+        raise GGUFError(f"{_where(source)}metadata {KEY!r}: not a valid Jinja template ({e.message}, "
+                        f"line {e.lineno})") from None
+    try:
+        return compiled.render(
             messages=messages, add_generation_prompt=add_generation_prompt,
             bos_token=token_text("tokenizer.ggml.bos_token_id"), eos_token=token_text("tokenizer.ggml.eos_token_id"))
     except TemplateError as e:
         raise ValueError(f"the model's chat template failed: {e}") from e
+    except Exception as e:  # the template's own code failed (1 / 0, "a" + 1, ...): the same kind of failure
+        raise ValueError(f"the model's chat template failed: {type(e).__name__}: {e}") from e
