@@ -5,8 +5,8 @@ import warnings
 import numpy as np
 import pytest
 
-from wgpu_llm.sampling import (InvalidSamplingParam, Sampler, SamplingParams, apply_repeat_penalty, min_p_filter,
-                               top_k_filter, top_p_filter)
+from wgpu_llm.sampling import (InvalidSamplingParam, NonFiniteLogits, Sampler, SamplingParams, apply_repeat_penalty,
+                               min_p_filter, top_k_filter, top_p_filter)
 
 
 def test_repeat_penalty_follows_llama_cpp_rule():
@@ -136,3 +136,18 @@ def test_repeat_penalty_edges():
     assert Sampler(SamplingParams(temperature=0, repeat_penalty=2.0))(logits, []) == 0  # nothing seen yet
     with pytest.raises(InvalidSamplingParam, match=r"^sampling parameter seed=-1 must be >= 0 or None \(random\)$"):
         SamplingParams(seed=-1)
+
+
+@pytest.mark.parametrize("params", [dict(temperature=0), dict(temperature=0.8), dict(temperature=0.8, top_k=0),
+                                    dict(temperature=0.8, repeat_penalty=1.3)])
+@pytest.mark.parametrize("bad, counts", [(np.nan, "1 NaN and 0 infinite"), (np.inf, "0 NaN and 1 infinite"),
+                                         (-np.inf, "0 NaN and 1 infinite")])
+def test_non_finite_logits_are_refused(params, bad, counts):
+    """NaN compares false with everything: top-k kept nothing and the draw failed inside numpy."""
+    logits = np.linspace(-1, 1, 50).astype(np.float32)
+    logits[7] = bad
+    sampler = Sampler(SamplingParams(seed=0, **params))
+    with pytest.raises(NonFiniteLogits, match=rf"^the model's logits are not finite \({counts} of 50\)$"):
+        sampler(logits, [1, 2])
+    with pytest.raises(NonFiniteLogits):
+        sampler.finish(np.arange(3), np.array([1.0, bad, 0.0], np.float32))

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -14,8 +15,9 @@ from . import models, zoo
 from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
 from .backends import open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
-from .gguf_file import GGUFFile
-from .sampling import Sampler, SamplingParams
+from .gguf_file import GGUFError, GGUFFile
+from .graph import Graph
+from .sampling import NonFiniteLogits, Sampler, SamplingParams
 from .text import TextStream
 from .tokenizer import Tokenizer
 from .trace import Trace, enabled_by_env
@@ -34,6 +36,32 @@ class Completion:
     tokens: list[int]
     finish_reason: str  # "stop" (EOS or a stop string) or "length"
     stats: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """What LLM takes from a GGUF file before it reads any weight, every part checked."""
+    file: GGUFFile
+    arch: ModuleType  # the architecture's module in wgpu_llm.models
+    config: object  # its Config
+    graphs: dict[bool, Graph]  # all_logits -> one forward step
+    tokenizer: Tokenizer
+
+
+def open_model(path: str | Path) -> OpenedModel:
+    """Open and check a model file: layout, hyper-parameters, tensors, graph and vocabulary.
+
+    Everything here is sized by what the file holds, so a malformed file fails with a GGUFError
+    naming it before any weight is read or any buffer sized by its metadata is allocated."""
+    gf = GGUFFile(path)
+    arch = models.architecture(gf)
+    config = arch.Config.from_gguf(gf)
+    graphs = {all_rows: arch.build_graph(gf, all_logits=all_rows) for all_rows in (True, False)}
+    tokenizer = Tokenizer.from_metadata(gf.metadata, cache_key=_header_digest(gf), source=gf.path)
+    if tokenizer.n_vocab != config.n_vocab:
+        raise GGUFError(f"{gf.path}: metadata 'tokenizer.ggml.tokens' has {tokenizer.n_vocab} tokens, "
+                        f"token_embd.weight has {config.n_vocab} rows")
+    return OpenedModel(gf, arch, config, graphs, tokenizer)
 
 
 class LLM:
@@ -71,14 +99,9 @@ class LLM:
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
             path = Path(model)
-        self.file = GGUFFile(path)
-        self.arch = models.architecture(self.file)
-        self.config = self.arch.Config.from_gguf(self.file)
-        self._graphs = {all_rows: self.arch.build_graph(self.file, all_logits=all_rows) for all_rows in (True, False)}
-        self.tokenizer = Tokenizer.from_metadata(self.file.metadata, cache_key=_header_digest(self.file))
-        if self.tokenizer.n_vocab != self.config.n_vocab:
-            raise ValueError(f"{path}: tokenizer has {self.tokenizer.n_vocab} tokens, token_embd.weight "
-                             f"has {self.config.n_vocab} rows")
+        model = open_model(path)
+        self.file, self.arch, self.config, self.tokenizer = model.file, model.arch, model.config, model.tokenizer
+        self._graphs = model.graphs
         train_ctx = self.config.n_ctx_train
         self.n_ctx = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
         if not 1 <= self.n_ctx <= train_ctx:
@@ -278,12 +301,18 @@ class LLM:
                 trace.phase = "decode"
             logits = decode(np.asarray([token], dtype=np.int32), pos + i)[-1]
 
+    def damaged(self, e: NonFiniteLogits) -> GGUFError:
+        """Logits that are not finite come from the file's weights: the error names the file."""
+        return GGUFError(f"{self.file.path}: {e}: its tensor data may be damaged")
+
     def _timed_sampling(self, fn, *args) -> int:
-        if self.trace is None:
-            return fn(*args)
         t0 = time.perf_counter()
-        token = fn(*args)
-        self.trace.record_sampling(time.perf_counter() - t0)
+        try:
+            token = fn(*args)
+        except NonFiniteLogits as e:
+            raise self.damaged(e) from None
+        if self.trace is not None:
+            self.trace.record_sampling(time.perf_counter() - t0)
         return token
 
     def _prompt_ids(self, prompt: str | list[int]) -> list[int]:
@@ -378,7 +407,7 @@ class LLM:
         """Token ids of messages formatted by the model's chat template, ready for the assistant's turn."""
         from .chat import render_chat
 
-        text = render_chat(self.file.metadata, self.tokenizer, messages)
+        text = render_chat(self.file.metadata, self.tokenizer, messages, source=self.file.path)
         bos = self.tokenizer.bos_id
         ids = self.tokenize(text)
         if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:

@@ -503,7 +503,7 @@ def build_prompt(path: Path, n_tokens: int) -> list[int]:
     from .tokenizer import Tokenizer
 
     gf = GGUFFile(path)
-    tok = Tokenizer.from_metadata(gf.metadata, cache_key=_header_digest(gf))
+    tok = Tokenizer.from_metadata(gf.metadata, cache_key=_header_digest(gf), source=gf.path)
     reps = 1
     while True:
         ids = tok.encode(" ".join([PROMPT_TEXT.strip()] * reps), add_special=True)

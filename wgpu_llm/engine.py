@@ -30,7 +30,7 @@ import numpy as np
 
 from .api import LLM, ContextOverflow
 from .graph import Span
-from .sampling import Sampler, SamplingParams
+from .sampling import NonFiniteLogits, Sampler, SamplingParams
 
 
 @dataclass
@@ -246,7 +246,10 @@ class Engine:
 
     def _sampled(self, r: Request, logits: np.ndarray) -> None:
         """Choose r's next token from its logits row, hand it out, and end r where it must end."""
-        token = r.sampler(logits, r.prompt + r.generated)
+        try:
+            token = r.sampler(logits, r.prompt + r.generated)
+        except NonFiniteLogits as e:
+            raise self.llm.damaged(e) from None
         if token in r.stop_ids:
             self._finish(r, "stop")
             return

@@ -25,6 +25,19 @@ _TYPES = [(name, numbers.Real, "a number") for name in ("temperature", "top_p", 
     (name, numbers.Integral, "an int") for name in ("top_k", "repeat_last_n", "seed")]
 
 
+class NonFiniteLogits(ValueError):
+    """The logits to sample from hold NaN or infinity: no distribution to draw from (every filter
+    compares logits, and NaN compares false with everything)."""
+
+
+def check_finite(logits: np.ndarray) -> None:
+    finite = np.isfinite(logits)
+    if not finite.all():
+        nan = int(np.isnan(logits).sum())
+        raise NonFiniteLogits(f"the model's logits are not finite ({nan} NaN and {int((~finite).sum()) - nan} "
+                              f"infinite of {logits.size})")
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     temperature: float = 0.8
@@ -129,6 +142,7 @@ class Sampler:
     def __call__(self, logits: np.ndarray, history: list[int]) -> int:
         p = self.params
         logits = np.asarray(logits, dtype=np.float32)
+        check_finite(logits)
         if p.repeat_last_n:
             logits = apply_repeat_penalty(logits, history[-p.repeat_last_n:], p.repeat_penalty)
         if p.greedy:
@@ -140,6 +154,7 @@ class Sampler:
         """The chain after top-k: candidates sorted by descending logit (as top_k_filter returns
         them) -> top-p, min-p, temperature, one draw from the generator."""
         p = self.params
+        check_finite(cand)
         ids, cand = top_p_filter(ids, cand, p.top_p)
         ids, cand = min_p_filter(ids, cand, p.min_p)
         probs = softmax(cand.astype(np.float64) / p.temperature)
