@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 import sys
+import warnings
 from contextlib import closing
 from pathlib import Path
 
@@ -165,6 +166,10 @@ class _Commands(click.Group):
 @click.version_option(package_name="wgpu-llm")
 def main():
     """Run GGUF language models on any GPU through WebGPU, or on the CPU with numpy."""
+    # numpy's floating-point warnings (NaN or overflow computed from damaged weights) are not for a
+    # command-line user: non-finite logits end generation with one error line naming the file
+    warnings.filterwarnings("ignore", message="(invalid value|overflow|divide by zero) encountered",
+                            category=RuntimeWarning)
 
 
 @main.command()
@@ -272,7 +277,7 @@ def _check_chat_template(model) -> None:
     try:
         path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True) \
             if model is None or model in zoo.KNOWN_MODELS else Path(model)
-        _, source = chat_template(GGUFFile(path).metadata)
+        _, source = chat_template(GGUFFile(path).metadata, source=path)
     except (GGUFError, ValueError, OSError) as e:
         _fail(str(e))
     click.echo(f"chat template: {source}", err=True)

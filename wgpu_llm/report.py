@@ -7,6 +7,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import models, zoo
@@ -23,6 +24,16 @@ def _human(n: int) -> str:
     return str(n)
 
 
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _count(value) -> str:
+    """The length of an array value; anything else is shown as what it is (a malformed file)."""
+    return str(len(value)) if isinstance(value, list) else f"not an array: {_short(repr(value))}"
+
+
 def inspect_model(model: str | None, all_tensors: bool = False, console: Console | None = None) -> None:
     console = console or Console()
     if model is None or model in zoo.KNOWN_MODELS:
@@ -31,26 +42,28 @@ def inspect_model(model: str | None, all_tensors: bool = False, console: Console
         path = Path(model)
     gf = GGUFFile(path)
     md = gf.metadata
-    console.print(f"[bold]{path.name}[/bold]  {_human(gf.file_size)}  GGUF, {len(gf.tensors)} tensors, "
+    # every text from the file is escaped: rich would read "[/x]" in a name as markup (and fail)
+    console.print(f"[bold]{escape(path.name)}[/bold]  {_human(gf.file_size)}  GGUF, {len(gf.tensors)} tensors, "
                   f"{len(md)} metadata keys")
-    console.print(f"name: {md.get('general.name', '?')}   architecture: [bold]{gf.architecture}[/bold]")
+    console.print(f"name: {escape(str(md.get('general.name', '?')))}   "
+                  f"architecture: [bold]{escape(gf.architecture)}[/bold]")
 
     hp = Table(title="hyper-parameters", show_header=False)
     try:
         cfg = models.architecture(gf).Config.from_gguf(gf)
         for f in fields(cfg):
-            hp.add_row(f.name, str(getattr(cfg, f.name)))
+            hp.add_row(f.name, escape(str(getattr(cfg, f.name))))
     except ValueError as e:
-        hp.add_row("unsupported", str(e))
+        hp.add_row("unsupported", escape(str(e)))
     console.print(hp)
 
     tok = Table(title="tokenizer", show_header=False)
-    n_tokens = len(md.get("tokenizer.ggml.tokens", []))
-    tok.add_row("kind", f"{md.get('tokenizer.ggml.model', '?')} (pre: {md.get('tokenizer.ggml.pre', '-')})")
-    tok.add_row("tokens / merges", f"{n_tokens} / {len(md.get('tokenizer.ggml.merges', []))}")
+    tok.add_row("kind", escape(f"{md.get('tokenizer.ggml.model', '?')} (pre: {md.get('tokenizer.ggml.pre', '-')})"))
+    tok.add_row("tokens / merges", escape(f"{_count(md.get('tokenizer.ggml.tokens', []))} / "
+                                          f"{_count(md.get('tokenizer.ggml.merges', []))}"))
     for key in ("bos_token_id", "eos_token_id", "add_bos_token", "add_eos_token"):
         if f"tokenizer.ggml.{key}" in md:
-            tok.add_row(key, str(md[f"tokenizer.ggml.{key}"]))
+            tok.add_row(key, escape(_short(md[f"tokenizer.ggml.{key}"])))
     tok.add_row("chat template", "yes" if md.get("tokenizer.chat_template") else "no")
     console.print(tok)
 
@@ -59,7 +72,7 @@ def inspect_model(model: str | None, all_tensors: bool = False, console: Console
         table.add_column(col, justify="right" if col == "bytes" else "left")
     tensors = list(gf.tensors.values())
     for t in tensors if all_tensors else tensors[:MAX_ROWS]:
-        table.add_row(t.name, t.type_name, " x ".join(map(str, t.shape)), _human(t.n_bytes))
+        table.add_row(escape(t.name), t.type_name, " x ".join(map(str, t.shape)), _human(t.n_bytes))
     if not all_tensors and len(tensors) > MAX_ROWS:
         table.add_row(f"... {len(tensors) - MAX_ROWS} more (--all-tensors)", "", "", "")
     console.print(table)
