@@ -126,7 +126,8 @@ def _slow(job):
     t0 = time.process_time()
     while time.process_time() - t0 < 0.3:
         pass
-    _refused(job)
+    if job.mode == "slow-refusal":
+        _refused(job)
 
 
 def _hang(job):
@@ -148,7 +149,8 @@ def _abort_out_of_memory(job):
 
 def test_harness_classes_every_ending(tmp_path):
     targets = {"ok": _ok, "refused": _refused, "unnamed": _unnamed, "other": _other, "slow": _slow,
-               "timeout": _hang, "memory": _allocate, "crash": _segfault, "memory-abort": _abort_out_of_memory}
+               "slow-refusal": _slow, "timeout": _hang, "memory": _allocate, "crash": _segfault,
+               "memory-abort": _abort_out_of_memory}
     jobs = [Job(name, str(tmp_path / f"{name}.gguf"), name, 64 << 20) for name in targets]
     t0 = time.perf_counter()
     results = run_jobs(jobs, lambda job: targets[job.mode](job), parallel=2, time_limit=1.0, slow=0.1,
@@ -157,8 +159,9 @@ def test_harness_classes_every_ending(tmp_path):
     got = {r.id: r for r in results}
     assert {name: got[name].outcome for name in targets} == {
         "ok": "ok", "refused": "refused", "unnamed": "unnamed", "other": "other", "slow": "slow",
-        "timeout": "timeout", "memory": "memory", "crash": "crash", "memory-abort": "memory"}
+        "slow-refusal": "slow", "timeout": "timeout", "memory": "memory", "crash": "crash", "memory-abort": "memory"}
     assert got["other"].detail.startswith("TypeError: unhashable type: 'list' [test_fuzz.py:")
+    assert got["slow"].detail.startswith("ok after 0.") and got["slow-refusal"].detail.startswith("refused after 0.")
     assert got["crash"].detail.startswith("killed by SIGSEGV")
     assert got["memory-abort"].detail.startswith("killed by SIGABRT")
     assert set(BUGS) == {"unnamed", "other", "slow", "timeout", "memory", "crash"}

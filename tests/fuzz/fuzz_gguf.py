@@ -143,7 +143,7 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, help="write counts, bugs and every result here")
     p.add_argument("--time-limit", type=float, default=5.0, help="wall seconds per mutant (default 5)")
     p.add_argument("--slow", type=float, default=1.0,
-                   help="a refusal that takes more CPU seconds than this is a bug (default 1)")
+                   help="a mutant that takes more CPU seconds than this is a bug (default 1)")
     p.add_argument("--mem-mb", type=int, default=256, help="address space a mutant may add, MiB (default 256) ...")
     p.add_argument("--mem-per-byte", type=int, default=16, help="... plus this many bytes per byte of the file")
     p.add_argument("--keep", type=Path, help="copy the mutants that found a bug into this folder")
@@ -196,13 +196,14 @@ def fuzz(args, seeds: list[Seed], workdir: Path) -> int:
         print("the unmutated seeds must load: the harness or the library is broken", file=sys.stderr)
         return 2
     # a large seed's valid loads take seconds: its mutants get limits scaled from its baseline (a
-    # refusal may take as long as the whole valid load; a hang is three times that)
+    # mutant may take twice the valid load's CPU, plus --slow; a hang is three times its wall time)
     limits = {s.name: args.time_limit for s in seeds}
     slow = {s.name: args.slow for s in seeds}
     for r in base_results:
         name = r.id.split(":")[1]
         limits[name] = max(limits[name], 3 * r.wall_s + args.time_limit)
-        slow[name] = max(slow[name], r.cpu_s)
+        if name == REAL_SEED:
+            slow[name] = max(slow[name], 2 * r.cpu_s + args.slow)
 
     def jobs():
         for i in range(args.count):

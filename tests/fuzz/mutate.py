@@ -331,7 +331,7 @@ class _Mutator:
         op = rng.choice(ops)
         if op == "long_token":
             k = rng.randrange(n)
-            length = rng.choice([300, 5000, 100_000])
+            length = rng.choice([300, 5000, 100_000, 1_000_000])
             text = rng.choice(["a", "▁", "ab", "<", "é"]) * length
             text = text[:length]
             tokens[k] = text

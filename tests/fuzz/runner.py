@@ -11,7 +11,7 @@ Outcomes (the last six are bugs):
   refused  a GGUFError whose message names the file
   unnamed  a GGUFError (or a command's error line) that does not name the file
   other    any other exception (a traceback from the command line)
-  slow     refused, but only after more than `slow` CPU seconds
+  slow     ok or refused, but only after more than `slow` CPU seconds
   timeout  killed after `time_limit` wall seconds
   memory   an allocation failed under the address-space limit
   crash    the child died (a signal or an exit without a result)
@@ -118,8 +118,8 @@ def _child(job: Job, target: Callable[[Job], None], write_fd: int, err_path: str
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = usage.ru_utime + usage.ru_stime
         slow = job.slow if job.slow is not None else slow
-        if outcome == "refused" and cpu > slow:
-            outcome, detail = "slow", f"refused after {cpu:.2f} s of CPU: {detail}"
+        if outcome in ("ok", "refused") and cpu > slow:  # (a valid mutant too: a load gone super-linear)
+            outcome, detail = "slow", f"{outcome} after {cpu:.2f} s of CPU: {detail}"
         line = json.dumps({"outcome": outcome, "detail": detail[:2000], "wall_s": wall, "cpu_s": cpu,
                            "rss_growth_mb": max(0.0, usage.ru_maxrss * 1024 - rss0) / 2**20})
         os.write(write_fd, line.encode() + b"\n")
