@@ -206,3 +206,21 @@ def test_verify_points_at_a_rope_fused_into_a_norm(tiny, adapter, monkeypatch):
     assert (first["name"], first["kinds"], first["layer"], first["weights"]) == \
         (q_rope, ["rms_norm", "rope"], 0, ["blk.0.attn_q_norm.weight"])
     assert first["tolerance"] == 3e-12
+
+
+def test_divergence():
+    ref = np.array([[3.0, -4.0]], np.float32)
+    assert divergence(ref, ref) == (0.0, 0.0)
+    nmse, max_abs = divergence(np.array([[3.0, -3.0]], np.float32), ref)
+    assert nmse == pytest.approx(1 / 25) and max_abs == 1.0
+    assert divergence(np.array([[np.nan, -4.0]], np.float32), ref) == (float("inf"), float("inf"))
+    assert divergence(np.array([[np.inf, -4.0]], np.float32), np.array([[np.inf, -4.0]], np.float32)) == (0.0, 0.0)
+    assert divergence(np.zeros((1, 2), np.float32), np.zeros((1, 2), np.float32)) == (0.0, 0.0)
+    assert divergence(np.ones((1, 2), np.float32), np.zeros((1, 2), np.float32))[0] == float("inf")
+
+
+def test_verify_without_a_model_file_fails_naming_it(tmp_path):
+    from wgpu_llm.cli import main
+
+    result = CliRunner().invoke(main, ["verify", str(tmp_path / "missing.gguf")])
+    assert result.exit_code == 1 and "missing.gguf: no such file" in result.output
