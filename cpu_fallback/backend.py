@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from wgpu_llm.graph import Graph, Op, Span, check_spans
+from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
 
 from . import ops
 
@@ -81,17 +81,21 @@ class CpuBackend:
     def max_batch_rows(self, graph: Graph) -> int:
         return 1 << 30  # any number of sequences: a step's rows are plain numpy rows
 
-    def compile(self, graph: Graph, n_tokens: int, batched: bool = False):
+    def compile(self, graph: Graph, n_tokens: int, batched: bool = False, capture=None):
         """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width);
         `step.spans(token_ids, spans)` runs rows of several sequences (see wgpu_llm.graph.Span); any
-        step can, so `batched` changes nothing here."""
+        step can, so `batched` changes nothing here.
+        capture: activation names (or "all") that each run copies aside for `step.read_captured()`;
+        `step.replay(...)` runs the step on activations given by the caller (wgpu_llm.verify)."""
         self._prepare(graph)
-        return _CpuStep(self, graph, n_tokens)
+        return _CpuStep(self, graph, n_tokens, capture)
 
 
 class _CpuStep:
-    def __init__(self, backend: CpuBackend, graph: Graph, n_tokens: int):
+    def __init__(self, backend: CpuBackend, graph: Graph, n_tokens: int, capture=None):
         self.backend, self.graph, self.n_tokens = backend, graph, n_tokens
+        self.capture = capture_names(graph, capture)
+        self._captured: dict[str, np.ndarray] = {}
         self.env: dict[str, np.ndarray] = {}  # activation name -> its buffer (or a view of one)
         # buffers are reused once every activation living in them has been read for the last time
         self.last_use = {name: i for i, op in enumerate(graph.ops) for name in op.inputs}
@@ -243,11 +247,47 @@ class _CpuStep:
         ids = np.asarray(token_ids, dtype=np.intp)
         starts = np.cumsum([0] + [s.n for s in spans[:-1]])
         located = tuple(zip(spans, (int(r) for r in starts)))
+        if self.capture:
+            return self._stepwise(ids, located, {})
         if self.backend.tracer is not None:
             return self._traced(ids, located)
         for run in self.program:
             if run is not None:
                 run(ids, located)
+        return self.env[self.graph.output]
+
+    def replay(self, token_ids: np.ndarray, pos0: int, given: dict[str, np.ndarray], base: int = 0) -> np.ndarray:
+        """Run the step with each activation in `given` replaced by the given value as soon as its
+        op has computed it (and been captured): every later op reads the given values, the
+        attention ops store the given k and v in the KV cache. Capturing all and giving another
+        backend's activations yields each op's result on that backend's inputs."""
+        for name, value in given.items():
+            if name not in self.env:
+                raise KeyError(f"replay: the graph has no activation {name!r}")
+            if np.shape(value) != self.env[name].shape:
+                raise ValueError(f"replay: {name} is {self.env[name].shape} in a step of {self.n_tokens} tokens, "
+                                 f"given {np.shape(value)}")
+        n = self.n_tokens
+        if len(token_ids) != n:
+            raise ValueError(f"step compiled for {n} tokens got {len(token_ids)}")
+        span = Span(pos0, n, base)
+        check_spans([span], n, self.backend.n_ctx)
+        return self._stepwise(np.asarray(token_ids, dtype=np.intp), ((span, 0),), given)
+
+    def read_captured(self) -> dict[str, np.ndarray]:
+        """The activations compiled with `capture=`, as the last run computed them."""
+        return dict(self._captured)
+
+    def _stepwise(self, ids: np.ndarray, spans, given: dict) -> np.ndarray:
+        """The run op by op, copying captured outputs aside and putting given values in place."""
+        self._captured = {}
+        for op, run in zip(self.graph.ops, self.program):
+            if run is not None:
+                run(ids, spans)
+            if op.out in self.capture:
+                self._captured[op.out] = self.env[op.out].copy()
+            if op.out in given:
+                self.env[op.out][...] = given[op.out]
         return self.env[self.graph.output]
 
     def _traced(self, ids: np.ndarray, spans) -> np.ndarray:

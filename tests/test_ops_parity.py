@@ -10,14 +10,8 @@ continuing the KV cache of the one before. Before every run all activation buffe
 cache from pos0 on are filled with NaN on both backends, so an element a kernel forgets to write
 fails. Compared by NMSE = sum((gpu - cpu)^2) / sum(cpu^2); NaN never passes.
 
-Tolerances, about 10x the largest NMSE measured on lavapipe over the table:
-  ELTWISE_TOL 0      embed, slice, last_row, add, scale, pos_embed (bias: after a linear, so DOT_TOL): one
-                     correctly rounded float32 operation
-                     (or none) per element on both sides, so bit-identical (measured 0)
-  ROPE_TOL    3e-14  rope: sin / cos evaluated on the GPU vs numpy's (measured <= 3e-15)
-  NORM_TOL    1e-13  rms_norm, layer_norm, glu, gelu, softcap: sums / exp / tanh in another order or implementation
-                     (measured <= 7e-15)
-  DOT_TOL     3e-13  linear and attention (soft-capped too): dot products summed in another order (measured <= 3e-14)
+Tolerances: wgpu_llm/tolerances.py, one per op kind, which `wgpu-llm verify` holds real models to
+(measured over this table and real models; a row holds to the loosest kind among its ops).
 """
 
 from __future__ import annotations
@@ -33,13 +27,10 @@ from gguf.quants import quantize
 
 from wgpu_llm import graph as graph_module
 from wgpu_llm.graph import Graph
+from wgpu_llm.tolerances import ATTN_TOL, DOT_TOL, ELTWISE_TOL, NORM_TOL, OP_TOLERANCE, ROPE_TOL, op_tolerance
 
 pytestmark = pytest.mark.gpu
 
-ELTWISE_TOL = 0.0
-ROPE_TOL = 3e-14
-NORM_TOL = 1e-13
-DOT_TOL = 3e-13
 N_VOCAB = 29
 N_CTX = 32
 STEPS = ((13, 0), (1, 13), (3, 14))  # (tokens, pos0): prefill, decode, a short chunk
@@ -131,13 +122,13 @@ CASES = [
                                                     ["bias.a", "bias.b"]), DOT_TOL),
     Case("linear + residual add", lambda g, l: g.add(g.embed("tab.53"), g.linear(g.embed("tab.75"), ["lin.a"])),
          DOT_TOL, fused="residual add fused into linear"),
-    Case("attention GQA 6:2", _attention(6, 2, 12, 0), DOT_TOL),
-    Case("attention windowed, GQA 4:1", _attention(4, 1, 16, 5), DOT_TOL),
+    Case("attention GQA 6:2", _attention(6, 2, 12, 0), ATTN_TOL),
+    Case("attention windowed, GQA 4:1", _attention(4, 1, 16, 5), ATTN_TOL),
     # scores of about N(0, 1) against a cap of 1.2: most are squashed visibly
-    Case("attention soft-capped, GQA 6:2", _attention(6, 2, 12, 0, softcap=1.2), DOT_TOL),
-    Case("attention soft-capped, windowed, head_dim 10", _attention(2, 1, 10, 3, softcap=1.2), DOT_TOL),
-    Case("attention head_dim 10 (per-query kernel)", _attention(2, 1, 10, 0), DOT_TOL),
-    Case("attention windowed head_dim 10", _attention(2, 1, 10, 3), DOT_TOL),
+    Case("attention soft-capped, GQA 6:2", _attention(6, 2, 12, 0, softcap=1.2), ATTN_TOL),
+    Case("attention soft-capped, windowed, head_dim 10", _attention(2, 1, 10, 3, softcap=1.2), ATTN_TOL),
+    Case("attention head_dim 10 (per-query kernel)", _attention(2, 1, 10, 0), ATTN_TOL),
+    Case("attention windowed head_dim 10", _attention(2, 1, 10, 3), ATTN_TOL),
     Case("glu silu", _glu("silu"), NORM_TOL),
     Case("glu gelu_tanh", _glu("gelu_tanh"), NORM_TOL),
     Case("glu silu in a linear", _glu("silu", True), DOT_TOL, fused="glu fused into the linear reading it"),
@@ -249,3 +240,12 @@ def test_every_op_kind_has_a_row():
                    for op in _graph(case, _shapes(), layer).ops if op.kind == "glu"}
     assert set(graph_module.ACTIVATIONS) <= activations, \
         f"glu activations without a row: {sorted(set(graph_module.ACTIVATIONS) - activations)}"
+
+
+def test_verify_tolerances_cover_the_table():
+    """wgpu-llm verify holds an op to the tolerance of its kind (the largest of a fused group's):
+    it has one for every op kind, and none stricter than a row of this table measured."""
+    assert _graph_op_kinds() <= OP_TOLERANCE.keys(), sorted(_graph_op_kinds() - OP_TOLERANCE.keys())
+    for layer, case in enumerate(CASES):
+        kinds = {op.kind for op in _graph(case, _shapes(), layer).ops}
+        assert case.tol <= op_tolerance(kinds), f"{case.name}: {case.tol:g} > verify's {op_tolerance(kinds):g}"

@@ -1,4 +1,4 @@
-"""`wgpu-llm` command line: run, chat, serve, inspect, devices."""
+"""`wgpu-llm` command line: run, chat, serve, inspect, devices, verify."""
 
 from __future__ import annotations
 
@@ -447,6 +447,24 @@ def tune(model, adapter, n_tokens, quick, rounds, save):
         console.print(f"linear kernels of one decode step: {before * 1e3:.1f} ms with the heuristic choice, "
                       f"{after * 1e3:.1f} ms tuned")
     console.print(f"winners written to {T.cache_path(rt.info)}" if save else "not saved (--no-save)")
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("-p", "--prompt", default=None, help="prompt text (default: 'The capital of France is')")
+@click.option("-n", "--decode-steps", type=click.IntRange(min=0), default=3, show_default=True,
+              help="greedy decode steps after the prompt")
+@click.option("--adapter", default=None, help="GPU adapter index or name (default: best; env WGPU_LLM_ADAPTER)")
+@click.option("--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
+              help="context size (default: min(4096, model's))")
+@click.option("--json", "as_json", is_flag=True, help="print the result as JSON (every op of every step)")
+def verify(model, prompt, decode_steps, adapter, n_ctx, as_json):
+    """Run a prompt on the GPU and on the numpy reference; print each op's divergence per layer and
+    the first op above its tolerance. Exits 1 when any op is (paste the output into a bug report)."""
+    from . import verify as V
+
+    sys.exit(V.main(_model_arg(model), V.DEFAULT_PROMPT if prompt is None else prompt, decode_steps, n_ctx,
+                    adapter, as_json))
 
 
 if __name__ == "__main__":

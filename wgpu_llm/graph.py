@@ -69,6 +69,21 @@ def check_spans(spans, n_tokens: int, n_ctx: int) -> None:
                              f"context size {n_ctx}")
 
 
+def capture_names(graph: "Graph", capture) -> frozenset[str]:
+    """The activations a backend's `compile(..., capture=)` copies aside on every run: None for
+    none, "all" for every op's output, else the given names (each one some op's output)."""
+    if not capture:
+        return frozenset()
+    outs = {op.out for op in graph.ops}
+    if capture == "all":
+        return frozenset(outs)
+    names = frozenset([capture] if isinstance(capture, str) else capture)
+    unknown = sorted(names - outs)
+    if unknown:
+        raise KeyError(f"capture: no op of the graph computes {', '.join(map(repr, unknown))}")
+    return names
+
+
 @dataclass(frozen=True)
 class Op:
     kind: str

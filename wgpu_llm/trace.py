@@ -157,6 +157,11 @@ class _GraphInfo:
         return shape + f", {pos0 + rows} positions", rows * per_row + seen * per_pos
 
 
+def op_sections(graph) -> list[tuple[str, int | None]]:
+    """(section, layer) of each op of the graph, in order, as the trace reports them."""
+    return [(op.section, op.layer) for op in _GraphInfo(graph, {}).ops]
+
+
 def _weight_text(names, tensors) -> str:
     """'Q4_1 attn_q+attn_k+attn_v [960x576]'."""
     known = [tensors[n] for n in names if n in tensors]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from wgpu_llm.graph import Graph, Op, Span, check_spans
+from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
 
 from . import attention as flash
 from . import kernels as K
@@ -123,17 +123,22 @@ class GpuBackend:
         """Device memory in buffers: weights, KV caches, activations, per-step parameters."""
         return self.rt.allocated_bytes
 
-    def compile(self, graph: Graph, n_tokens: int, batched: bool = False):
+    def compile(self, graph: Graph, n_tokens: int, batched: bool = False, capture=None):
         """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width)
         float32. batched: a step whose rows are n_tokens sequences, one row each (`step.spans`), at
-        most max_batch_rows(graph)."""
+        most max_batch_rows(graph).
+        capture: activation names (or "all") that each run copies aside for `step.read_captured()`:
+        those the GPU materialises, not those a fusion keeps inside one kernel (wgpu_llm.verify)."""
         per_step = self.max_tokens_per_step(graph)
         if batched and n_tokens > self.max_batch_rows(graph):
             raise ValueError(f"a batched step takes at most {self.max_batch_rows(graph)} sequences, not {n_tokens}")
         if n_tokens > per_step:
+            if capture:
+                raise ValueError(f"capturing activations needs a step of at most {per_step} tokens on this "
+                                 f"device, not {n_tokens}")
             return _ChunkedStep(self, graph, n_tokens, per_step)
         t0 = time.perf_counter()
-        step = _Compiler(self, graph, n_tokens, batched).build()
+        step = _Compiler(self, graph, n_tokens, batched, capture).build()
         self.timings["compile_s"] += time.perf_counter() - t0
         return step
 
@@ -231,7 +236,7 @@ class GpuBackend:
 class _Compiler:
     """Plans one graph for one token count: views, fusions, in-place ops, buffer slots, kernels."""
 
-    def __init__(self, be: GpuBackend, graph: Graph, n_tokens: int, batched: bool = False):
+    def __init__(self, be: GpuBackend, graph: Graph, n_tokens: int, batched: bool = False, capture=None):
         if n_tokens < 1:
             raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
         if graph.output is None:
@@ -255,6 +260,11 @@ class _Compiler:
         self.temps: list[int] = []  # slots of copies made for the op being planned
         self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
         self.ids = be.rt.storage(4 * n_tokens, "token ids")
+        self.capture = capture_names(graph, capture)
+        # names defined for the planner's bookkeeping whose place never holds the op's own value
+        # (a linear whose residual add accumulates into it, a glu its linear computes on the fly)
+        self.unmaterialised: set[str] = set()
+        self.captures: dict[str, tuple] = {}  # name -> (buffer, rows, width) of its copy
 
     # ---- slots and views ----
     def _new(self, rows: int, width: int) -> _Act:
@@ -315,11 +325,27 @@ class _Compiler:
                 handler = getattr(self, f"_op_{op.kind}", None)
                 if handler is None:
                     raise NotImplementedError(f"gpu backend: op {op.kind!r}")
+                before = set(self.absorbed)
                 handler(i, op)
                 for slot in self.temps:
                     self._unref(slot)
                 self.temps = []
+                if self.capture:
+                    self._capture({i} | (set(self.absorbed) - before))
             self._release_dead(i, op.inputs + (op.out,))
+
+    def _capture(self, done) -> None:
+        """Copy the wanted outputs of the ops just planned (op indices `done`) into buffers of their
+        own, right after the kernels that wrote them: later ops may write over their places."""
+        for k in sorted(done):
+            name = self.g.ops[k].out
+            if name not in self.capture or name not in self.acts or name in self.unmaterialised:
+                continue
+            act = self.acts[name]
+            buf = self.be.rt.storage(4 * act.rows * act.width, f"capture {name}")
+            self.captures[name] = (buf, act.rows, act.width)
+            self.intents.append(lambda res, act=act, buf=buf, name=name: K.copy(
+                self.cfg, act.rows, act.width, self._view(res, act), K.View(buf, 0, act.width), f"{name}: capture"))
 
     def _consumer(self, i: int, kind: str) -> tuple[int, Op] | None:
         """(j, op j) when op i's output has exactly one reader, op j of this kind."""
@@ -376,6 +402,7 @@ class _Compiler:
             if a.slot != x.slot and self._can_fold_into(r_name, i, j):
                 # residual + linear: the linear accumulates into the residual's place
                 self.absorbed[j] = "residual add fused into linear"
+                self.unmaterialised.add(op.out)
                 x = self._contiguous(op.inputs[0], x)
                 self._define(op.out, _Act(a.slot, a.offset, a.stride, a.rows, a.width))
                 self._define(add.out, _Act(a.slot, a.offset, a.stride, a.rows, a.width))
@@ -587,6 +614,7 @@ class _Compiler:
             # the linear reads act(gate) * up as it loads its input: the glu's output is a view
             # of the gate columns (keeping gate and up alive) that the linear knows to combine
             self.absorbed[i] = "glu fused into the linear reading it"
+            self.unmaterialised.add(op.out)
             self.glu_inputs[op.out] = op.param("activation")
             self._define(op.out, _Act(x.slot, x.offset, x.stride, x.rows, half))
             return
@@ -673,7 +701,7 @@ class _Compiler:
         head = _Head(self._view(res, out), out.rows, width, self.g.output)
         vocab = [self.g.weight_shapes[op.weights[0]][0] for op in self.g.ops if op.kind == "embed"]
         step = _GpuStep(self.be, program, kernel_list, head, self.ids, self.n, (out.rows, width), self.absorbed,
-                        min(vocab, default=None), self.g)
+                        min(vocab, default=None), self.g, self.captures)
         step.batched = self.batched
         return step
 
@@ -711,7 +739,7 @@ class _GpuStep:
     batched = False  # compiled for rows of several sequences (see spans)
 
     def __init__(self, backend: GpuBackend, program: Program, kernels: list, head: _Head, ids_buffer, n_tokens: int,
-                 out_shape, fused: dict, n_vocab: int | None, graph: Graph):
+                 out_shape, fused: dict, n_vocab: int | None, graph: Graph, captures: dict | None = None):
         self.backend, self.program, self.ids_buffer = backend, program, ids_buffer
         self.n_tokens, self.out_shape, self.graph = n_tokens, out_shape, graph
         self.n_dispatches = program.n_dispatches
@@ -719,6 +747,7 @@ class _GpuStep:
         self._n_vocab = n_vocab
         self._kernels, self._head = kernels, head
         self._programs: dict[tuple, Program] = {}  # the step + sampling kernels, made on first use
+        self._captures = captures or {}  # name -> (buffer, rows, width): activations each run copies aside
         self._positions = None  # (pos, 1, 0, 0) per context position: the loops copy the step uniform from it
         self._loop_staging: list = []
 
@@ -749,6 +778,12 @@ class _GpuStep:
         parts = self._run(self.program, token_ids, pos0, base)
         data = parts[0] if len(parts) == 1 else np.concatenate(parts)  # a strided output comes back row by row
         return data.view(np.float32).reshape(self.out_shape)
+
+    def read_captured(self) -> dict[str, np.ndarray]:
+        """The activations compiled with `capture=`, as the last run left them: float32 (rows, width)."""
+        rt = self.backend.rt
+        return {name: rt.read(buf, 4 * rows * width).view(np.float32).reshape(rows, width)
+                for name, (buf, rows, width) in self._captures.items()}
 
     def spans(self, token_ids: np.ndarray, spans: list[Span]) -> np.ndarray:
         """The step over one sequence's rows (one Span), or, for a step compiled batched, over one

@@ -1,0 +1,50 @@
+"""How far the GPU backend's result of one op may lie from the numpy reference's, as NMSE
+= sum((gpu - ref)^2) / sum(ref^2), the two given the same inputs.
+
+Each is about 10x the largest NMSE measured on lavapipe, over the op table of
+tests/test_ops_parity.py (random weights and activations; every op form, a prefill chunk, a decode
+step, a short chunk) and over `wgpu-llm verify` of gemma3-270m and smollm2-135m (prompt and 3
+decode steps). Real activations are less kind than random ones -- outliers, sharp softmaxes,
+logits that cancel -- and set most of the values:
+  ELTWISE_TOL 0      embed, slice, last_row, add, bias, scale, pos_embed: one correctly rounded
+                     float32 operation (or none) per element on both sides, so bit-identical
+                     (measured 0 everywhere)
+  ROPE_TOL    1e-13  rope: sin / cos evaluated on the GPU vs numpy's (measured <= 1e-14)
+  NORM_TOL    3e-12  rms_norm, glu, gelu, softcap: sums / exp / tanh in another order or
+                     implementation (measured <= 2.1e-13: on a decode step's single row, a few ulp
+                     of the row's one scale factor; WGSL's inverseSqrt is accurate to 2 ulp)
+  DOT_TOL     1e-11  linear and layer_norm: dot products / centring sums in another order
+                     (measured <= 9.3e-13: smollm2's logits, sums that cancel)
+  ATTN_TOL    3e-11  attention (soft-capped too): score dot products in another order and the
+                     softmax's exp, which WGSL only asks to be accurate to 3 + 2|x| ulp
+                     (measured <= 3.6e-12, gemma3's decode steps)
+
+`wgpu-llm verify` (wgpu_llm/verify.py) holds each op of a real model to OP_TOLERANCE of its kind;
+ops one fused GPU kernel runs together, to the largest tolerance among their kinds.
+"""
+
+from __future__ import annotations
+
+ELTWISE_TOL = 0.0
+ROPE_TOL = 1e-13
+NORM_TOL = 3e-12
+DOT_TOL = 1e-11
+ATTN_TOL = 3e-11
+
+OP_TOLERANCE = {
+    "embed": ELTWISE_TOL, "slice": ELTWISE_TOL, "last_row": ELTWISE_TOL, "add": ELTWISE_TOL,
+    "bias": ELTWISE_TOL, "scale": ELTWISE_TOL, "pos_embed": ELTWISE_TOL,
+    "rope": ROPE_TOL,
+    "rms_norm": NORM_TOL, "glu": NORM_TOL, "gelu": NORM_TOL, "softcap": NORM_TOL,
+    "layer_norm": DOT_TOL, "linear": DOT_TOL,
+    "attention": ATTN_TOL,
+}
+
+
+def op_tolerance(kinds) -> float:
+    """The NMSE allowed for the result of ops of these kinds computed together (a fused kernel)."""
+    kinds = set(kinds)
+    unknown = sorted(kinds - OP_TOLERANCE.keys())
+    if unknown:
+        raise KeyError(f"no tolerance for op kinds {', '.join(unknown)} (wgpu_llm/tolerances.py)")
+    return max(OP_TOLERANCE[k] for k in kinds)
