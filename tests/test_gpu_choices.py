@@ -101,3 +101,12 @@ def test_binding_limit(monkeypatch):
         monkeypatch.setenv(device.ENV_MAX_BINDING, bad)
         with pytest.raises(ValueError, match=f"WGPU_LLM_MAX_BINDING_BYTES={bad!r}: expected a byte count"):
             device.binding_limit(1 << 27, 1 << 31)
+
+
+def test_subgroup_sizes_under_either_key_name():
+    """wgpu-py 0.32 names the adapter-info keys "stackgroup_min_size" / "_max_size"; the spec and
+    later versions "subgroup_..."."""
+    assert device._subgroup_sizes({"stackgroup_min_size": 4, "stackgroup_max_size": 128}) == (4, 128)
+    assert device._subgroup_sizes({"subgroup_min_size": 32, "subgroup_max_size": 64,
+                                   "stackgroup_min_size": 4, "stackgroup_max_size": 128}) == (32, 64)
+    assert device._subgroup_sizes({"vendor": "x"}) is None

@@ -126,6 +126,22 @@ def heuristic(caps, case: LinearCase) -> LinearVariant | Tiles:
     return K.linear_variant(K.choose_config(caps), case.type_name, case.rows, case.cols, case.n_tokens)
 
 
+def kernel_choices(caps, type_name: str = "Q4_K", rows: int = 2048, cols: int = 1024, head_dim: int = 64
+                   ) -> dict[str, str]:
+    """What this device runs without tuning (`heuristic`), for `wgpu-llm devices`: the mat-vec
+    variant of a decode step, the mat-mat tiles of prefill steps of 16, 32 and 64+ tokens, the
+    flash-attention tiles of a head size."""
+    from .attention import choose_flash_tiles
+
+    out = {"mat-vec (1 token)": heuristic(caps, LinearCase(type_name, rows, cols, 1)).key}
+    for n in (16, 32, 64):
+        case = LinearCase(type_name, rows, cols, n)
+        out[f"mat-mat ({n}{'+' if n == 64 else ''} tokens)"] = heuristic(caps, case).key if case.tiled else "mat-vec"
+    t = choose_flash_tiles(caps, head_dim)
+    out[f"flash attention (head {head_dim})"] = f"{t.bq}x{t.bkv} wg{t.wg} {t.sq}x{t.sk}"
+    return out
+
+
 def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVariant] | list[Tiles]:
     """Variants (mat-vec) or tile shapes (mat-mat, for a tiled case) worth timing for this case on
     this adapter, the heuristic choice first."""
@@ -531,5 +547,5 @@ class LinearChoice:
 
 
 __all__ = ["CACHE_FORMAT", "ENV_TUNE", "CaseResult", "LinearCase", "LinearChoice", "adapter_identity", "cache_path",
-           "candidates", "heuristic", "measure", "model_cases", "parse_winner", "read_cache", "tile_candidates", "tune",
+           "candidates", "heuristic", "kernel_choices", "measure", "model_cases", "parse_winner", "read_cache", "tile_candidates", "tune",
            "write_cache"]
