@@ -52,6 +52,8 @@ start=$(date +%s)
 PY="${PYTHON:-python3}"
 
 note() { echo "$*" | tee -a "$summary"; }
+# grep without -q below: -q stops reading early, and under pipefail the writer's SIGPIPE fails the test
+has_vulkan() { ldconfig -p 2>/dev/null | grep 'libvulkan\.so\.1' >/dev/null; }
 left() { echo $((budget - ($(date +%s) - start))); }
 
 # stage NAME LIMIT CMD...: run CMD with at most LIMIT seconds (less when the budget is shorter,
@@ -80,12 +82,12 @@ stage() {
 }
 
 note "wgpu-llm device check, $stamp"
-note "tree: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git metadata') $(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo '(with local changes)')"
+note "tree: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git metadata') $(git -C "$ROOT" status --porcelain 2>/dev/null | grep . >/dev/null && echo '(with local changes)')"
 note "host: $(nproc) cores, $(uname -srm); mode: $([ $software = 1 ] && echo 'software trial (--software)' || echo 'hardware GPU')"
 
 # ---- what was carried: the Vulkan loader, wheels ----
 if [ -n "$gl" ]; then
-    if ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+    if has_vulkan; then
         note "vulkan loader: installed already ($gl not unpacked)"
     elif ls "$gl"/*.deb >/dev/null 2>&1; then
         for f in "$gl"/*.deb; do dpkg -x "$f" / || note "could not unpack $f"; done
@@ -95,7 +97,7 @@ if [ -n "$gl" ]; then
         note "vulkan loader: --gl $gl holds no .deb files"
     fi
 fi
-if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
+if ! has_vulkan; then
     note "MISSING: no Vulkan loader (libvulkan.so.1); carry one with --gl (benchmarks/README.md)"
 fi
 nvidia_icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
@@ -125,7 +127,7 @@ EOF
 if [ -n "$missing" ]; then
     note "MISSING python packages: $missing (carry wheels with --wheels; benchmarks/README.md)"
 fi
-if echo " $missing " | grep -Eq ' (numpy|gguf|tokenizers|wgpu|click|rich|jinja2) '; then
+if echo " $missing " | grep -E ' (numpy|gguf|tokenizers|wgpu|click|rich|jinja2) ' >/dev/null; then
     note "wgpu-llm cannot run without them: stopping"
     exit 1
 fi
@@ -164,7 +166,7 @@ EOF
 )
 have_all=1
 for name in gemma3-270m smollm2-135m; do
-    echo " $real " | grep -q " $name " || have_all=0
+    echo " $real " | grep " $name " >/dev/null || have_all=0
 done
 if [ $have_all = 1 ]; then
     note "test models: cached ($real)"
@@ -186,7 +188,7 @@ stage tests $([ $software = 1 ] && echo 240 || echo 270) "$PY" -m pytest -q -rs 
 grep -E '^[0-9]+ (passed|failed)|^(FAILED|ERROR) ' "$out/tests.log" | sed 's/^/  /' | tail -n 12 | tee -a "$summary"
 
 # ---- the benchmark ----
-if echo " $real " | grep -q " smollm2-135m "; then
+if echo " $real " | grep " smollm2-135m " >/dev/null; then
     model=smollm2-135m
 else
     model="$work/smollm2-135m-shaped.gguf"
