@@ -50,6 +50,7 @@ summary="$out/summary.txt"
 exec > >(tee "$out/device-check.log") 2>&1
 start=$(date +%s)
 PY="${PYTHON:-python3}"
+failed=0  # the exit status: 1 when a stage failed or ran out of time
 
 note() { echo "$*" | tee -a "$summary"; }
 # grep without -q below: -q stops reading early, and under pipefail the writer's SIGPIPE fails the test
@@ -65,6 +66,7 @@ stage() {
     [ "$limit" -gt "$avail" ] && limit=$avail
     if [ "$limit" -lt 15 ]; then
         note "$name: not run (the ${budget} s budget is spent)"
+        failed=1
         return 124
     fi
     echo "== $name (at most ${limit} s): $*"
@@ -75,8 +77,8 @@ stage() {
     local took=$(($(date +%s) - t0))
     case $rc in
         0) note "$name: ok (${took} s)" ;;
-        124|137) note "$name: TIMED OUT after ${took} s (limit ${limit} s)" ;;
-        *) note "$name: FAILED, exit ${rc} (${took} s); see $name.log" ;;
+        124|137) failed=1; note "$name: TIMED OUT after ${took} s (limit ${limit} s)" ;;
+        *) failed=1; note "$name: FAILED, exit ${rc} (${took} s); see $name.log" ;;
     esac
     return $rc
 }
@@ -222,3 +224,4 @@ if [ -n "$model" ]; then
 fi
 
 note "done in $(($(date +%s) - start)) s (budget ${budget} s); results in $out"
+exit "$failed"
