@@ -91,6 +91,25 @@ fn x_val(i: u32) -> f32 {
 const MAX_SG: u32 = $MAX_SG;
 var<workgroup> red: array<f32, $RED_SIZE>;
 
+//! emulated_subgroups
+// subgroups of SGW invocations emulated in workgroup memory (quant.linear_shader's
+// emulate_subgroups): the subgroup kind's bookkeeping run with a width the device does not have
+const SGW: u32 = $SGW;
+var<workgroup> sg_scratch: array<f32, $WG>;
+
+// subgroupAdd over the invocations lid - lid % SGW .. (a whole workgroup calls it together)
+fn sg_add(v: f32, lid: u32) -> f32 {
+    sg_scratch[lid] = v;
+    workgroupBarrier();
+    let first = lid - lid % SGW;
+    var s = 0.0;
+    for (var j = first; j < min(first + SGW, $WG); j++) {
+        s += sg_scratch[j];
+    }
+    workgroupBarrier();
+    return s;
+}
+
 //! reduce_shared
 var<workgroup> red: array<f32, $RED_SIZE>;
 
@@ -532,6 +551,7 @@ fn main(@builtin(local_invocation_index) lid: u32,
 fn main(@builtin(local_invocation_index) lid: u32,
         @builtin(workgroup_id) wid: vec3<u32>,
         @builtin(num_workgroups) nwg: vec3<u32>$SG_BUILTINS) {
+$SG_LOCALS
     let row0 = (wid.x + wid.y * nwg.x) * ROWS;
     if (row0 >= prm().rows) {
         return;

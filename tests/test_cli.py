@@ -267,3 +267,32 @@ def test_backend_and_adapter_reach_the_model(tiny):
     assert err.startswith("error: ") and "no-such-adapter" in err
     result = cli("run", tiny["llama"], "-p", "hi", "-n", "2", "--adapter", "no-such-adapter")
     assert result.stderr.startswith("backend: cpu") and "no-such-adapter" in result.stderr
+
+
+@pytest.mark.gpu
+def test_devices_on_this_machine(adapter, tmp_path):
+    """`devices` in a fresh process without XDG_RUNTIME_DIR (a headless machine): the measured
+    subgroup size and the kernels each adapter would take, hardware ones under
+    WGPU_LLM_FORCE_HARDWARE_KERNELS=1, and no Vulkan noise ("XDG_RUNTIME_DIR is invalid")."""
+    import os
+    import re
+
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "WGPU_LLM_FORCE_HARDWARE_KERNELS")}
+    env.update(COLUMNS="1000", WGPU_LLM_CACHE=str(tmp_path))  # no line wrapping
+
+    def devices(**extra):
+        done = subprocess.run([sys.executable, "-m", "wgpu_llm.cli", "devices"], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert "XDG_RUNTIME_DIR" not in done.stdout + done.stderr
+        return done.stdout
+
+    out = devices()
+    assert re.search(r"\[0\] kernels: mat-vec \(1 token\) \S+; mat-mat \(16 tokens\) tiles-", out), out
+    subgroups = re.search(r"│ yes (\d+) \((\d+)-(\d+)\)", out)
+    if subgroups:  # a measured size, within what a GPU may have
+        assert 4 <= int(subgroups[1]) <= 128, out
+    forced = devices(WGPU_LLM_FORCE_HARDWARE_KERNELS="1")
+    assert "mat-vec (1 token) row-" not in forced and "flash attention (head 64) 16x32 wg64" in forced, forced
+    small = devices(WGPU_LLM_MAX_BINDING_BYTES=str(16 << 20))
+    assert "│ 16 MiB " in small, small

@@ -66,6 +66,23 @@ def test_tiny_llama(adapter, tmp_path, qtype, tied):
 
 
 @gpu
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
+def test_tiny_llama_other_weight_types(adapter, tmp_path, qtype):
+    """With test_tiny_llama, every weight type the GPU kernels read (k-quants in 256-column rows,
+    the embedding table too, as random blocks: gguf-py cannot quantize them)."""
+    from wgpu_llm.gpu import quant
+
+    covered = {"F32", "F16", "Q8_0", "Q4_1", "Q5_0", "BF16", "Q4_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"}
+    assert covered == set(quant.SUPPORTED_TYPES)
+    shape = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1} if "K" in qtype else {}
+    path = write_tiny_model(tmp_path / f"llama-{qtype}.gguf", "llama", qtype, **shape)
+    gf = GGUFFile(path)
+    assert {gf.tensor(n).type_name for n in ("token_embd.weight", "blk.0.ffn_down.weight")} == {qtype}
+    errors, _, _ = compare_backends(path, adapter, n_prefill=9, n_decode=4)
+    assert max(errors) <= NMSE_TOL, errors
+
+
+@gpu
 def test_tiny_llama_mha_one_layer(adapter, tmp_path):
     """No GQA (n_kv_head == n_head), a single layer, an odd prefill length."""
     path = write_tiny_model(tmp_path / "llama-mha.gguf", "llama", "F32", n_layer=1, n_kv_head=4)

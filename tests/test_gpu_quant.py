@@ -528,6 +528,33 @@ def test_linear_workgroup_sizes(gpu):
         assert nmse(got.reshape(n_tokens, rows), want) <= 1e-10, variant.key
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("width", [8, 16, 32, 64, 128])
+def test_linear_subgroup_kind_at_every_subgroup_width(gpu, width):
+    """The subgroup kind's reduction with subgroups of 8 to 128 invocations (what GPUs have; the
+    adapter here has one size) emulated in workgroup memory: subgroups smaller than, as large as
+    and larger than the workgroup, one token and several (the partial sums of every subgroup of
+    every row and token kept apart), one row per workgroup and sixteen."""
+    V = quant.LinearVariant
+    rng = np.random.default_rng(width)
+    rows, cols = 45, 512
+    raw = random_tensor("Q5_K", rows, cols, rng)
+    w = quant.pack("Q5_K", raw, rows, cols)
+    weights = reference("Q5_K", raw, rows, cols).T.astype(np.float64)
+    for n_tokens in (1, 5):
+        x = rng.standard_normal((n_tokens, cols)).astype(np.float32)
+        want = x.astype(np.float64) @ weights
+        uniform = struct.pack("<8I", n_tokens, rows, cols, cols, rows, 0, 0, 0)
+        for variant in (V("subgroup", 32), V("subgroup", 64), V("subgroup", 64, 16), V("subgroup", 256, 1)):
+            source = quant.linear_shader("Q5_K", variant=variant, emulate_subgroups=width)
+            assert "subgroupAdd(" not in source and "subgroup_invocation_id" not in source
+            got = gpu.run(source, uniform, [x], poisoned(n_tokens * rows), w.planes,
+                          quant.linear_dispatch("Q5_K", rows, n_tokens, variant=variant))
+            assert nmse(got.reshape(n_tokens, rows), want) <= 1e-10, (width, variant.key, n_tokens)
+    with pytest.raises(ValueError, match="needs the subgroup kind"):
+        quant.linear_shader("Q5_K", variant=V("shared", 64), emulate_subgroups=width)
+
+
 # ---- real weights ----
 
 @pytest.mark.gpu

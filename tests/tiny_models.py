@@ -52,9 +52,27 @@ def spm_vocab():
     return tokens, scores, types
 
 
+# k-quants gguf-py cannot quantize: (block bytes, byte offsets of the f16 super-block scales)
+RANDOM_BLOCKS = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
+
+
+def _random_blocks(rng, rows: int, cols: int, qtype: str, scale: float) -> np.ndarray:
+    """Random k-quant blocks (any quants and sub-block scales are valid) whose f16 super-block
+    scales keep the weights within a few times `scale`: (rows, row bytes) uint8, as quantize gives."""
+    size, fields = RANDOM_BLOCKS[qtype]
+    raw = rng.integers(0, 256, (rows * cols // 256, size), dtype=np.uint8)
+    d = np.full(len(raw), scale / 1000, np.float16).view(np.uint8).reshape(-1, 2)
+    for offset in fields:
+        raw[:, offset:offset + 2] = d
+    return raw.reshape(rows, -1)
+
+
 def _add_weight(w: GGUFWriter, rng, name: str, rows: int, cols: int, qtype: str, scale: float = 0.2) -> None:
     data = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
-    if qtype == "F32":
+    if qtype in RANDOM_BLOCKS:
+        t = GGMLQuantizationType[qtype]
+        w.add_tensor(name, _random_blocks(rng, rows, cols, qtype, scale), raw_dtype=t)
+    elif qtype == "F32":
         w.add_tensor(name, data)
     elif qtype == "F16":
         w.add_tensor(name, data.astype(np.float16))
@@ -94,13 +112,15 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
                      d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
                      n_rot: int | None = None, fused_qkv: bool = True,
                      layer_types: dict[str, str] | None = None, extra_metadata: dict | None = None,
-                     extra_tensors: dict[str, np.ndarray] | None = None) -> Path:
+                     extra_tensors: dict[str, np.ndarray] | None = None, n_vocab: int | None = None) -> Path:
     """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block.
     layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}.
     n_rot: rotated dimensions per head (partial rotary), default head_dim.
     fused_qkv: gpt2 / phi2 layout with one attn_qkv (else attn_q, attn_k, attn_v, each with a bias).
     extra_metadata: more keys (str, float, bool or int values; ints written as uint32).
-    extra_tensors: more float32 tensors, by name."""
+    extra_tensors: more float32 tensors, by name.
+    n_vocab: pad a gpt2-style vocabulary to this many tokens (ones no merge produces), for a model
+    with a real one's embedding and output-head shapes."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     w = GGUFWriter(path, arch)
@@ -124,6 +144,9 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         tokens, types, merges = gpt2_vocab()
         if arch == "phi3":  # llama.cpp sets attributes of Phi-3's special tokens (by the model's name): they must exist
             tokens, types = tokens + ["<unk>", "<s>", "</s>", "<|end|>"], types + [3, 3, 3, 3]
+        if n_vocab is not None and n_vocab > len(tokens):
+            types = types + [1] * (n_vocab - len(tokens))
+            tokens = tokens + [f"<unused{i}>" for i in range(n_vocab - len(tokens))]
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
         w.add_token_list(tokens)

@@ -327,9 +327,22 @@ def inspect(model, all_tensors):
         _fail(str(e))
 
 
+def _probe(info):
+    """(runtime.Caps or None, {kernel: choice}) of a device opened on the adapter; {"error": ...} when
+    it cannot be opened."""
+    from .gpu import runtime, tune
+
+    try:
+        rt = runtime.Runtime(info.adapter)
+    except (runtime.GpuError, RuntimeError) as e:
+        return None, {"error": f"no device: {e}"}
+    return rt.caps, tune.kernel_choices(rt.caps)
+
+
 @main.command()
 def devices():
-    """Every GPU adapter wgpu sees, its limits and features, and which one `auto` picks."""
+    """Every GPU adapter wgpu sees, its limits and features, the kernels each would run, and which
+    one `auto` picks."""
     from rich.console import Console
     from rich.table import Table
 
@@ -337,19 +350,33 @@ def devices():
         from .gpu import device
     except ImportError as e:
         _fail(f"the gpu backend cannot be loaded: {e}")
-    adapters = device.list_adapters()
+    try:
+        adapters = device.list_adapters()
+        probes = [_probe(a) for a in adapters]
+    except ValueError as e:  # a bad WGPU_LLM_* setting
+        _fail(str(e))
     table = Table(title="GPU adapters (select one with --adapter or WGPU_LLM_ADAPTER=<index|name>)")
-    for col in ("#", "name", "backend", "type", "max binding", "max buffer", "subgroups", "f16", "timestamps"):
+    for col in ("#", "name", "backend", "type", "max binding / buffer", "binding used", "subgroups", "f16",
+                "timestamps"):
         table.add_column(col)
     mib = 1 << 20
-    for a in adapters:
-        sizes = f" {a.subgroup_sizes[0]}-{a.subgroup_sizes[1]}" if a.subgroups and a.subgroup_sizes else ""
+    for a, (caps, _) in zip(adapters, probes):
+        sizes = ""
+        if a.subgroups:
+            measured = f" {caps.subgroup_size}" if caps is not None and caps.subgroup_size else ""
+            reported = f"{a.subgroup_sizes[0]}-{a.subgroup_sizes[1]}" if a.subgroup_sizes else ""
+            sizes = measured + (f" ({reported})" if reported else "")
         table.add_row(str(a.index), a.name + (" (software)" if a.is_software else ""), a.backend, a.type,
-                      f"{a.max_storage_binding // mib} MiB", f"{a.max_buffer // mib} MiB",
+                      f"{a.max_storage_binding // mib} / {a.max_buffer // mib} MiB",
+                      f"{(caps.max_binding if caps is not None else a.binding_limit) // mib} MiB",
                       ("yes" + sizes) if a.subgroups else "no", "yes" if a.shader_f16 else "no",
                       "yes" if a.timestamp_query else "no")
     console = Console()
     console.print(table)
+    console.print("subgroups: the size measured on a device of the adapter (wgpu's min-max in brackets); "
+                  "binding used: min(max binding, max buffer), lowered by WGPU_LLM_MAX_BINDING_BYTES")
+    for a, (_, choices) in zip(adapters, probes):
+        console.print(f"[{a.index}] kernels: " + "; ".join(f"{k} {v}" for k, v in choices.items()))
     for mode, allow in (("auto", False), ("gpu", True)):
         try:
             _, why = device.choose_adapter(allow_software=allow)

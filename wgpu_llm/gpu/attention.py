@@ -72,10 +72,13 @@ SOFTWARE_TILES = FlashTiles(32, 32, 16, 8, 8, 64)
 
 
 def choose_flash_tiles(caps, head_dim: int) -> FlashTiles:
-    """Tiles for this head size that fit the device's workgroup memory and invocation limits."""
+    """Tiles for this head size that fit the device's workgroup memory and invocation limits
+    (a software adapter's first unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1)."""
+    from .device import software_kernels
+
     max_shared = int(getattr(caps, "max_workgroup_storage", 16384))
     max_inv = int(getattr(caps, "max_invocations", 256))
-    software = bool(getattr(getattr(caps, "info", None), "is_software", False))
+    software = software_kernels(getattr(caps, "info", None))
     first = [SOFTWARE_TILES] if software else []
     for t in (*first, FlashTiles(), FlashTiles(16, 16, 32, 2, 4, 32), FlashTiles(8, 16, 16, 2, 4, 16)):
         if t.wg <= max_inv and t.shared_bytes(head_dim) <= max_shared:

@@ -8,10 +8,21 @@ asked for the GPU backend explicitly -- or when a selector names one.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 
 ENV_SELECTOR = "WGPU_LLM_ADAPTER"
+# "1": every adapter gets the kernel choices of a hardware GPU (the subgroup / shared mat-vec, the
+# hardware mat-mat and flash-attention tiles), software ones included -- so that lavapipe runs,
+# and tests, the code a real GPU runs
+ENV_FORCE_HARDWARE = "WGPU_LLM_FORCE_HARDWARE_KERNELS"
+# bytes: a lower storage-binding limit than the device's, for every size decision (weight row
+# pieces, the buffer pool, the KV cache, tokens per step); tests use it to make a software adapter
+# split what only a small GPU would have to split
+ENV_MAX_BINDING = "WGPU_LLM_MAX_BINDING_BYTES"
 
 # features the runtime uses when the adapter has them
 OPTIONAL_FEATURES = ("subgroup", "shader-f16", "timestamp-query")
@@ -44,13 +55,18 @@ class AdapterInfo:
     max_storage_binding: int  # bytes
     max_buffer: int  # bytes
     subgroups: bool
-    subgroup_sizes: tuple[int, int] | None  # (min, max) when the driver reports it, else None
+    subgroup_sizes: tuple[int, int] | None  # (min, max) as wgpu reports them, else None
     shader_f16: bool
     timestamp_query: bool
     adapter: object = field(repr=False, compare=False, default=None)
 
     def describe(self) -> str:
         return f"wgpu {self.backend}: {self.name} ({self.type}{', software' if self.is_software else ''})"
+
+    @property
+    def binding_limit(self) -> int:
+        """The largest storage binding the runtime plans with (see `binding_limit`)."""
+        return binding_limit(self.max_storage_binding, self.max_buffer)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "adapter"}
@@ -66,6 +82,68 @@ def _norm_backend(backend: str) -> str:
         backend.lower(), backend)
 
 
+def software_kernels(info) -> bool:
+    """Does this adapter (an AdapterInfo) get the kernel choices made for software adapters
+    (the "row" mat-vec, the large mat-mat and flash-attention tiles)? Yes for a software adapter,
+    unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1 asks for the hardware choices everywhere."""
+    value = os.environ.get(ENV_FORCE_HARDWARE, "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{ENV_FORCE_HARDWARE}={value!r}: expected 1 (hardware kernel choices on every adapter) "
+                         f"or 0 / unset")
+    return value != "1" and bool(getattr(info, "is_software", False))
+
+
+def binding_override() -> int | None:
+    """WGPU_LLM_MAX_BINDING_BYTES as an int (None when unset); ValueError naming a bad value."""
+    value = os.environ.get(ENV_MAX_BINDING, "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 4096 or n % 4:
+        raise ValueError(f"{ENV_MAX_BINDING}={value!r}: expected a byte count, a multiple of 4 of at least 4096")
+    return n
+
+
+def binding_limit(max_storage_binding: int, max_buffer: int) -> int:
+    """The largest buffer a kernel may bind: a binding can be no larger than a buffer, and drivers
+    report a max_storage_buffer_binding_size above max_buffer_size (lavapipe, some NVIDIA
+    drivers), so the smaller of the two -- lowered further by WGPU_LLM_MAX_BINDING_BYTES."""
+    limit = min(int(max_storage_binding), int(max_buffer))
+    override = binding_override()
+    return limit if override is None else min(limit, override)
+
+
+_RUNTIME_DIR: list[str] = []  # the private XDG_RUNTIME_DIR made for this process, if any
+
+
+def quiet_vulkan_environment() -> None:
+    """Give the process a valid XDG_RUNTIME_DIR when it has none: Vulkan loads Mesa's window-system
+    code, whose Wayland client prints "error: XDG_RUNTIME_DIR is invalid or not set in the
+    environment." on every adapter enumeration (a dozen lines per run on a headless machine)
+    otherwise. The directory is private (mode 0700), empty, and removed at exit."""
+    current = os.environ.get("XDG_RUNTIME_DIR", "")
+    if current.startswith("/") and os.path.isdir(current):
+        return
+    if not _RUNTIME_DIR:
+        path = tempfile.mkdtemp(prefix="wgpu-llm-runtime-")
+        _RUNTIME_DIR.append(path)
+        atexit.register(shutil.rmtree, path, True)
+    os.environ["XDG_RUNTIME_DIR"] = _RUNTIME_DIR[0]
+
+
+def _subgroup_sizes(info) -> tuple[int, int] | None:
+    """(min, max) subgroup size from the adapter info: the spec's keys, or wgpu-py 0.32's
+    misspelt "stackgroup_*" ones (which hold the spec's defaults, 4 and 128, not a driver reading)."""
+    for prefix in ("subgroup", "stackgroup"):
+        lo, hi = info.get(f"{prefix}_min_size"), info.get(f"{prefix}_max_size")
+        if lo and hi:
+            return int(lo), int(hi)
+    return None
+
+
 def adapter_info(adapter, index: int = -1) -> AdapterInfo:
     """Describe one wgpu adapter."""
     info = adapter.info
@@ -76,8 +154,6 @@ def adapter_info(adapter, index: int = -1) -> AdapterInfo:
     software = kind == "cpu" or any(s in lowered for s in _SOFTWARE_NAMES)
     features = set(adapter.features)
     limits = adapter.limits
-    lo = info.get("subgroup_min_size")
-    hi = info.get("subgroup_max_size")
     return AdapterInfo(
         index=index,
         name=name,
@@ -88,7 +164,7 @@ def adapter_info(adapter, index: int = -1) -> AdapterInfo:
         max_storage_binding=int(limits["max-storage-buffer-binding-size"]),
         max_buffer=int(limits["max-buffer-size"]),
         subgroups="subgroup" in features or "subgroups" in features,
-        subgroup_sizes=(int(lo), int(hi)) if lo and hi else None,
+        subgroup_sizes=_subgroup_sizes(info),
         shader_f16="shader-f16" in features,
         timestamp_query="timestamp-query" in features,
         adapter=adapter,
@@ -97,6 +173,7 @@ def adapter_info(adapter, index: int = -1) -> AdapterInfo:
 
 def list_adapters() -> list[AdapterInfo]:
     """Every adapter wgpu can see (an empty list when there is none or wgpu cannot load)."""
+    quiet_vulkan_environment()
     try:
         import wgpu
 

@@ -81,10 +81,13 @@ def choose_config(caps) -> KernelConfig:
     rows per workgroup, adjacent invocations reading adjacent words: what GPUs want. A software
     adapter (lavapipe, SwiftShader, WARP) runs a workgroup's invocations as the SIMD lanes of one
     CPU thread, makes loads from per-lane addresses loops over the lanes and pays a fixed cost
-    per workgroup: there every invocation walks whole rows (linear_variant)."""
+    per workgroup: there every invocation walks whole rows (linear_variant) -- unless
+    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 (device.software_kernels)."""
+    from .device import software_kernels
+
     subgroup = caps.subgroup_size if caps.subgroups and caps.subgroup_size >= 4 else 0
     wide = 256 if caps.max_invocations >= 256 else 64
-    return KernelConfig(linear_subgroup=subgroup, linear_whole_rows=bool(caps.info.is_software), norm_wg_wide=wide,
+    return KernelConfig(linear_subgroup=subgroup, linear_whole_rows=software_kernels(caps.info), norm_wg_wide=wide,
                         elt_wg=wide, argmax_wg=wide, max_per_dim=caps.max_per_dim)
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from . import quant
+from .device import software_kernels
 from .kernels import fill, shader_sections
 
 ENV_PREFILL = "WGPU_LLM_PREFILL"
@@ -177,8 +178,9 @@ def _with_subgroups(t: Tiles, sg: int) -> Tiles:
 
 
 def choose_tiles(caps, n_tokens: int) -> Tiles:
-    """The tile shape for a step of n_tokens on a device (runtime.Caps), within its limits."""
-    software = bool(getattr(getattr(caps, "info", None), "is_software", False))
+    """The tile shape for a step of n_tokens on a device (runtime.Caps), within its limits
+    (a software adapter's unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1)."""
+    software = software_kernels(getattr(caps, "info", None))
     max_inv = int(getattr(caps, "max_invocations", 256))
     max_shared = int(getattr(caps, "max_workgroup_storage", 16384))
     table = _SOFTWARE_TILES if software else _HARDWARE_TILES

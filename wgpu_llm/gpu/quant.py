@@ -371,9 +371,12 @@ def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: 
     return LinearVariant("subgroup" if subgroup_size > 0 else "shared", workgroup_size)
 
 
+EMULATED_SUBGROUP_WIDTHS = (4, 8, 16, 32, 64, 128)
+
+
 @cache  # one text per (type, variant, glu): a model compiles the same few many times
 def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0,
-                  variant: LinearVariant | None = None, glu: str = "") -> str:
+                  variant: LinearVariant | None = None, glu: str = "", emulate_subgroups: int = 0) -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens.
     With glu (an activation of GLU_ACTIVATIONS) x[t, c] is act(x[t, c]) * x[t, c + cols] instead,
     read from rows of 2 * cols (x_stride at least that).
@@ -386,9 +389,17 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
     linear_dispatch and the same variant. Subgroup code has no `enable subgroups;` line: wgpu's
     shader compiler (naga) rejects that directive and takes subgroup operations from the device
     feature instead.
+
+    emulate_subgroups (the subgroup kind): subgroups of this many invocations (one of
+    EMULATED_SUBGROUP_WIDTHS) emulated in workgroup memory, the subgroup builtins computed from
+    the invocation index -- a device has one subgroup size, GPUs have 8 to 128, and this runs the
+    kernel's subgroup bookkeeping with each of them (tests).
     """
     check_type(type_name)
     v = _variant(variant, workgroup_size, subgroup_size)
+    if emulate_subgroups and (v.kind != "subgroup" or emulate_subgroups not in EMULATED_SUBGROUP_WIDTHS):
+        raise ValueError(f"emulate_subgroups={emulate_subgroups}: needs the subgroup kind (got {v.kind}) and a "
+                         f"width in {EMULATED_SUBGROUP_WIDTHS}")
     if v.kind == "row":
         return _row_linear_shader(type_name, v, glu)
     src = shader_sections("quant_linear.wgsl")
@@ -401,10 +412,18 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
                        "\n        @builtin(subgroup_id) sg_id: u32,"
                        "\n        @builtin(num_subgroups) n_sg: u32")
         sg_args = ", sg_lane, sg_id, n_sg"
+        sg_locals = ""
         reduce_body, reduce_total = src["reduce_subgroup_body"], src["reduce_subgroup_total"]
+        if emulate_subgroups:
+            w = emulate_subgroups
+            reduce_decl += fill(src["emulated_subgroups"], SGW=f"{w}u", WG=f"{wg}u")
+            sg_builtins = ""
+            sg_locals = (f"    let sg_lane = lid % {w}u;\n    let sg_id = lid / {w}u;\n"
+                         f"    let n_sg = {-(-wg // w)}u;")
+            reduce_body = reduce_body.replace("subgroupAdd(acc[i])", "sg_add(acc[i], lid)")
     else:
         reduce_decl = fill(src["reduce_shared"], RED_SIZE=wg * rows * tt)
-        sg_params = sg_builtins = sg_args = ""
+        sg_params = sg_builtins = sg_args = sg_locals = ""
         reduce_body, reduce_total = src["reduce_shared_body"], src["reduce_shared_total"]
     passes = []
     for nt in sorted({1, tt}):
@@ -412,7 +431,7 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         passes.append(fill(src["pass"], PASS=nt, NT=f"{nt}u", V=values, SG_PARAMS=sg_params,
                             REDUCE=fill(reduce_body, V=values).rstrip("\n"),
                             TOTAL=fill(reduce_total, V=values).rstrip("\n")))
-    main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt)
+    main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt, SG_LOCALS=sg_locals)
     header = fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu))
     return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), src["params"], header,
                       reduce_decl, *passes, main])

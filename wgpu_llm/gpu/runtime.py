@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import kernels as K
-from .device import AdapterInfo, adapter_info, request_device
+from .device import AdapterInfo, adapter_info, binding_limit, request_device
 
 
 class GpuError(RuntimeError):
@@ -63,7 +63,7 @@ class Caps:
     subgroups: bool
     subgroup_size: int  # measured on this device (0 without the subgroup feature)
     shader_f16: bool
-    max_binding: int  # max storage buffer binding size, bytes
+    max_binding: int  # bytes: the largest buffer a kernel binds, device.binding_limit (every size decision uses it)
     max_buffer: int
     max_workgroup_storage: int
     max_invocations: int
@@ -94,7 +94,7 @@ class Runtime:
             subgroups=subgroups,
             subgroup_size=0,
             shader_f16="shader-f16" in features,
-            max_binding=int(lim["max-storage-buffer-binding-size"]),
+            max_binding=binding_limit(lim["max-storage-buffer-binding-size"], lim["max-buffer-size"]),
             max_buffer=int(lim["max-buffer-size"]),
             max_workgroup_storage=int(lim["max-compute-workgroup-storage-size"]),
             max_invocations=int(lim["max-compute-invocations-per-workgroup"]),

@@ -43,6 +43,7 @@ import numpy as np
 
 from . import kernels as K
 from . import matmul, quant
+from .device import software_kernels
 from .matmul import Tiles
 from .quant import LinearVariant
 
@@ -125,6 +126,22 @@ def heuristic(caps, case: LinearCase) -> LinearVariant | Tiles:
     return K.linear_variant(K.choose_config(caps), case.type_name, case.rows, case.cols, case.n_tokens)
 
 
+def kernel_choices(caps, type_name: str = "Q4_K", rows: int = 2048, cols: int = 1024, head_dim: int = 64
+                   ) -> dict[str, str]:
+    """What this device runs without tuning (`heuristic`), for `wgpu-llm devices`: the mat-vec
+    variant of a decode step, the mat-mat tiles of prefill steps of 16, 32 and 64+ tokens, the
+    flash-attention tiles of a head size."""
+    from .attention import choose_flash_tiles
+
+    out = {"mat-vec (1 token)": heuristic(caps, LinearCase(type_name, rows, cols, 1)).key}
+    for n in (16, 32, 64):
+        case = LinearCase(type_name, rows, cols, n)
+        out[f"mat-mat ({n}{'+' if n == 64 else ''} tokens)"] = heuristic(caps, case).key if case.tiled else "mat-vec"
+    t = choose_flash_tiles(caps, head_dim)
+    out[f"flash attention (head {head_dim})"] = f"{t.bq}x{t.bkv} wg{t.wg} {t.sq}x{t.sk}"
+    return out
+
+
 def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVariant] | list[Tiles]:
     """Variants (mat-vec) or tile shapes (mat-mat, for a tiled case) worth timing for this case on
     this adapter, the heuristic choice first."""
@@ -133,7 +150,7 @@ def candidates(caps, case: LinearCase, quick: bool = False) -> list[LinearVarian
     cfg = K.choose_config(caps)
     out = [K.linear_variant(cfg, case.type_name, case.rows, case.cols, case.n_tokens)]
     sg = caps.subgroup_size if caps.subgroups else 0
-    if caps.info.is_software:
+    if software_kernels(caps.info):
         # whole rows per invocation; how many lanes and rows per workgroup trades the fixed cost
         # per workgroup against keeping every CPU thread busy and the registers in use
         share = sg if sg in (4, 8, 16, 32) else 0
@@ -167,7 +184,7 @@ def tile_candidates(caps, case: LinearCase, quick: bool = False) -> list[Tiles]:
     """Tile shapes of the mat-mat worth timing for a tiled case, matmul.choose_tiles' first."""
     out = [matmul.choose_tiles(caps, case.n_tokens)]
     sg = caps.subgroup_size if caps.subgroups else 0
-    if caps.info.is_software:
+    if software_kernels(caps.info):
         # big register tiles, bounded by the time LLVM takes to compile them (see matmul.py);
         # with and without activations shared in subgroups
         shapes = [(16, 64, 32, 16, 8), (32, 64, 32, 32, 8), (16, 64, 32, 8, 8)]
@@ -414,10 +431,14 @@ def adapter_identity(info) -> dict:
 
 
 def cache_path(info) -> Path:
-    """zoo.cache_dir() / "tuning" / "<vendor>-<device>-<hash of the identity>.json"."""
+    """zoo.cache_dir() / "tuning" / "<vendor>-<device>-<hash of the identity>.json"; a software
+    adapter under WGPU_LLM_FORCE_HARDWARE_KERNELS=1 has a file of its own (its winners are of
+    other kernel families)."""
     from wgpu_llm import zoo
 
     ident = adapter_identity(info)
+    if getattr(info, "is_software", False) and not software_kernels(info):
+        ident["kernels"] = "hardware"
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
     slug = re.sub(r"[^a-z0-9]+", "-", f"{ident['vendor']}-{ident['device']}".lower()).strip("-")[:48] or "adapter"
     return zoo.cache_dir() / "tuning" / f"{slug}-{digest}.json"
@@ -526,5 +547,5 @@ class LinearChoice:
 
 
 __all__ = ["CACHE_FORMAT", "ENV_TUNE", "CaseResult", "LinearCase", "LinearChoice", "adapter_identity", "cache_path",
-           "candidates", "heuristic", "measure", "model_cases", "parse_winner", "read_cache", "tile_candidates", "tune",
+           "candidates", "heuristic", "kernel_choices", "measure", "model_cases", "parse_winner", "read_cache", "tile_candidates", "tune",
            "write_cache"]
