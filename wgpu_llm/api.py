@@ -48,7 +48,7 @@ class LLM:
     trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
         default: the environment variable WGPU_LLM_TRACE. Off, nothing is timed.
     weights_dtype: the numpy backend's weight matrices, "float32" or "float16" (half the memory;
-        slower, logits within about 1e-5 NMSE of float32: see the README's "Memory").
+        slower; logits within 1e-5 NMSE of float32 on smollm2-135m: see the README's "Memory").
 
     Before loading, the model's memory needs are checked (wgpu_llm.memory): a model that will not
     fit raises wgpu_llm.memory.InsufficientMemory (a MemoryError) saying what is needed, what is
