@@ -5,6 +5,11 @@ Weights are dequantized once at load with gguf-py's dequantizers; the weights of
 The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim) per layer; a step's
 spans (wgpu_llm.graph.Span) say which rows belong to which sequence and where its cache starts.
 
+weights_dtype="float16" keeps the matrices (not the norm and bias vectors) in float16: half the
+weight memory, for models whose float32 weights do not fit. Each linear op converts its weight to
+float32 in blocks of rows and accumulates in float32 (ops.linear); the cost is speed and rounding,
+measured in the README ("Memory").
+
 `compile` turns the graph into a list of small closures over buffers allocated once, each calling
 the op's function in ops.py (the reference the GPU kernels are tested against) with `out=` its
 buffer, so a step writes every activation in place; only attention's score matrix, whose size
@@ -20,6 +25,7 @@ import time
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
+from wgpu_llm.memory import WEIGHTS_DTYPES
 
 from . import ops
 
@@ -28,34 +34,39 @@ class CpuBackend:
     name = "cpu"
     tracer = None  # a wgpu_llm.trace.Trace while tracing: each op's closure is then timed
 
-    def __init__(self, gguf_file, n_ctx: int):
+    def __init__(self, gguf_file, n_ctx: int, weights_dtype: str = "float32"):
+        if weights_dtype not in WEIGHTS_DTYPES:
+            raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self.gf = gguf_file
         self.n_ctx = n_ctx
-        self.weights: dict[tuple[str, ...], np.ndarray] = {}  # (names...) -> float32 matrix
+        self.weights_dtype = weights_dtype
+        self.weights: dict[tuple[str, ...], np.ndarray] = {}  # (names...) -> float32 (or float16) matrix
         self.k_cache: dict[int, np.ndarray] = {}  # layer -> (n_kv_head, n_ctx, head_dim)
         self.v_cache: dict[int, np.ndarray] = {}
         self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def describe(self) -> str:
-        return "numpy (CPU)"
+        return "numpy (CPU)" if self.weights_dtype == "float32" else "numpy (CPU, float16 weights)"
 
     # ---- load ----
     def _weight(self, names: tuple[str, ...]) -> np.ndarray:
         """The float32 matrix of one tensor, or of several stacked by rows (a fused linear), or the
-        vectors of several 1-D tensors side by side (a fused linear's biases)."""
+        vectors of several 1-D tensors side by side (a fused linear's biases). With float16 weights,
+        matrices are float16 (wgpu_llm.memory.cpu_estimate counts the same bytes)."""
         if names not in self.weights:
             infos = [self.gf.tensor(n) for n in names]
-            if len(names) == 1:
-                self.weights[names] = self.gf.dequantize(names[0])
-            elif all(len(i.shape) == 1 for i in infos):
-                self.weights[names] = np.concatenate([self.gf.dequantize(n) for n in names])
-            else:  # dequantize each part straight into its rows of the fused matrix
-                fused = np.empty((sum(i.shape[0] for i in infos), infos[0].shape[1]), np.float32)
+            if all(len(i.shape) == 1 for i in infos):
+                self.weights[names] = (self.gf.dequantize(names[0]) if len(names) == 1 else
+                                       np.concatenate([self.gf.dequantize(n) for n in names]))
+            else:  # dequantize each part straight into its rows of the (fused) matrix
+                dtype = np.float16 if self.weights_dtype == "float16" else np.float32
+                rows = [int(np.prod(i.shape[:-1])) for i in infos]
+                fused = np.empty((sum(rows), infos[0].shape[-1]), dtype)
                 start = 0
-                for info in infos:
-                    self.gf.dequantize(info.name, out=fused[start:start + info.shape[0]])
-                    start += info.shape[0]
-                self.weights[names] = fused
+                for info, n in zip(infos, rows):
+                    self.gf.dequantize(info.name, out=fused[start:start + n].reshape(info.shape))
+                    start += n
+                self.weights[names] = fused if len(names) > 1 else fused.reshape(infos[0].shape)
         return self.weights[names]
 
     def _prepare(self, graph: Graph) -> None:

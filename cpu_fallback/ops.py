@@ -20,9 +20,12 @@ def _out(out: np.ndarray | None, rows: int, width: int) -> np.ndarray:
 
 
 def embed(table: np.ndarray, token_ids: np.ndarray, scale: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
-    """table: (n_vocab, d) float32; token_ids: (n,) -> rows of table times scale, (n, d)."""
+    """table: (n_vocab, d) float32 or float16; token_ids: (n,) -> rows of table times scale, (n, d)."""
     out = _out(out, len(token_ids), table.shape[1])
-    np.take(table, token_ids, axis=0, out=out)
+    if table.dtype == out.dtype:
+        np.take(table, token_ids, axis=0, out=out)
+    else:  # a float16 table
+        out[...] = table[token_ids]
     if scale != 1.0:
         np.multiply(out, np.float32(scale), out=out)
     return out
@@ -67,8 +70,20 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
 
 
 def linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> x @ weight.T, (n, m)."""
-    return np.matmul(x, weight.T, out=_out(out, x.shape[0], weight.shape[0]))
+    """x: (n, k), weight: (m, k) as stored in GGUF (one row per output) -> x @ weight.T, (n, m).
+    A float16 weight is converted to float32 in blocks of rows, so the product accumulates in
+    float32 and the converted copy never exceeds F16_BLOCK_BYTES."""
+    out = _out(out, x.shape[0], weight.shape[0])
+    if weight.dtype == np.float32:
+        return np.matmul(x, weight.T, out=out)
+    rows = max(1, F16_BLOCK_BYTES // (4 * weight.shape[1]))
+    for start in range(0, weight.shape[0], rows):
+        block = weight[start:start + rows].astype(np.float32)
+        np.matmul(x, block.T, out=out[:, start:start + rows])
+    return out
+
+
+F16_BLOCK_BYTES = 1 << 21  # float32 rows converted at once from a float16 weight: about L2-sized
 
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0,

@@ -17,6 +17,7 @@ from .backends import open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFError, GGUFFile
 from .graph import Graph
+from .memory import WEIGHTS_DTYPES
 from .sampling import NonFiniteLogits, Sampler, SamplingParams
 from .text import TextStream
 from .tokenizer import Tokenizer
@@ -74,6 +75,12 @@ class LLM:
     adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
     trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
         default: the environment variable WGPU_LLM_TRACE. Off, nothing is timed.
+    weights_dtype: the numpy backend's weight matrices, "float32" or "float16" (half the memory;
+        slower; logits within 1e-5 NMSE of float32 on smollm2-135m: see the README's "Memory").
+
+    Before loading, the model's memory needs are checked (wgpu_llm.memory): a model that will not
+    fit raises wgpu_llm.memory.InsufficientMemory (a MemoryError) saying what is needed, what is
+    available and what to do; WGPU_LLM_IGNORE_MEMORY_CHECK=1 skips the check.
 
     `llm.cache_prompt = True` makes each generation reuse the KV cache of the longest prefix its
     prompt shares with what the previous call left there (a chat's earlier turns): only the rest is
@@ -92,8 +99,11 @@ class LLM:
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
-                 n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None):
+                 n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None,
+                 weights_dtype: str = "float32"):
         check_open(model, backend, n_ctx, n_batch, adapter, trace)  # before anything is read or built
+        if weights_dtype not in WEIGHTS_DTYPES:
+            raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self._exclusive = Exclusive()
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
@@ -107,7 +117,8 @@ class LLM:
         if not 1 <= self.n_ctx <= train_ctx:
             raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
         self.n_batch = n_batch
-        self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter)
+        self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
+                                                         list(self._graphs.values()), n_batch, weights_dtype)
         self._steps: dict[tuple[int, bool, bool], object] = {}
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)

@@ -32,13 +32,17 @@ def _model_arg(model: str | None) -> str | None:
     _fail(f"{model}: no such file, and not a known model name (known: {', '.join(zoo.KNOWN_MODELS)})")
 
 
+CPU_WEIGHTS = {"f32": "float32", "f16": "float16"}  # --cpu-weights -> LLM(weights_dtype=...)
+
+
 def _open(model, backend, n_ctx, adapter, trace=None):
     from . import LLM
 
     model = _model_arg(model)
+    weights = CPU_WEIGHTS[click.get_current_context().meta.get("cpu_weights", "f32")]
     try:
-        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace)
-    except (ValueError, RuntimeError, OSError) as e:
+        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace, weights_dtype=weights)
+    except (ValueError, RuntimeError, OSError, MemoryError) as e:
         _fail(str(e))
     click.echo(f"backend: {llm.backend_reason}", err=True)
     return llm
@@ -141,6 +145,9 @@ _sampling_options = [
     click.option("--adapter", default=None, help="GPU adapter index or name (default: best; env WGPU_LLM_ADAPTER)"),
     click.option("--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
                  help="context size (default: min(4096, model's))"),
+    click.option("--cpu-weights", type=click.Choice(tuple(CPU_WEIGHTS)), default="f32", show_default=True,
+                 expose_value=False, callback=lambda ctx, _, v: ctx.meta.__setitem__("cpu_weights", v),
+                 help="weight matrices of the numpy backend: f16 takes half the memory, runs slower"),
 ]
 
 
