@@ -94,14 +94,15 @@ F16_BLOCK_BYTES = 1 << 21  # float32 rows converted at once from a float16 weigh
 # GIL), the weight is read once at about the bandwidth of one row: 40-70 ms for 2-8 rows.
 THIN_ROWS = 16
 THIN_MIN_BYTES = 1 << 21
-THIN_BLOCK_ELEMENTS = 1 << 10  # rows x weight rows per block product; measured best at 2, 4 and 8 rows
+THIN_BLOCK_ELEMENTS = 1 << 19  # rows x columns x weight rows of one block product: OpenBLAS's
+# small-matrix kernels take products up to about 10^6 of them; the best of 2^16..2^21 at 2, 4, 8 rows
 
 
 def _thin_linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarray:
-    pool, blas = _thin_workers()
+    pool, workers, blas = _thin_workers()
     block = max(16, THIN_BLOCK_ELEMENTS // (x.shape[0] * x.shape[1]))
     starts = range(0, weight.shape[0], block)
-    share = -(-len(starts) // pool._max_workers)
+    share = -(-len(starts) // workers)
 
     def part(first: int) -> None:
         for start in starts[first:first + share]:
@@ -115,14 +116,14 @@ def _thin_linear(x: np.ndarray, weight: np.ndarray, out: np.ndarray) -> np.ndarr
 
 @cache
 def _thin_workers():
-    """(a thread per BLAS thread, the BLAS libraries' controller): made once, at the first use."""
+    """(a pool of one thread per BLAS thread, its size, the BLAS libraries' controller): made once."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import ThreadpoolController
 
     blas = ThreadpoolController().select(user_api="blas")
     threads = max([lib["num_threads"] for lib in blas.info()] + [1])
-    return ThreadPoolExecutor(threads, thread_name_prefix="wgpu-llm-linear"), blas
+    return ThreadPoolExecutor(threads, thread_name_prefix="wgpu-llm-linear"), threads, blas
 
 
 def rope_tables(positions: np.ndarray, n_rot: int, base: float, freq_scale: float = 1.0,
