@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
+from .memory import total_host_memory
+
 DEFAULT_MODELS = ("gemma3-270m", "smollm2-135m")
 DEFAULT_ENGINES = ("wgpu-llm", "llama.cpp", "transformers")
 ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp", "llama.cpp:cpu", "llama.cpp:gpu", "transformers")
@@ -540,19 +542,6 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _memory_bytes() -> int | None:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except ImportError:
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _versions() -> dict:
     from importlib import metadata
 
@@ -573,7 +562,7 @@ def _versions() -> dict:
 
 
 def machine_info() -> dict:
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_bytes": _memory_bytes(),
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "memory_bytes": total_host_memory(),
             "os": platform.platform(), "arch": platform.machine(), "versions": _versions()}
     try:
         import psutil

@@ -197,14 +197,7 @@ def run(model, prompt, trace, trace_json, max_tokens, temperature, top_k, top_p,
     stats: dict = {}
     with CtrlC() as ctrl_c:
         try:
-            with closing(llm.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling)) as pieces:
-                for piece in pieces:
-                    click.echo(piece, nl=False)
-                    sys.stdout.flush()
-                    if ctrl_c.pressed:
-                        break
-        except ValueError as e:
-            _fail(str(e))
+            _echo_stream(llm, prompt, max_tokens, stop, stats, sampling, ctrl_c)
         except KeyboardInterrupt:  # pressed twice: stopped in the middle of a step
             pass
     click.echo()
@@ -216,6 +209,23 @@ def run(model, prompt, trace, trace_json, max_tokens, temperature, top_k, top_p,
             click.echo(f"trace written to {trace_json} (Chrome trace event format)", err=True)
     if ctrl_c.pressed:
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _echo_stream(llm, prompt, max_tokens: int, stop, stats: dict, sampling: dict, ctrl_c: CtrlC) -> str:
+    """Print the text as the model writes it and return it; after a Ctrl-C, stop after the piece in
+    hand (the generation is closed between two steps)."""
+    text = []
+    try:
+        with closing(llm.stream(prompt, max_tokens, stop=stop, stats=stats, **sampling)) as pieces:
+            for piece in pieces:
+                text.append(piece)
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+                if ctrl_c.pressed:
+                    break
+    except ValueError as e:
+        _fail(str(e))
+    return "".join(text)
 
 
 def _summary(stats: dict, interrupted: bool = False) -> str:
@@ -256,19 +266,12 @@ def chat(model, system, max_tokens, temperature, top_k, top_p, min_p, repeat_pen
             break
         messages.append({"role": "user", "content": user})
         stats: dict = {}
-        reply = ""
-        with CtrlC() as ctrl_c:
-            try:
-                ids = llm.chat_prompt(messages)
-                with closing(llm.stream(ids, max_tokens, stop=stop, stats=stats, **sampling)) as pieces:
-                    for piece in pieces:
-                        reply += piece
-                        click.echo(piece, nl=False)
-                        sys.stdout.flush()
-                        if ctrl_c.pressed:
-                            break
-            except ValueError as e:
-                _fail(str(e))
+        try:
+            ids = llm.chat_prompt(messages)
+        except ValueError as e:
+            _fail(str(e))
+        with CtrlC() as ctrl_c:  # pressed twice: the KeyboardInterrupt ends the chat
+            reply = _echo_stream(llm, ids, max_tokens, stop, stats, sampling, ctrl_c)
         click.echo()
         click.echo(_summary(stats, interrupted=ctrl_c.pressed), err=True)
         messages.append({"role": "assistant", "content": reply})

@@ -69,6 +69,7 @@ class Request:
         self.fed = 0  # prompt tokens whose K/V are in the slot
         self.next_token: int | None = None  # sampled, not yet fed
         self.generated: list[int] = []
+        self.history = list(prompt)  # prompt + generated, what the repetition penalty looks back on
         self.stats = {"prompt_tokens": len(prompt), "cached_tokens": 0, "generated_tokens": 0,
                       "t_submit": time.perf_counter()}
 
@@ -247,13 +248,14 @@ class Engine:
     def _sampled(self, r: Request, logits: np.ndarray) -> None:
         """Choose r's next token from its logits row, hand it out, and end r where it must end."""
         try:
-            token = r.sampler(logits, r.prompt + r.generated)
+            token = r.sampler(logits, r.history)
         except NonFiniteLogits as e:
             raise self.llm.damaged(e) from None
         if token in r.stop_ids:
             self._finish(r, "stop")
             return
         r.generated.append(token)
+        r.history.append(token)
         self.metrics["generated_tokens"] += 1
         r._emit(_token_event(token, logits, r.logprobs))
         if len(r.generated) >= r.max_tokens or len(r.slot.tokens) >= r.slot.size:

@@ -87,6 +87,20 @@ def available_host_memory() -> int | None:
         return None
 
 
+def total_host_memory() -> int | None:
+    """The host's physical memory in bytes: psutil when installed, else sysconf; None where nothing says."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def _weight_sets(graphs) -> dict[tuple[str, ...], str]:
     """Every weight tuple the graphs read -> the kind of the first op reading it."""
     sets: dict[tuple[str, ...], str] = {}

@@ -32,6 +32,7 @@ class Service:
         self.engine: Engine | None = None
         self.load_error: str | None = None
         self.created = int(time.time())
+        self.metrics_registry = None  # made at the first /metrics scrape, once the engine runs
         self._load_args = (model, backend, n_ctx, n_slots, adapter)
 
     def load(self) -> None:
@@ -198,30 +199,37 @@ def _sse(obj: dict) -> str:
 
 
 def _metrics_text(service: Service) -> str:
-    """The Prometheus exposition of the engine's counters and gauges."""
+    """The Prometheus exposition of the engine's counters and gauges (one registry per Service)."""
     from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    engine = service.engine
+    if service.metrics_registry is None:
+        registry = CollectorRegistry()
+        registry.register(_EngineCollector(service.engine))
+        service.metrics_registry = registry
+    return generate_latest(service.metrics_registry).decode()
 
-    class EngineCollector:
-        def collect(self):
-            m = engine.metrics
-            yield CounterMetricFamily("wgpu_llm_requests", "Requests admitted to a slot", value=m["requests"])
-            yield CounterMetricFamily("wgpu_llm_prompt_tokens", "Prompt tokens of admitted requests",
-                                      value=m["prompt_tokens"])
-            yield CounterMetricFamily("wgpu_llm_prompt_tokens_cached",
-                                      "Prompt tokens reused from a slot's cache (not computed again)",
-                                      value=m["cached_tokens"])
-            yield CounterMetricFamily("wgpu_llm_generated_tokens", "Tokens generated", value=m["generated_tokens"])
-            yield GaugeMetricFamily("wgpu_llm_queue_length", "Requests waiting for a free slot",
-                                    value=engine.queue_length)
-            yield GaugeMetricFamily("wgpu_llm_slots_busy", "Slots running a request", value=engine.busy_slots)
-            yield GaugeMetricFamily("wgpu_llm_slots", "Slots (--parallel)", value=len(engine.slots))
 
-    registry = CollectorRegistry()
-    registry.register(EngineCollector())
-    return generate_latest(registry).decode()
+class _EngineCollector:
+    """Reads the engine's counters and gauges at each scrape."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        engine, m = self.engine, self.engine.metrics
+        yield CounterMetricFamily("wgpu_llm_requests", "Requests admitted to a slot", value=m["requests"])
+        yield CounterMetricFamily("wgpu_llm_prompt_tokens", "Prompt tokens of admitted requests",
+                                  value=m["prompt_tokens"])
+        yield CounterMetricFamily("wgpu_llm_prompt_tokens_cached",
+                                  "Prompt tokens reused from a slot's cache (not computed again)",
+                                  value=m["cached_tokens"])
+        yield CounterMetricFamily("wgpu_llm_generated_tokens", "Tokens generated", value=m["generated_tokens"])
+        yield GaugeMetricFamily("wgpu_llm_queue_length", "Requests waiting for a free slot",
+                                value=engine.queue_length)
+        yield GaugeMetricFamily("wgpu_llm_slots_busy", "Slots running a request", value=engine.busy_slots)
+        yield GaugeMetricFamily("wgpu_llm_slots", "Slots (--parallel)", value=len(engine.slots))
 
 
 def serve(service: Service, host: str, port: int, log_level: str = "info") -> int:
