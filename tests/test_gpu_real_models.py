@@ -7,8 +7,10 @@ reproduces on every prompt, see test_real_models.py).
   continuation gives the logits after every prefix; the greedy continuation is the golden one
   exactly when the argmax after each prefix is the next golden token. This runs the prefill
   kernels (tiled mat-mat, flash attention) at every position of every prompt.
-- two prompts (all under `golden`): real greedy generation through the GPU-resident decode loop
-  (mat-vec kernels, decode attention over the KV cache, argmax on the GPU), 32 tokens.
+- two prompts (six more under `golden`): real greedy generation through the GPU-resident decode
+  loop (mat-vec kernels, decode attention over the KV cache, argmax on the GPU), 32 tokens. Not all
+  twenty: on a software adapter Gemma 3 decodes about 2 tokens/s, and the teacher-forced sweep
+  already checks the greedy token after every prefix of every prompt.
 - Gemma 3 past its sliding window (900 tokens), as on the numpy backend.
 """
 
@@ -54,11 +56,11 @@ def test_teacher_forced_continuations(model, n_prompts):
     assert not mismatches, mismatches
 
 
-@pytest.mark.parametrize("n_prompts", [pytest.param(2, id="two"),
-                                       pytest.param(None, id="all", marks=pytest.mark.golden)])
-def test_greedy_decode_loop(model, n_prompts):
+@pytest.mark.parametrize("prompts", [pytest.param(slice(0, 2), id="two"),
+                                     pytest.param(slice(2, 8), id="six-more", marks=pytest.mark.golden)])
+def test_greedy_decode_loop(model, prompts):
     llm, golden = model
-    cases = golden["prompts"][:n_prompts]
+    cases = golden["prompts"][prompts]
     results = []
     for case in cases:
         out = llm.generate(case["ids"], max_tokens=len(case["transformers_greedy"]) or 32, temperature=0)
