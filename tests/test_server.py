@@ -293,6 +293,19 @@ def test_one_request_on_the_gpu_matches_the_cpu(tiny, reference, adapter):
         assert s.stop() == 0
 
 
+def test_float16_weights_serve_what_the_library_gives(tiny):
+    s = Server(tiny, "--parallel", "2", "--ctx-size", "256", "--backend", "cpu", "--cpu-weights", "f16")
+    want = LLM(str(tiny), backend="cpu", n_ctx=128, weights_dtype="float16")
+    try:
+        for prompt in PROMPTS[:2]:
+            got = s.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0,
+                                              extra_body={"ignore_eos": True})
+            assert got.choices[0].text == want.generate(prompt, 12, temperature=0, ignore_eos=True).text
+    finally:
+        assert s.stop() == 0
+    assert "on numpy (CPU, float16 weights)" in "".join(s.log), "".join(s.log)
+
+
 @pytest.mark.slow
 def test_chat_with_the_default_model_uses_gemmas_builtin_template(gemma_path):
     s = Server(gemma_path, "--parallel", "2", "--ctx-size", "512", "--backend", "cpu", api_key=None)

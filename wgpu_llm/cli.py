@@ -130,6 +130,11 @@ def _sampling(temperature, top_k, top_p, min_p, repeat_penalty, seed) -> dict:
     return kwargs
 
 
+cpu_weights_option = click.option(
+    "--cpu-weights", type=click.Choice(tuple(CPU_WEIGHTS)), default="f32", show_default=True, expose_value=False,
+    callback=lambda ctx, _, v: ctx.meta.__setitem__("cpu_weights", v),
+    help="weight matrices of the numpy backend: f16 takes half the memory, runs slower")
+
 _sampling_options = [
     click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=128, show_default=True,
                  help="tokens to generate"),
@@ -145,9 +150,7 @@ _sampling_options = [
     click.option("--adapter", default=None, help="GPU adapter index or name (default: best; env WGPU_LLM_ADAPTER)"),
     click.option("--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
                  help="context size (default: min(4096, model's))"),
-    click.option("--cpu-weights", type=click.Choice(tuple(CPU_WEIGHTS)), default="f32", show_default=True,
-                 expose_value=False, callback=lambda ctx, _, v: ctx.meta.__setitem__("cpu_weights", v),
-                 help="weight matrices of the numpy backend: f16 takes half the memory, runs slower"),
+    cpu_weights_option,
 ]
 
 
@@ -306,6 +309,7 @@ def _check_chat_template(model) -> None:
 @click.option("--api-key", envvar="WGPU_LLM_API_KEY", default=None,
               help="require 'Authorization: Bearer KEY' (also env WGPU_LLM_API_KEY)")
 @click.option("--alias", default=None, help="model name in /v1/models and responses (default: the file name)")
+@cpu_weights_option
 def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...)."""
     try:
@@ -318,7 +322,8 @@ def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
 
     if n_ctx is not None and n_ctx < 2 * n_slots:
         raise click.BadParameter(f"{n_ctx} gives {n_slots} slots less than 2 positions each", param_hint="'--ctx-size'")
-    service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias)
+    weights = CPU_WEIGHTS[click.get_current_context().meta["cpu_weights"]]
+    service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias, weights)
     click.echo(f"wgpu-llm serve: loading the model; listening on http://{host}:{port} (/health answers 503 "
                f"until it is ready)", err=True)
     sys.exit(run_server(service, host, port))
