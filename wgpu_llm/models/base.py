@@ -101,6 +101,52 @@ def check_equal(gf: GGUFFile, key: str, value, expected, why: str) -> None:
         raise GGUFError(f"{gf.path}: metadata {key!r} = {value}: only {expected} is implemented ({why})")
 
 
+def attention_heads(gf: GGUFFile, d_model: int, head_size: str) -> tuple[int, int, int]:
+    """(n_head, n_kv_head, head_dim) from `<arch>.attention.*`. head_size says where the head size
+    comes from: "key_length" (that key, by default d_model / head_count), "required key_length"
+    (that key, which must be there) or "d_model" (d_model / head_count: a d_model-wide query; the
+    key_length and value_length keys, when present, must say the same). Value heads are as wide as
+    key heads in every family here."""
+    a = gf.architecture
+    n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
+    kv = f"{a}.attention.head_count_kv"
+    n_kv_head = positive(gf, kv, gf.require(kv, int) if head_size == "required key_length" else gf.get(kv, int, n_head))
+    if n_head % n_kv_head:
+        raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
+    key = f"{a}.attention.key_length"
+    if head_size == "d_model":
+        if d_model % n_head:
+            raise GGUFError(f"{gf.path}: head_count {n_head} does not divide embedding_length {d_model}")
+        head_dim = d_model // n_head
+        check_equal(gf, key, gf.get(key, int), head_dim, "heads of embedding_length / head_count")
+    elif head_size == "required key_length":
+        head_dim = positive(gf, key, gf.require(key, int))
+    else:
+        head_dim = positive(gf, key, gf.get(key, int, d_model // n_head))
+    check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
+                "value heads as wide as key heads")
+    return n_head, n_kv_head, head_dim
+
+
+def vocab_rows(gf: GGUFFile) -> int:
+    """The vocabulary size: the rows of token_embd.weight (`<arch>.vocab_size`, when present, must agree)."""
+    n_vocab = gf.tensor("token_embd.weight").shape[0]
+    check_equal(gf, f"{gf.architecture}.vocab_size", gf.get(f"{gf.architecture}.vocab_size", int), n_vocab,
+                "the rows of token_embd.weight")
+    return n_vocab
+
+
+def rotary_dims(gf: GGUFFile, head_dim: int, required: bool = False) -> int:
+    """`<arch>.rope.dimension_count`: an even number of dimensions of each head that rotate (by
+    default all of them; `required` where no default would be right, as with partial rotary)."""
+    key = f"{gf.architecture}.rope.dimension_count"
+    n_rot = gf.require(key, int) if required else gf.get(key, int, head_dim)
+    if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
+        raise GGUFError(f"{gf.path}: metadata '{key}' = {n_rot}: expected an even number in 2..{head_dim} "
+                        f"(the head size)")
+    return n_rot
+
+
 def rope_freq_scale(gf: GGUFFile) -> float:
     """1 / factor for linear rope scaling, 1 for none; any other scaling type is refused."""
     a = gf.architecture

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFError, GGUFFile
+from ..gguf_file import GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
-                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
+from .base import (COMMON_KEYS, attention_heads, block_count, check_all_tensors_used, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, vocab_rows, weight_shapes)
 
 SLIDING_WINDOW_PATTERN = 6  # layer i is global when (i + 1) % 6 == 0 (as llama.cpp and HF's config)
 LOCAL_ROPE_BASE = 10000.0  # HF rope_local_base_freq; GGUF files usually do not carry it
@@ -43,19 +43,12 @@ class Config:
         a = gf.architecture
         check_metadata(gf, KNOWN_KEYS)
         check_no_experts(gf)
-        n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
-        n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.require(f"{a}.attention.head_count_kv", int))
-        if n_head % n_kv_head:
-            raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
-        head_dim = positive(gf, f"{a}.attention.key_length", gf.require(f"{a}.attention.key_length", int))
-        check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
-                    "value heads as wide as key heads")
-        n_vocab = gf.tensor("token_embd.weight").shape[0]
-        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
+        d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
+        n_head, n_kv_head, head_dim = attention_heads(gf, d_model, "required key_length")
         return cls(
-            n_vocab=n_vocab,
+            n_vocab=vocab_rows(gf),
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),
-            d_model=positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int)),
+            d_model=d_model,
             n_layer=block_count(gf),
             d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
             n_head=n_head,

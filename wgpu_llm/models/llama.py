@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFError, GGUFFile
+from ..gguf_file import GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
-                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
+from .base import (COMMON_KEYS, attention_heads, block_count, check_all_tensors_used, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, rotary_dims, vocab_rows,
+                   weight_shapes)
 
 KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count"}
 
@@ -40,19 +41,9 @@ class Config:
         check_metadata(gf, known_keys)
         check_no_experts(gf)
         d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
-        n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
-        n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
-        head_dim = positive(gf, f"{a}.attention.key_length", gf.get(f"{a}.attention.key_length", int, d_model // n_head))
-        check_equal(gf, f"{a}.attention.value_length", gf.get(f"{a}.attention.value_length", int), head_dim,
-                    "value heads as wide as key heads")
-        n_vocab = gf.tensor("token_embd.weight").shape[0]
-        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
-        if n_head % n_kv_head:
-            raise GGUFError(f"{gf.path}: head_count {n_head} is not a multiple of head_count_kv {n_kv_head}")
-        n_rot = gf.get(f"{a}.rope.dimension_count", int, head_dim)
-        if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
-            raise GGUFError(f"{gf.path}: metadata '{a}.rope.dimension_count' = {n_rot}: expected an even number "
-                            f"in 2..{head_dim} (the head size)")
+        n_head, n_kv_head, head_dim = attention_heads(gf, d_model, "key_length")
+        n_vocab = vocab_rows(gf)
+        n_rot = rotary_dims(gf, head_dim)
         return cls(
             n_vocab=n_vocab,
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),

@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFError, GGUFFile
+from ..gguf_file import GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
-                   check_tensors, positive, positive_float, rope_freq_scale, weight_shapes)
+from .base import (COMMON_KEYS, attention_heads, block_count, check_all_tensors_used, check_metadata, check_no_experts,
+                   check_tensors, positive, positive_float, rope_freq_scale, rotary_dims, vocab_rows, weight_shapes)
 
 KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count", "attention.layer_norm_epsilon"}
 
@@ -42,21 +42,9 @@ class Config:
         check_metadata(gf, KNOWN_KEYS)
         check_no_experts(gf)
         d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
-        n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
-        n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
-        if n_head % n_kv_head or d_model % n_head:
-            raise GGUFError(f"{gf.path}: head_count {n_head} must divide embedding_length {d_model} and be a "
-                            f"multiple of head_count_kv {n_kv_head}")
-        head_dim = d_model // n_head  # the query is d_model wide (llama.cpp's graphs of both families)
-        for key in ("key_length", "value_length"):
-            check_equal(gf, f"{a}.attention.{key}", gf.get(f"{a}.attention.{key}", int), head_dim,
-                        "heads of embedding_length / head_count")
-        n_vocab = gf.tensor("token_embd.weight").shape[0]
-        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
-        n_rot = gf.require(f"{a}.rope.dimension_count", int)  # partial rotary: no default would be right
-        if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
-            raise GGUFError(f"{gf.path}: metadata '{a}.rope.dimension_count' = {n_rot}: expected an even number "
-                            f"in 2..{head_dim} (the head size)")
+        n_head, n_kv_head, head_dim = attention_heads(gf, d_model, "d_model")  # the query is d_model wide (llama.cpp's graphs of both families)
+        n_vocab = vocab_rows(gf)
+        n_rot = rotary_dims(gf, head_dim, required=True)  # partial rotary: no default would be right
         return cls(
             n_vocab=n_vocab,
             n_ctx_train=positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int)),
