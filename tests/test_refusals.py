@@ -82,9 +82,8 @@ def test_phi3_longrope_factors_follow_the_context(tmp_path):
     assert long.n_ctx == 1024 and _rope_factors(long) == {"rope_factors_long.weight"}
     with pytest.raises(ValueError, match=r"n_ctx=1025 must be in 1..1024"):
         LLM(path, backend="cpu", n_ctx=1025)
-    short_only = write_tiny_model(tmp_path / "short.gguf", "phi3", "F32",
-                                  extra_tensors={"rope_factors_short.weight": PHI3_FACTORS["rope_factors_short.weight"]},
-                                  **kw)
+    short = {"rope_factors_short.weight": PHI3_FACTORS["rope_factors_short.weight"]}
+    short_only = write_tiny_model(tmp_path / "short.gguf", "phi3", "F32", extra_tensors=short, **kw)
     assert LLM(short_only, backend="cpu").n_ctx == 256
     with pytest.raises(ValueError, match=r"n_ctx=257 must be in 1..256"):
         LLM(short_only, backend="cpu", n_ctx=257)
