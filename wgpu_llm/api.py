@@ -77,7 +77,9 @@ class LLM:
 
     model: path of a GGUF file, a known model name (see `wgpu_llm.zoo`), or None for the default.
     backend: "auto" (a hardware GPU when there is one, else the CPU), "gpu" or "cpu".
-    n_ctx: context size in tokens (default: min(4096, the model's training context)).
+    n_ctx: context size in tokens (default: min(4096, the model's training context)). A phi3 model
+        with LongRoPE takes its long factors when n_ctx exceeds its original context length, as
+        llama.cpp does, so the logits at any position depend on n_ctx there.
     n_batch: prompt tokens per prefill step.
     adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
     trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
