@@ -79,13 +79,15 @@ class CpuBackend:
                 self.k_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
                 self.v_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
 
-    def rope_table(self, n_rot: int, base: float, freq_scale: float, factors: tuple[str, ...] = ()):
+    def rope_table(self, n_rot: int, base: float, freq_scale: float, factors: tuple[str, ...] = (),
+                   attn_factor: float = 1.0):
         """cos, sin for every position of the context: (n_ctx, n_rot/2) each, computed once.
         factors: () or the name of the tensor of per-pair frequency divisors."""
-        key = (n_rot, base, freq_scale, factors)
+        key = (n_rot, base, freq_scale, factors, attn_factor)
         if key not in self._rope_tables:
             divisors = self._weight(factors) if factors else None
-            self._rope_tables[key] = ops.rope_tables(np.arange(self.n_ctx), n_rot, base, freq_scale, divisors)
+            self._rope_tables[key] = ops.rope_tables(np.arange(self.n_ctx), n_rot, base, freq_scale, divisors,
+                                                     attn_factor)
         return self._rope_tables[key]
 
     # ---- compile / run ----
@@ -181,7 +183,7 @@ class _CpuStep:
                 ops.linear(x, weight, out)
         elif op.kind == "rope":
             x, head_dim, n_rot, neox = args[0], p["head_dim"], p["n_rot"], p["neox"]
-            cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"], op.weights)
+            cos, sin = b.rope_table(n_rot, p["base"], p["freq_scale"], op.weights, p["attn_factor"])
 
             def run(ids, spans):
                 for s, r in spans:

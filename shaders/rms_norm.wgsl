@@ -96,7 +96,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 a = nx[2u * j];
                 b = nx[2u * j + 1u];
             }
-            let cs = sincos(pos * ld_freq(j));
+            let cs = sincos(pos * ld_freq(j)) * P.attn_factor;  // the rope's scale of rotated dimensions
             v = select(a * cs.y - b * cs.x, a * cs.x + b * cs.y, second);
         }
 #if RESIDUAL

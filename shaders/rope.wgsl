@@ -1,7 +1,9 @@
 // Rotary embedding of each head at the row's position (row_pos: pos0 + row in a one-sequence step), one thread per (row, head, pair).
 // neox: pairs (i, i + n_rot/2) rotate together; otherwise adjacent pairs (2i, 2i+1).
 // Pairs past n_rot/2 copy their two columns through. freq[j] = freq_scale * base^(-2j/n_rot),
-// computed on the host in float64. x may be y itself: a thread reads its pair before writing it.
+// computed on the host in float64. The rotated pairs are scaled by P.attn_factor (llama.cpp's
+// rope multiplies its cos and sin by it; the pairs past n_rot/2 are not scaled).
+// x may be y itself: a thread reads its pair before writing it.
 
 const WG: u32 = {{WG}};
 
@@ -39,7 +41,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let a = ld_x(xb + i0);
     let b = ld_x(xb + i1);
-    let cs = sincos(f32(row_pos(row)) * ld_freq(p));
+    let cs = sincos(f32(row_pos(row)) * ld_freq(p)) * P.attn_factor;
     st_y(yb + i0, a * cs.y - b * cs.x);
     st_y(yb + i1, a * cs.x + b * cs.y);
 }

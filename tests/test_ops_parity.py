@@ -57,9 +57,9 @@ class Case:
     steps: tuple = STEPS
 
 
-def _rope(neox, head_dim, n_rot, freq_scale=1.0, factors=None):
+def _rope(neox, head_dim, n_rot, freq_scale=1.0, factors=None, attn_factor=1.0):
     def build(g, layer):
-        return g.rope(g.embed("tab.30"), head_dim, n_rot, 10000.0, neox, freq_scale, factors)
+        return g.rope(g.embed("tab.30"), head_dim, n_rot, 10000.0, neox, freq_scale, factors, attn_factor)
     return build
 
 
@@ -85,9 +85,9 @@ def _norm_residual(g, layer):
     return g.rms_norm(y, "norm.53", 1e-5)
 
 
-def _norm_rope(g, layer):
+def _norm_rope(g, layer, n_rot=16, attn_factor=1.0):
     """Per-head q norm then rope, as Gemma's q / k norms."""
-    return g.rope(g.rms_norm(g.embed("tab.160"), "norm.16", 1e-6), 16, 16, 1e6, True)
+    return g.rope(g.rms_norm(g.embed("tab.160"), "norm.16", 1e-6), 16, n_rot, 1e6, True, attn_factor=attn_factor)
 
 
 CASES = [
@@ -116,6 +116,10 @@ CASES = [
     Case("rope neox partial, freq_scale", _rope(True, 10, 6, 0.5), ROPE_TOL),
     Case("rope normal partial", _rope(False, 10, 4), ROPE_TOL),
     Case("rope with frequency factors", _rope(False, 10, 10, factors="factors.5"), ROPE_TOL),
+    # LongRoPE's attention factor scales the rotated dimensions only (Phi-4-mini: partial rotary)
+    Case("rope neox partial, attention factor", _rope(True, 10, 6, attn_factor=1.19), ROPE_TOL),
+    Case("rms_norm + rope partial, attention factor", lambda g, l: _norm_rope(g, l, n_rot=12, attn_factor=1.19),
+         NORM_TOL, fused="rope fused into rms_norm"),
     Case("linear two F32 weights", lambda g, l: g.linear(g.embed("tab.75"), ["lin.a", "lin.b"]), DOT_TOL),
     Case("linear Q8_0", lambda g, l: g.linear(g.embed("tab.96"), ["lin.q8"]), DOT_TOL),
     Case("bias of two vectors", lambda g, l: g.bias(g.linear(g.embed("tab.75"), ["lin.a", "lin.b"]),

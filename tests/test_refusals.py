@@ -68,14 +68,25 @@ def test_linear_rope_scaling_is_applied(tmp_path):
 PHI3_FACTORS = {"rope_factors_short.weight": np.linspace(1.0, 4.0, 8), "rope_factors_long.weight": np.linspace(2, 8, 8)}
 
 
-def test_phi3_longrope_context_stops_at_the_original_length(tmp_path):
-    """The graph has only the short LongRoPE factors: llama.cpp switches to the long ones past the original
-    context length, so a larger context is refused; without factors the file's context length holds."""
+def _rope_factors(llm) -> set:
+    return {w for op in llm._graphs[False].ops if op.kind == "rope" for w in op.weights}
+
+
+def test_phi3_longrope_factors_follow_the_context(tmp_path):
+    """As llama.cpp: the short LongRoPE factors up to the original context length, the long ones past it, up
+    to the file's context length; without long factors, nothing says how to rotate past the original."""
     kw = dict(n_ctx=1024, extra_metadata={"phi3.rope.scaling.original_context_length": 256})
     path = write_tiny_model(tmp_path / "longrope.gguf", "phi3", "F32", extra_tensors=PHI3_FACTORS, **kw)
-    assert LLM(path, backend="cpu").n_ctx == 256
+    assert _rope_factors(LLM(path, backend="cpu", n_ctx=256)) == {"rope_factors_short.weight"}
+    long = LLM(path, backend="cpu")  # the default context: min(4096, 1024)
+    assert long.n_ctx == 1024 and _rope_factors(long) == {"rope_factors_long.weight"}
+    with pytest.raises(ValueError, match=r"n_ctx=1025 must be in 1..1024"):
+        LLM(path, backend="cpu", n_ctx=1025)
+    short = {"rope_factors_short.weight": PHI3_FACTORS["rope_factors_short.weight"]}
+    short_only = write_tiny_model(tmp_path / "short.gguf", "phi3", "F32", extra_tensors=short, **kw)
+    assert LLM(short_only, backend="cpu").n_ctx == 256
     with pytest.raises(ValueError, match=r"n_ctx=257 must be in 1..256"):
-        LLM(path, backend="cpu", n_ctx=257)
+        LLM(short_only, backend="cpu", n_ctx=257)
     plain = write_tiny_model(tmp_path / "plain.gguf", "phi3", "F32", **kw)
     assert LLM(plain, backend="cpu", n_ctx=1024).n_ctx == 1024
 
@@ -83,6 +94,3 @@ def test_phi3_longrope_context_stops_at_the_original_length(tmp_path):
 def test_phi3_rope_factors_and_partial_rotary(tmp_path):
     with pytest.raises(GGUFError, match=r"tensor 'rope_factors_short.weight' has shape \(8,\), expected \(4,\)"):
         load(tmp_path, "phi3", n_rot=8, extra_tensors=PHI3_FACTORS)
-    # llama.cpp's attention factor scales only the rotated dimensions; the graph folds it into the scores
-    with pytest.raises(GGUFError, match=r"attn_factor' = 1.25 with partial rotary \(8 of 16 dimensions\) is not"):
-        load(tmp_path, "phi3", n_rot=8, extra_metadata={"phi3.rope.scaling.attn_factor": 1.25})

@@ -1,6 +1,7 @@
 """The model graphs vs llama.cpp on tiny random models (golden logits from make_tiny_golden.py),
 on the numpy backend and on the GPU backend."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ PHI3_LONG = [2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0]
 PHI3_LONGROPE = {"n_ctx": 1024, "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
                                                    "phi3.rope.scaling.attn_factor": 1.25},
                  "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT, "rope_factors_long.weight": PHI3_LONG}}
+PHI4_MINI = {"n_rot": 12, "n_ctx": 1024,
+             "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
+                                "phi3.rope.scaling.attn_factor": (1 + math.log(4) / math.log(256)) ** 0.5},
+             "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:6], "rope_factors_long.weight": PHI3_LONG[:6]}}
+N_CTX = 64  # the contexts llama.cpp ran in (make_tiny_golden.py)
+LONG_CONTEXT = {"phi3-F32-phi4-mini-long-context": 512}
 GOLDEN = np.load(Path(__file__).parent / "golden" / "tiny_llama_cpp.npz")
 CASES = {
     "llama-F32": ("llama", "F32", {}, 1e-5),
@@ -60,6 +67,10 @@ CASES = {
         "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:4], "rope_factors_long.weight": PHI3_LONG[:4]}},
         1e-5),
     "phi3-F32-sliding-window": ("phi3", "F32", {"extra_metadata": {"phi3.attention.sliding_window": 8}}, 1e-5),
+    # Phi-4-mini-like: the attention factor over 12 of 16 dimensions, with the short factors in a context up to the
+    # original one and the long factors past it (each golden vs the other: NMSE 0.9)
+    "phi3-F32-phi4-mini": ("phi3", "F32", PHI4_MINI, 1e-5),
+    "phi3-F32-phi4-mini-long-context": ("phi3", "F32", PHI4_MINI, 1e-5),
 }
 
 
@@ -73,7 +84,8 @@ def test_logits_match_llama_cpp(name, backend, tmp_path, request):
     arch, qtype, extra, tol = CASES[name]
     if backend == "gpu":
         request.getfixturevalue("adapter")  # skips (fails under WGPU_LLM_REQUIRE_GPU=1) without one
-    llm = LLM(write_tiny_model(tmp_path / f"{name}.gguf", arch, qtype, **extra), backend=backend, n_batch=16)
+    llm = LLM(write_tiny_model(tmp_path / f"{name}.gguf", arch, qtype, **extra), backend=backend,
+              n_ctx=LONG_CONTEXT.get(name, N_CTX), n_batch=16)
     ours = llm.logits(GOLDEN["tokens"].tolist())
     ref = GOLDEN[name]
     assert not np.isnan(ours).any()

@@ -45,24 +45,31 @@ class OpenedModel:
     file: GGUFFile
     arch: ModuleType  # the architecture's module in wgpu_llm.models
     config: object  # its Config
+    n_ctx: int  # the context size the graphs are built for
     graphs: dict[bool, Graph]  # all_logits -> one forward step
     tokenizer: Tokenizer
 
 
-def open_model(path: str | Path) -> OpenedModel:
+def open_model(path: str | Path, n_ctx: int | None = None) -> OpenedModel:
     """Open and check a model file: layout, hyper-parameters, tensors, graph and vocabulary.
+    n_ctx: the context size (default: min(4096, the model's training context)); a few graphs
+    depend on it (phi3's LongRoPE factors).
 
     Everything here is sized by what the file holds, so a malformed file fails with a GGUFError
     naming it before any weight is read or any buffer sized by its metadata is allocated."""
     gf = GGUFFile(path)
     arch = models.architecture(gf)
     config = arch.Config.from_gguf(gf)
-    graphs = {all_rows: arch.build_graph(gf, all_logits=all_rows) for all_rows in (True, False)}
+    train_ctx = config.n_ctx_train
+    context = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
+    if not 1 <= context <= train_ctx:
+        raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
+    graphs = {all_rows: models.build_graph(gf, all_logits=all_rows, n_ctx=context) for all_rows in (True, False)}
     tokenizer = Tokenizer.from_metadata(gf.metadata, cache_key=_header_digest(gf), source=gf.path)
     if tokenizer.n_vocab != config.n_vocab:
         raise GGUFError(f"{gf.path}: metadata 'tokenizer.ggml.tokens' has {tokenizer.n_vocab} tokens, "
                         f"token_embd.weight has {config.n_vocab} rows")
-    return OpenedModel(gf, arch, config, graphs, tokenizer)
+    return OpenedModel(gf, arch, config, context, graphs, tokenizer)
 
 
 class LLM:
@@ -70,7 +77,9 @@ class LLM:
 
     model: path of a GGUF file, a known model name (see `wgpu_llm.zoo`), or None for the default.
     backend: "auto" (a hardware GPU when there is one, else the CPU), "gpu" or "cpu".
-    n_ctx: context size in tokens (default: min(4096, the model's training context)).
+    n_ctx: context size in tokens (default: min(4096, the model's training context)). A phi3 model
+        with LongRoPE takes its long factors when n_ctx exceeds its original context length, as
+        llama.cpp does, so the logits at any position depend on n_ctx there.
     n_batch: prompt tokens per prefill step.
     adapter: GPU adapter index or name substring (default: the best one; env WGPU_LLM_ADAPTER).
     trace: time every step op by op into `self.trace` (a wgpu_llm.trace.Trace; `self.trace.report()`);
@@ -109,13 +118,10 @@ class LLM:
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
             path = Path(model)
-        model = open_model(path)
+        model = open_model(path, n_ctx)
         self.file, self.arch, self.config, self.tokenizer = model.file, model.arch, model.config, model.tokenizer
         self._graphs = model.graphs
-        train_ctx = self.config.n_ctx_train
-        self.n_ctx = min(DEFAULT_N_CTX, train_ctx) if n_ctx is None else int(n_ctx)
-        if not 1 <= self.n_ctx <= train_ctx:
-            raise ValueError(f"n_ctx={n_ctx} must be in 1..{train_ctx} (the model's training context)")
+        self.n_ctx = model.n_ctx
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
                                                          list(self._graphs.values()), n_batch, weights_dtype)

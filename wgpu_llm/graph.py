@@ -169,15 +169,20 @@ class Graph:
         return outs
 
     def rope(self, x: str, head_dim: int, n_rot: int, base: float, neox: bool, freq_scale: float = 1.0,
-             freq_factors: str | None = None, name: str | None = None) -> str:
+             freq_factors: str | None = None, attn_factor: float = 1.0, name: str | None = None) -> str:
+        """attn_factor multiplies the rotated dimensions only (llama.cpp's rope scales its cos and sin;
+        the dimensions past n_rot pass through unscaled)."""
         if self.widths[x] % head_dim or n_rot > head_dim or n_rot % 2:
             raise ValueError(f"rope: bad head_dim {head_dim} / n_rot {n_rot} for width {self.widths[x]}")
+        if not 0 < attn_factor < float("inf"):
+            raise ValueError(f"rope: attn_factor {attn_factor} (expected a positive finite number)")
         if freq_factors is not None and self.weight_shapes[freq_factors] != (1, n_rot // 2):
             raise ValueError(f"rope: {freq_factors} has shape {self.weight_shapes[freq_factors]}, "
                              f"expected {n_rot // 2} factors")
         weights = (freq_factors,) if freq_factors is not None else ()
         return self._new("rope", (x,), self.widths[x], weights, name, head_dim=head_dim, n_rot=n_rot,
-                         base=float(base), neox=bool(neox), freq_scale=float(freq_scale))
+                         base=float(base), neox=bool(neox), freq_scale=float(freq_scale),
+                         attn_factor=float(attn_factor))
 
     def attention(self, q: str, k: str, v: str, layer: int, n_head: int, n_kv_head: int, head_dim: int,
                   scale: float, window: int = 0, softcap: float = 0.0, name: str | None = None) -> str:

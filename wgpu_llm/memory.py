@@ -131,7 +131,7 @@ def _activation_bound(gf, graphs, n_ctx: int, n_batch: int) -> int:
         out = widths[graph.output]
         inner = max((w for name, w in widths.items() if name != graph.output), default=out)
         heads = max((op.param("n_head") for op in graph.ops if op.kind == "attention"), default=0)
-        rotary = {(op.param("n_rot"), op.param("base"), op.param("freq_scale"), op.weights)
+        rotary = {(op.param("n_rot"), op.param("base"), op.param("freq_scale"), op.weights, op.param("attn_factor"))
                   for op in graph.ops if op.kind == "rope"}
         step = 4 * rows * (LIVE_ACTIVATIONS * inner + out)
         step += 2 * 4 * heads * min(rows, ATTENTION_QUERY_BLOCK) * n_ctx

@@ -166,6 +166,7 @@ def verify(model=None, prompt: str = DEFAULT_PROMPT, decode_steps: int = DEFAULT
     from cpu_fallback.backend import CpuBackend
 
     from .api import LLM, ContextOverflow
+    from .models import build_graph
 
     log = log or (lambda text: None)
     if decode_steps < 0:
@@ -180,7 +181,7 @@ def verify(model=None, prompt: str = DEFAULT_PROMPT, decode_steps: int = DEFAULT
     if len(ids) + decode_steps > llm.n_ctx:
         raise ContextOverflow(f"{len(ids)} prompt tokens and {decode_steps} decode steps do not fit the context "
                               f"of {llm.n_ctx} tokens")
-    graph = llm.arch.build_graph(llm.file, all_logits=False)
+    graph = build_graph(llm.file, all_logits=False, n_ctx=llm.n_ctx)
     per_step = min(llm.n_batch, gpu.max_tokens_per_step(graph))
 
     # the GPU: the prompt in chunks, then greedy decode steps fed its own choices

@@ -9,6 +9,7 @@ same files and compares our logits at every position with llama.cpp's. Needs lla
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +30,15 @@ PHI3_LONG = [2.0, 3.0, 5.0, 8.0, 12.0, 16.0, 24.0, 32.0]
 PHI3_LONGROPE = {"n_ctx": 1024, "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
                                                    "phi3.rope.scaling.attn_factor": 1.25},
                  "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT, "rope_factors_long.weight": PHI3_LONG}}
+# Phi-4-mini-like: rotary over 12 of 16 dimensions (Phi-4-mini: 96 of 128), 6 pairs of LongRoPE factors, and the
+# attention factor the converter writes for a context 4 times the original, sqrt(1 + ln 4 / ln 256); opened
+# with a context past the original (512: a multiple of 256, as llama.cpp rounds it) it takes the long factors
+PHI4_MINI = {"n_rot": 12, "n_ctx": 1024,
+             "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
+                                "phi3.rope.scaling.attn_factor": (1 + math.log(4) / math.log(256)) ** 0.5},
+             "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:6], "rope_factors_long.weight": PHI3_LONG[:6]}}
+N_CTX = 64  # the context every case runs in, except these
+LONG_CONTEXT = {"phi3-F32-phi4-mini-long-context": 512}
 # (arch, type, extra writer args); sequences longer than gemma2/3's sliding window of 8
 CASES = {
     "llama-F32": ("llama", "F32", {}),
@@ -67,6 +77,8 @@ CASES = {
         "n_rot": 8, "n_ctx": 1024, "extra_metadata": {"phi3.rope.scaling.original_context_length": 256},
         "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:4], "rope_factors_long.weight": PHI3_LONG[:4]}}),
     "phi3-F32-sliding-window": ("phi3", "F32", {"extra_metadata": {"phi3.attention.sliding_window": 8}}),
+    "phi3-F32-phi4-mini": ("phi3", "F32", PHI4_MINI),
+    "phi3-F32-phi4-mini-long-context": ("phi3", "F32", PHI4_MINI),
 }
 TOKENS = [(i * 37 + 11) % 250 + 4 for i in range(40)]
 
@@ -107,7 +119,8 @@ def main(names: list[str]) -> None:
             if names and name not in names:
                 continue
             path = write_tiny_model(Path(tmp) / f"{name}.gguf", arch, qtype, **extra)
-            model = Llama(str(path), logits_all=True, n_ctx=64, n_batch=64, verbose=False, n_threads=2)
+            model = Llama(str(path), logits_all=True, n_ctx=LONG_CONTEXT.get(name, N_CTX), n_batch=64, verbose=False,
+                          n_threads=2)
             model.eval(TOKENS)
             out[name] = np.array(model.scores[:len(TOKENS)], dtype=np.float32)
             print(f"{name}: logits {out[name].shape}")

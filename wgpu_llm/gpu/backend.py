@@ -523,7 +523,7 @@ class _Compiler:
         rope_args = freqs = None
         if rope is not None:
             p = rope.p
-            rope_args = {"n_rot": p["n_rot"], "neox": p["neox"]}
+            rope_args = {"n_rot": p["n_rot"], "neox": p["neox"], "attn_factor": p["attn_factor"]}
             freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"], rope.weights)
         def make(res):
             then = None if second is None else (second[0], second[1], self._view(res, second[2]))
@@ -579,7 +579,8 @@ class _Compiler:
         p = op.p
         freqs = self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"], op.weights)
         self.intents.append(lambda res: K.rope(self.cfg, x.rows, x.width, p["head_dim"], p["n_rot"], p["neox"], freqs,
-                                               self._view(res, x), self._view(res, y), f"{op.out}: rope"))
+                                               self._view(res, x), self._view(res, y), f"{op.out}: rope",
+                                               attn_factor=p["attn_factor"]))
 
     def _op_attention(self, i, op):
         p = op.p

@@ -284,7 +284,8 @@ def rms_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x
         params += [("r_off", "u32", residual.offset), ("r_stride", "u32", residual.stride)]
         roles.append(Role("res", residual.buffer))
     if rope is not None:
-        params += [("n_rot", "u32", rope["n_rot"]), ("neox", "u32", int(rope["neox"]))]
+        params += [("n_rot", "u32", rope["n_rot"]), ("neox", "u32", int(rope["neox"])),
+                   ("attn_factor", "f32", rope.get("attn_factor", 1.0))]
         roles.append(Role("freq", rope_freqs))
     roles.append(Role("y", y.buffer, write=True))
     if then is not None:
@@ -297,14 +298,16 @@ def rms_norm(cfg: KernelConfig, rows: int, width: int, group: int, eps: float, x
 
 
 def rope(cfg: KernelConfig, rows: int, width: int, head_dim: int, n_rot: int, neox: bool, freqs, x: View, y: View,
-         label="rope") -> Kernel:
-    """Rotary embedding per head at positions pos0 + row; freqs: (n_rot/2,) f32 buffer."""
+         label="rope", attn_factor: float = 1.0) -> Kernel:
+    """Rotary embedding per head at positions pos0 + row; freqs: (n_rot/2,) f32 buffer;
+    attn_factor: multiplies the rotated dimensions (cos and sin), as llama.cpp's rope does."""
     if head_dim % 2 or n_rot % 2 or n_rot > head_dim:
         raise ValueError(f"rope: head_dim {head_dim} / n_rot {n_rot}")
     n_heads = width // head_dim
     total = rows * n_heads * (head_dim // 2)
     params = [("rows", "u32", rows), ("n_heads", "u32", n_heads), ("head_dim", "u32", head_dim),
-              ("n_rot", "u32", n_rot), ("neox", "u32", int(neox)), ("total", "u32", total),
+              ("n_rot", "u32", n_rot), ("neox", "u32", int(neox)), ("attn_factor", "f32", attn_factor),
+              ("total", "u32", total),
               ("x_off", "u32", x.offset), ("x_stride", "u32", x.stride),
               ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     roles = [Role("x", x.buffer), Role("freq", freqs), Role("y", y.buffer, write=True)]

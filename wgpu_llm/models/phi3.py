@@ -1,4 +1,4 @@
-"""`phi3` architecture: Phi-3 mini / medium (4k and 128k), Phi-3.5 mini.
+"""`phi3` architecture: Phi-3 mini / medium (4k and 128k), Phi-3.5 mini, and Phi-4-mini's graph.
 
 llama's block with a fused QKV projection (q | k | v rows, the query d_model wide), a NeoX rotary
 embedding over the first `rope.dimension_count` dimensions of each head, and one `ffn_up` holding
@@ -6,12 +6,15 @@ the SiLU gate and the up projection together (gate rows first: llama.cpp's swigl
 half as the gate, as the glu op does). No biases; the output head is `output.weight`, or the token
 embedding when the file has none (llama.cpp ties them then).
 
-LongRoPE (the 128k models): `rope_factors_short.weight` / `rope_factors_long.weight` divide each
-pair's frequency, and `rope.scaling.attn_factor` multiplies the rotated q and k. llama.cpp picks the
-long factors when the context exceeds `rope.scaling.original_context_length`; a graph here is built
-before the context size is known, so it always uses the short factors and the model's usable
-context (Config.n_ctx_train) is the original context length: a larger n_ctx is refused. The long
-factors are not implemented.
+LongRoPE (the 128k models, Phi-4-mini): `rope_factors_short.weight` / `rope_factors_long.weight`
+(n_rot/2 each) divide each pair's frequency, and `rope.scaling.attn_factor` multiplies the rotated
+dimensions of q and k (llama.cpp's rope scales its cos and sin by it; with partial rotary the other
+dimensions are not scaled). The converter writes that factor, sqrt(1 + ln(s) / ln(original context))
+for a context s times the original; llama.cpp applies it as stored, with either set of factors.
+llama.cpp takes the long factors when the context it runs in exceeds
+`rope.scaling.original_context_length`, else the short ones, so the graph depends on the context
+size: build_graph takes it (n_ctx). A file without long factors is usable up to the original
+context length only.
 
 `attention.sliding_window`: the converter writes the Hugging Face config's window (2047 for the
 4k models, 0 for Phi-4), but llama.cpp turns sliding-window attention off for phi3 ("Phi SWA is
@@ -36,7 +39,8 @@ SHORT_FACTORS, LONG_FACTORS = "rope_factors_short.weight", "rope_factors_long.we
 @dataclass(frozen=True)
 class Config:
     n_vocab: int
-    n_ctx_train: int  # the usable context: the original context length when the file has LongRoPE factors
+    n_ctx_train: int  # the usable context: the original context length when the file has no long factors
+    n_ctx_orig: int  # rope.scaling.original_context_length: past it the long factors apply
     d_model: int
     n_layer: int
     d_ff: int
@@ -73,20 +77,17 @@ class Config:
                             f"in 2..{head_dim} (the head size)")
         attn_factor = positive_float(gf, f"{a}.rope.scaling.attn_factor",
                                      gf.get(f"{a}.rope.scaling.attn_factor", float, 1.0))
-        if attn_factor != 1.0 and n_rot != head_dim:
-            # llama.cpp scales only the rotated dimensions; the graph folds the factor into the
-            # attention scale, which is the same only when every dimension rotates
-            raise GGUFError(f"{gf.path}: metadata '{a}.rope.scaling.attn_factor' = {attn_factor} with partial "
-                            f"rotary ({n_rot} of {head_dim} dimensions) is not implemented")
         gf.get(f"{a}.attention.sliding_window", int)  # an integer when present; not applied (see above)
         n_ctx = positive(gf, f"{a}.context_length", gf.require(f"{a}.context_length", int))
+        n_ctx_orig = positive(gf, f"{a}.rope.scaling.original_context_length",
+                              gf.get(f"{a}.rope.scaling.original_context_length", int, n_ctx))
         rope_factors = SHORT_FACTORS in gf.tensors or LONG_FACTORS in gf.tensors
-        if rope_factors:  # the short factors hold only up to the original context (see above)
-            n_ctx = min(n_ctx, positive(gf, f"{a}.rope.scaling.original_context_length",
-                                        gf.get(f"{a}.rope.scaling.original_context_length", int, n_ctx)))
+        if rope_factors and LONG_FACTORS not in gf.tensors:  # nothing says how to rotate past the original
+            n_ctx = min(n_ctx, n_ctx_orig)
         return cls(
             n_vocab=n_vocab,
             n_ctx_train=n_ctx,
+            n_ctx_orig=n_ctx_orig,
             d_model=d_model,
             n_layer=block_count(gf),
             d_ff=positive(gf, f"{a}.feed_forward_length", gf.require(f"{a}.feed_forward_length", int)),
@@ -115,23 +116,25 @@ class Config:
         return shapes
 
 
-def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
-    """One forward step; logits for every row when `all_logits`, else for the last row only."""
+def build_graph(gf: GGUFFile, all_logits: bool, n_ctx: int | None = None) -> Graph:
+    """One forward step; logits for every row when `all_logits`, else for the last row only.
+    n_ctx: the context the step runs in (None: at most the original context length), which picks
+    the LongRoPE factors as llama.cpp does."""
     cfg = Config.from_gguf(gf)
     check_tensors(gf, cfg.expected_tensors())
     head = output_weight(gf)
     check_tensors(gf, {head: (cfg.n_vocab, cfg.d_model)})
-    # the long factors are checked but never read: the usable context stops where llama.cpp would
-    # switch to them
     factors = {name: (cfg.n_rot // 2,) for name in (SHORT_FACTORS, LONG_FACTORS) if name in gf.tensors}
     check_tensors(gf, factors)
+    if n_ctx is not None and not 0 < n_ctx <= cfg.n_ctx_train:
+        raise ValueError(f"n_ctx={n_ctx} must be in 1..{cfg.n_ctx_train} (the model's usable context)")
+    chosen = LONG_FACTORS if n_ctx is not None and n_ctx > cfg.n_ctx_orig else SHORT_FACTORS
     g = Graph(weight_shapes(gf))
     hd, eps = cfg.head_dim, cfg.norm_eps
     kv_width = cfg.n_kv_head * hd
     rope = dict(head_dim=hd, n_rot=cfg.n_rot, base=cfg.rope_base, neox=True, freq_scale=cfg.rope_freq_scale,
-                freq_factors=SHORT_FACTORS if SHORT_FACTORS in factors else None)
-    # llama.cpp's rope multiplies the rotated q and k by attn_factor: their product, by its square
-    scale = cfg.rope_attn_factor ** 2 / math.sqrt(hd)
+                freq_factors=chosen if chosen in factors else None, attn_factor=cfg.rope_attn_factor)
+    scale = 1 / math.sqrt(hd)
 
     x = g.embed("token_embd.weight")
     for i in range(cfg.n_layer):
@@ -148,5 +151,5 @@ def build_graph(gf: GGUFFile, all_logits: bool) -> Graph:
         x = g.last_row(x)
     x = g.rms_norm(x, "output_norm.weight", eps)
     g.set_output(g.linear(x, [head], name="logits"))
-    check_all_tensors_used(gf, g.weights_used() | ({LONG_FACTORS} & set(factors)))
+    check_all_tensors_used(gf, g.weights_used() | set(factors))  # the factors for the other context sizes
     return g
