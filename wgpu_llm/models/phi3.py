@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..gguf_file import GGUFError, GGUFFile
+from ..gguf_file import GGUFFile
 from ..graph import Graph
-from .base import (COMMON_KEYS, block_count, check_all_tensors_used, check_equal, check_metadata, check_no_experts,
-                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, weight_shapes)
+from .base import (COMMON_KEYS, attention_heads, block_count, check_all_tensors_used, check_metadata, check_no_experts,
+                   check_tensors, output_weight, positive, positive_float, rope_freq_scale, rotary_dims, vocab_rows,
+                   weight_shapes)
 
 KNOWN_KEYS = COMMON_KEYS | {"rope.dimension_count", "rope.scaling.attn_factor", "attention.sliding_window"}
 SHORT_FACTORS, LONG_FACTORS = "rope_factors_short.weight", "rope_factors_long.weight"
@@ -60,21 +61,10 @@ class Config:
         check_metadata(gf, KNOWN_KEYS)
         check_no_experts(gf)
         d_model = positive(gf, f"{a}.embedding_length", gf.require(f"{a}.embedding_length", int))
-        n_head = positive(gf, f"{a}.attention.head_count", gf.require(f"{a}.attention.head_count", int))
-        n_kv_head = positive(gf, f"{a}.attention.head_count_kv", gf.get(f"{a}.attention.head_count_kv", int, n_head))
-        if n_head % n_kv_head or d_model % n_head:
-            raise GGUFError(f"{gf.path}: head_count {n_head} must divide embedding_length {d_model} and be a "
-                            f"multiple of head_count_kv {n_kv_head}")
-        head_dim = d_model // n_head  # llama.cpp's phi3 tensors: a d_model-wide query and attention output
-        for key in ("key_length", "value_length"):
-            check_equal(gf, f"{a}.attention.{key}", gf.get(f"{a}.attention.{key}", int), head_dim,
-                        "heads of embedding_length / head_count")
-        n_vocab = gf.tensor("token_embd.weight").shape[0]
-        check_equal(gf, f"{a}.vocab_size", gf.get(f"{a}.vocab_size", int), n_vocab, "the rows of token_embd.weight")
-        n_rot = gf.get(f"{a}.rope.dimension_count", int, head_dim)
-        if not (0 < n_rot <= head_dim and n_rot % 2 == 0):
-            raise GGUFError(f"{gf.path}: metadata '{a}.rope.dimension_count' = {n_rot}: expected an even number "
-                            f"in 2..{head_dim} (the head size)")
+        # llama.cpp's phi3 tensors: a d_model-wide query and attention output
+        n_head, n_kv_head, head_dim = attention_heads(gf, d_model, "d_model")
+        n_vocab = vocab_rows(gf)
+        n_rot = rotary_dims(gf, head_dim)
         attn_factor = positive_float(gf, f"{a}.rope.scaling.attn_factor",
                                      gf.get(f"{a}.rope.scaling.attn_factor", float, 1.0))
         gf.get(f"{a}.attention.sliding_window", int)  # an integer when present; not applied (see above)
