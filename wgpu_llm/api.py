@@ -31,6 +31,10 @@ class ContextOverflow(ValueError):
     """The prompt (plus what must follow it) does not fit the context window."""
 
 
+class LLMClosed(RuntimeError):
+    """A call on an LLM after its close()."""
+
+
 @dataclass
 class Completion:
     text: str  # the generated part only
@@ -96,6 +100,10 @@ class LLM:
     forces that everywhere).
 
     One call at a time: calls from several threads wait for each other (see `wgpu_llm.exclusive`).
+
+    `llm.close()` frees the weights, KV cache and compiled steps at once (on a GPU: destroys the
+    device buffers) instead of whenever the garbage collector gets to them; `with LLM(...) as llm:`
+    closes at the end of the block. Any later call raises LLMClosed.
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
@@ -105,6 +113,7 @@ class LLM:
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self._exclusive = Exclusive()
+        self._closed = False
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
@@ -133,7 +142,36 @@ class LLM:
         _return_freed_memory()
 
     def __repr__(self) -> str:
-        return f"LLM({self.file.path.name!r}, arch={self.file.architecture}, backend={self.backend.describe()!r})"
+        closed = ", closed" if self._closed else ""
+        return (f"LLM({self.file.path.name!r}, arch={self.file.architecture}, "
+                f"backend={self.backend.describe()!r}{closed})")
+
+    # ---- lifetime ----
+    @exclusive
+    def close(self) -> None:
+        """Free the backend's memory now: weights, KV cache, compiled steps. Closing twice does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._steps.clear()
+        self._cached = []
+        self.backend.close()
+        _return_freed_memory()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> LLM:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LLMClosed(f"this LLM is closed ({self.file.path.name}): open a new LLM to use the model again")
 
     @property
     def n_vocab(self) -> int:
@@ -142,10 +180,12 @@ class LLM:
     # ---- tokens ----
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of text; BOS is added exactly when the model's metadata says so."""
+        self._check_open()
         check_text(text)
         return self.tokenizer.encode(text, add_special=add_special)
 
     def detokenize(self, ids: list[int]) -> str:
+        self._check_open()
         ids = check_token_ids(ids, "ids")
         self._check_ids(ids, allow_empty=True)
         return self.tokenizer.decode(ids)
@@ -160,6 +200,7 @@ class LLM:
     # ---- forward ----
     def _step(self, n_tokens: int, all_rows: bool, batched: bool = False):
         """The compiled step of n_tokens rows (batched: one row for each of n_tokens sequences)."""
+        self._check_open()
         key = (n_tokens, all_rows, batched)
         if key not in self._steps:
             graph = self._graphs[all_rows]

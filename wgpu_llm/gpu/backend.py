@@ -123,6 +123,13 @@ class GpuBackend:
         """Device memory in buffers: weights, KV caches, activations, per-step parameters."""
         return self.rt.allocated_bytes
 
+    def close(self) -> None:
+        """Free every device buffer now: weights, KV caches, the activation pool and the buffers of
+        every step compiled so far (those steps must not run again). Closing twice does nothing."""
+        for table in (self._matrices, self._vectors, self._rope, self.k_cache, self.v_cache):
+            table.clear()
+        self.rt.close()
+
     def compile(self, graph: Graph, n_tokens: int, batched: bool = False, capture=None):
         """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width)
         float32. batched: a step whose rows are n_tokens sequences, one row each (`step.spans`), at

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -104,6 +105,7 @@ class Runtime:
         )
         self.timestamp_query = "timestamp-query" in features  # GPU timestamps for traced runs
         self.allocated_bytes = 0  # every buffer created on the device so far
+        self._live = weakref.WeakSet()  # every buffer not yet garbage-collected: close() destroys them
         self.bytes_uploaded = 0
         self.pool = BufferPool(self)
         if subgroups:
@@ -138,7 +140,17 @@ class Runtime:
         with self.guard(f"allocating {label} ({nbytes} bytes)"):
             buf = self.device.create_buffer(label=label, size=nbytes, usage=usage)
         self.allocated_bytes += nbytes
+        self._live.add(buf)
         return buf
+
+    def close(self) -> None:
+        """Free the device memory of every buffer now (not whenever the garbage collector gets to
+        it) and drop the pool and the pipelines; the runtime must not be used afterwards."""
+        for buf in list(self._live):
+            buf.destroy()  # wgpu frees the memory once any work already submitted is done with it
+        self._live = weakref.WeakSet()
+        self.pool.buffers = []
+        self._pipelines.clear()
 
     def storage(self, nbytes: int, label: str = ""):
         u = self.wgpu.BufferUsage
