@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,11 @@ from .trace import Trace, enabled_by_env
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
+# Compiled steps kept (besides the decode step, always kept), least recently used dropped first:
+# a step is compiled per prompt-chunk length, and each holds device buffers and bind groups, so a
+# server seeing many prompt lengths would otherwise keep one per length forever.
+MAX_COMPILED_STEPS = 8
+DECODE_STEP = (1, False, False)  # the _steps key of the one-token decode step
 
 
 class ContextOverflow(ValueError):
@@ -128,7 +134,7 @@ class LLM:
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
                                                          list(self._graphs.values()), n_batch, weights_dtype)
-        self._steps: dict[tuple[int, bool, bool], object] = {}
+        self._steps: OrderedDict[tuple[int, bool, bool], object] = OrderedDict()  # least recently used first
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
@@ -202,11 +208,16 @@ class LLM:
         """The compiled step of n_tokens rows (batched: one row for each of n_tokens sequences)."""
         self._check_open()
         key = (n_tokens, all_rows, batched)
-        if key not in self._steps:
-            graph = self._graphs[all_rows]
-            self._steps[key] = (self.backend.compile(graph, n_tokens, batched=True) if batched
-                                else self.backend.compile(graph, n_tokens))
-        return self._steps[key]
+        if key in self._steps:
+            self._steps.move_to_end(key)
+            return self._steps[key]
+        graph = self._graphs[all_rows]
+        step = self.backend.compile(graph, n_tokens, batched=True) if batched else self.backend.compile(graph, n_tokens)
+        self._steps[key] = step
+        evictable = [k for k in self._steps if k != DECODE_STEP]
+        for old in evictable[:max(0, len(evictable) - MAX_COMPILED_STEPS)]:
+            del self._steps[old]  # its buffers go with the last reference (a running call may hold one)
+        return step
 
     def _prefill(self, ids: list[int], all_rows: bool, head=None, begin: int = 0):
         """Run ids[begin:] from position begin in chunks of n_batch (positions before begin are in
