@@ -267,9 +267,13 @@ class LLM:
     # ---- generation ----
     def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict,
                 ignore_eos: bool = False) -> Iterator[int]:
-        """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
+        """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end.
+        On a backend that counts its device work (the GPU's `counters()`), stats also get the decode
+        tokens' host time (wall time less the time waiting for the device) and dispatches per token."""
         t0 = time.perf_counter()
         t_first = None
+        counters = getattr(self.backend, "counters", None)
+        first_counts = (0.0, 0)
         generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids,
                                     stats)
         try:
@@ -278,12 +282,19 @@ class LLM:
                     t_first = time.perf_counter()
                     stats["ttft_s"] = t_first - t0
                     stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
+                    if counters is not None:
+                        first_counts = counters()
                 if token in self.tokenizer.eog_ids and not ignore_eos:
                     stats["finish_reason"] = "stop"
                     return
                 stats["generated_tokens"] = i + 1
                 if i > 0:
-                    stats["decode_tokens_per_s"] = i / (time.perf_counter() - t_first)
+                    wall = time.perf_counter() - t_first
+                    stats["decode_tokens_per_s"] = i / wall
+                    if counters is not None:
+                        wait_s, dispatches = counters()
+                        stats["decode_host_s_per_token"] = (wall - (wait_s - first_counts[0])) / i
+                        stats["decode_dispatches_per_token"] = (dispatches - first_counts[1]) / i
                 yield token
         finally:
             generated.close()
@@ -396,7 +407,9 @@ class LLM:
         """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
 
         sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
-        stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
+        stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens;
+            on a GPU also decode_host_s_per_token (the decode tokens' wall time less the time the host
+            waited for the device's results) and decode_dispatches_per_token.
         ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
         The LLM is busy from the first piece until the generator is exhausted or closed (`close()`).
         """
