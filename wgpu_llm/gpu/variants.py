@@ -9,8 +9,8 @@ themselves. `chosen()` asks the choosers for every adapter in ADAPTERS (describe
 every shape in SHAPES, so a test can run each variant on the adapter it has (tests/
 test_gpu_variants.py) and `wgpu-llm devices --variants` can list them.
 
-Tuned winners (tune.py) are out of this list: they come from tune.candidates, and the tuning
-pass itself checks every candidate against the numpy reference before timing it.
+Tuned winners (tune.py, `wgpu-llm tune`) are out of this list: they come from tune.candidates,
+a wider set that only a tuning run on an adapter narrows down.
 """
 
 from __future__ import annotations
