@@ -71,12 +71,16 @@ def test_gpu_close_destroys_every_device_buffer(tiny_path, adapter, monkeypatch)
     pool = list(backend.rt.pool.buffers)
     staging = [s.program.staging for s in llm._steps.values()]
     assert weights and caches and pool and all(staging)
+    pieces = llm.stream(PROMPT, max_tokens=40, temperature=0, ignore_eos=True)
+    next(pieces)
+    pieces.close()  # steps queued ahead may still be running when close() destroys their buffers
     live = list(backend.rt._live)  # held here, so none is collected before close() destroys it
     destroyed = []
     buffer_class = type(weights[0])
     original = buffer_class.destroy
     monkeypatch.setattr(buffer_class, "destroy", lambda buf: (destroyed.append(id(buf)), original(buf))[1])
     llm.close()
+    backend.rt.check("closing")  # raises what wgpu logged: nothing
     assert sorted(destroyed) == sorted(map(id, live))  # every buffer the runtime made, each once
     assert {id(b) for b in weights + caches + pool + staging} <= set(destroyed)
     assert not backend.rt.pool.buffers and not backend.rt.n_pipelines and not llm._steps
