@@ -90,6 +90,12 @@ class CpuBackend:
                                                      attn_factor)
         return self._rope_tables[key]
 
+    def close(self) -> None:
+        """Drop the weight matrices, KV caches and rope tables (steps compiled so far keep what they
+        hold until they are dropped too). Closing twice does nothing."""
+        for table in (self.weights, self.k_cache, self.v_cache, self._rope_tables):
+            table.clear()
+
     # ---- compile / run ----
     def max_batch_rows(self, graph: Graph) -> int:
         return 1 << 30  # any number of sequences: a step's rows are plain numpy rows

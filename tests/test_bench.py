@@ -58,6 +58,42 @@ def test_bench_tiny_model_json(tmp_path):
     # float32 weights: every tensor but the embedding lookup, and the tied embedding as the output head
     assert dec["weight_bytes_per_token"] == info["weight_bytes_per_token"]["float32"]
     assert rows["too_long"]["status"].startswith("failed") and rows["too_long"]["decode_tokens_per_s"] is None
+    assert dec["decode_host_ms_per_token"] is None and dec["decode_dispatches_per_token"] is None  # GPU only
+
+
+def test_bench_gpu_host_time_and_dispatches(tmp_path, adapter):
+    """wgpu-llm:gpu reports the decode tokens' host time (wall time less the wait for the GPU) and
+    the dispatches per token: the decode step's kernels plus its argmax, once per token."""
+    import io
+
+    from rich.console import Console
+
+    from wgpu_llm import LLM
+
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    with LLM(model, backend="gpu") as llm:
+        per_token = llm._step(1, False).sampling_dispatches("greedy")
+        stats = llm.generate(list(range(3, 19)), max_tokens=9, temperature=0, ignore_eos=True).stats
+        wall = 1 / stats["decode_tokens_per_s"]
+        assert 0 < stats["decode_host_s_per_token"] <= wall
+        assert stats["decode_dispatches_per_token"] == per_token
+        # top-k sampling waits for each token's candidates: host time is still part of the wall time
+        stats = llm.generate(list(range(3, 19)), max_tokens=5, temperature=0.7, top_k=4, seed=0,
+                             ignore_eos=True).stats
+        assert 0 < stats["decode_host_s_per_token"] <= 1 / stats["decode_tokens_per_s"]
+        assert stats["decode_dispatches_per_token"] == llm._step(1, False).sampling_dispatches("top_k", 4)
+    cases = [bench.Case("decode_16", 16, 8, 2)]
+    doc = bench.run_suite([str(model)], cases, ["wgpu-llm:gpu"], threads=1, timeout=300, log=lambda m: None)
+    doc = json.loads(json.dumps(bench._clean_doc(doc)))
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row["status"]
+    assert 0 < row["decode_host_ms_per_token"] <= 1000 / row["decode_tokens_per_s"] * 1.001
+    assert row["decode_dispatches_per_token"] == per_token
+    assert all(0 < r["host_s_per_token"] <= 1 / r["decode_tps"] for r in row["runs"])
+    out = io.StringIO()
+    bench.print_report(doc, Console(file=out, width=250))
+    assert "host ms/tok" in out.getvalue() and "dispatches/tok" in out.getvalue()
+    assert f"{per_token:.0f}" in out.getvalue()
 
 
 def test_weight_bytes_and_prompt(tmp_path):

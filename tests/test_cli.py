@@ -210,6 +210,16 @@ def test_devices_without_adapters(monkeypatch):
     out = cli("devices").stdout
     assert "--backend auto: cpu (numpy): no adapter found" in out
     assert "--backend gpu: error: no adapter found" in out
+    assert "kernel variants" not in out
+    # --variants lists what every kind of adapter would choose, whatever this machine has
+    from wgpu_llm.gpu import variants
+
+    out = CliRunner().invoke(main, ["devices", "--variants"], env={"COLUMNS": "300"}).stdout  # rows unwrapped
+    registry = variants.chosen()
+    assert f"kernel variants chosen without tuning ({sum(map(len, registry.values()))};" in out
+    for family, choices in registry.items():
+        for key, choice in choices.items():
+            assert any(family in line and key in line and choice.adapters[0] in line for line in out.splitlines())
 
 
 # ---------------------------------------------------------------- --stop and its escapes

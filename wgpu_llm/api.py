@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,19 @@ from .trace import Trace, enabled_by_env
 
 DEFAULT_N_CTX = 4096
 DEFAULT_N_BATCH = 512
+# Compiled steps kept (besides the decode step, always kept), least recently used dropped first:
+# a step is compiled per prompt-chunk length, and each holds device buffers and bind groups, so a
+# server seeing many prompt lengths would otherwise keep one per length forever.
+MAX_COMPILED_STEPS = 8
+DECODE_STEP = (1, False, False)  # the _steps key of the one-token decode step
 
 
 class ContextOverflow(ValueError):
     """The prompt (plus what must follow it) does not fit the context window."""
+
+
+class LLMClosed(RuntimeError):
+    """A call on an LLM after its close()."""
 
 
 @dataclass
@@ -105,6 +115,10 @@ class LLM:
     forces that everywhere).
 
     One call at a time: calls from several threads wait for each other (see `wgpu_llm.exclusive`).
+
+    `llm.close()` frees the weights, KV cache and compiled steps at once (on a GPU: destroys the
+    device buffers) instead of whenever the garbage collector gets to them; `with LLM(...) as llm:`
+    closes at the end of the block. Any later call raises LLMClosed.
     """
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
@@ -114,6 +128,7 @@ class LLM:
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self._exclusive = Exclusive()
+        self._closed = False
         if model is None or (isinstance(model, str) and model in zoo.KNOWN_MODELS):
             path = zoo.model_path(model or zoo.DEFAULT_MODEL, show_progress=True)
         else:
@@ -125,7 +140,7 @@ class LLM:
         self.n_batch = n_batch
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
                                                          list(self._graphs.values()), n_batch, weights_dtype)
-        self._steps: dict[tuple[int, bool, bool], object] = {}
+        self._steps: OrderedDict[tuple[int, bool, bool], object] = OrderedDict()  # least recently used first
         self._step(1, False)  # load the weights and build the decode step now, not in the first request
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
@@ -139,7 +154,36 @@ class LLM:
         _return_freed_memory()
 
     def __repr__(self) -> str:
-        return f"LLM({self.file.path.name!r}, arch={self.file.architecture}, backend={self.backend.describe()!r})"
+        closed = ", closed" if self._closed else ""
+        return (f"LLM({self.file.path.name!r}, arch={self.file.architecture}, "
+                f"backend={self.backend.describe()!r}{closed})")
+
+    # ---- lifetime ----
+    @exclusive
+    def close(self) -> None:
+        """Free the backend's memory now: weights, KV cache, compiled steps. Closing twice does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._steps.clear()
+        self._cached = []
+        self.backend.close()
+        _return_freed_memory()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> LLM:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LLMClosed(f"this LLM is closed ({self.file.path.name}): open a new LLM to use the model again")
 
     @property
     def n_vocab(self) -> int:
@@ -148,10 +192,12 @@ class LLM:
     # ---- tokens ----
     def tokenize(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of text; BOS is added exactly when the model's metadata says so."""
+        self._check_open()
         check_text(text)
         return self.tokenizer.encode(text, add_special=add_special)
 
     def detokenize(self, ids: list[int]) -> str:
+        self._check_open()
         ids = check_token_ids(ids, "ids")
         self._check_ids(ids, allow_empty=True)
         return self.tokenizer.decode(ids)
@@ -166,12 +212,18 @@ class LLM:
     # ---- forward ----
     def _step(self, n_tokens: int, all_rows: bool, batched: bool = False):
         """The compiled step of n_tokens rows (batched: one row for each of n_tokens sequences)."""
+        self._check_open()
         key = (n_tokens, all_rows, batched)
-        if key not in self._steps:
-            graph = self._graphs[all_rows]
-            self._steps[key] = (self.backend.compile(graph, n_tokens, batched=True) if batched
-                                else self.backend.compile(graph, n_tokens))
-        return self._steps[key]
+        if key in self._steps:
+            self._steps.move_to_end(key)
+            return self._steps[key]
+        graph = self._graphs[all_rows]
+        step = self.backend.compile(graph, n_tokens, batched=True) if batched else self.backend.compile(graph, n_tokens)
+        self._steps[key] = step
+        evictable = [k for k in self._steps if k != DECODE_STEP]
+        for old in evictable[:max(0, len(evictable) - MAX_COMPILED_STEPS)]:
+            del self._steps[old]  # its buffers go with the last reference (a running call may hold one)
+        return step
 
     def _prefill(self, ids: list[int], all_rows: bool, head=None, begin: int = 0):
         """Run ids[begin:] from position begin in chunks of n_batch (positions before begin are in
@@ -221,9 +273,13 @@ class LLM:
     # ---- generation ----
     def _tokens(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stats: dict,
                 ignore_eos: bool = False) -> Iterator[int]:
-        """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end."""
+        """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end.
+        On a backend that counts its device work (the GPU's `counters()`), stats also get the decode
+        tokens' host time (wall time less the time waiting for the device) and dispatches per token."""
         t0 = time.perf_counter()
         t_first = None
+        counters = getattr(self.backend, "counters", None)
+        first_counts = (0.0, 0)
         generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids,
                                     stats)
         try:
@@ -232,12 +288,19 @@ class LLM:
                     t_first = time.perf_counter()
                     stats["ttft_s"] = t_first - t0
                     stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
+                    if counters is not None:
+                        first_counts = counters()
                 if token in self.tokenizer.eog_ids and not ignore_eos:
                     stats["finish_reason"] = "stop"
                     return
                 stats["generated_tokens"] = i + 1
                 if i > 0:
-                    stats["decode_tokens_per_s"] = i / (time.perf_counter() - t_first)
+                    wall = time.perf_counter() - t_first
+                    stats["decode_tokens_per_s"] = i / wall
+                    if counters is not None:
+                        wait_s, dispatches = counters()
+                        stats["decode_host_s_per_token"] = (wall - (wait_s - first_counts[0])) / i
+                        stats["decode_dispatches_per_token"] = (dispatches - first_counts[1]) / i
                 yield token
         finally:
             generated.close()
@@ -350,7 +413,9 @@ class LLM:
         """Yield the generated text in pieces (never a broken UTF-8 character, never part of a stop string).
 
         sampling: temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed (see SamplingParams).
-        stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens.
+        stats: a dict to fill with prompt_tokens, generated_tokens, ttft_s, prefill/decode tokens/s, tokens;
+            on a GPU also decode_host_s_per_token (the decode tokens' wall time less the time the host
+            waited for the device's results) and decode_dispatches_per_token.
         ignore_eos: keep generating past end-of-generation tokens (for benchmarks).
         The LLM is busy from the first piece until the generator is exhausted or closed (`close()`).
         """

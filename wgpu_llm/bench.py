@@ -14,6 +14,10 @@ Definitions (the same for every engine):
   weight GB/s     bytes of weights one decode step reads x decode tok/s (float32 bytes for engines
                   that compute in float32 -- wgpu-llm:cpu, transformers -- GGUF bytes for engines
                   that read the quantized file layout -- wgpu-llm:gpu, llama.cpp)
+  host ms/tok     wgpu-llm:gpu only: the decode time per token (as decode tok/s measures it) less the
+                  time the host was blocked waiting for the GPU's results -- the Python and wgpu
+                  calls that record and submit the steps, which bound decode on a fast GPU
+  dispatches/tok  wgpu-llm:gpu only: compute dispatches submitted per decode token
 
 Every results file says what it measured: the git commit of the checkout (and whether the runtime
 code had uncommitted changes), the command line, the date, the machine, the GPU adapter, the versions
@@ -117,6 +121,8 @@ class Measure:
     prefill_tps: float
     decode_tps: float | None  # None when only one token was generated
     tokens: list[int]
+    host_s_per_token: float | None = None  # decode time per token less the wait for the GPU (wgpu-llm:gpu)
+    dispatches_per_token: float | None = None  # compute dispatches per decode token (wgpu-llm:gpu)
 
 
 def _from_times(n_prompt: int, t0: float, token_times: list[float], tokens: list[int]) -> Measure:
@@ -192,7 +198,8 @@ class WgpuLLMEngine:
         out = self.llm.generate(list(ids), max_tokens=n_new, temperature=0.0, ignore_eos=True)
         s = out.stats
         decode = s["decode_tokens_per_s"] if s["generated_tokens"] > 1 else None
-        return Measure(s["ttft_s"], s["prefill_tokens_per_s"], decode, list(out.tokens))
+        return Measure(s["ttft_s"], s["prefill_tokens_per_s"], decode, list(out.tokens),
+                       s.get("decode_host_s_per_token"), s.get("decode_dispatches_per_token"))
 
     def gpu_bytes(self) -> int | None:
         value = getattr(self.llm.backend, "allocated_bytes", None)
@@ -678,7 +685,8 @@ def _rows_from(result: dict, model_name: str, cases: list[Case], weights: dict) 
                "prompt_tokens": case.prompt_tokens, "new_tokens": case.new_tokens, "repeat": case.repeat,
                "status": result["status"], "prefill_tokens_per_s": None, "decode_tokens_per_s": None,
                "ttft_ms": None, "peak_host_mib": None, "gpu_mib": None, "weight_bytes_per_token": None,
-               "weight_gb_per_s": None, "runs": [], "tokens": []}
+               "weight_gb_per_s": None, "decode_host_ms_per_token": None, "decode_dispatches_per_token": None,
+               "runs": [], "tokens": []}
         entry = result.get("cases", {}).get(case.name)
         if result["status"] == "ok" or (entry and entry.get("status") == "ok"):
             if entry is None:
@@ -693,6 +701,9 @@ def _rows_from(result: dict, model_name: str, cases: list[Case], weights: dict) 
                 row["decode_tokens_per_s"] = _median(r["decode_tps"] for r in runs)
                 ttft = _median(r["ttft_s"] for r in runs)
                 row["ttft_ms"] = None if ttft is None else ttft * 1000
+                host = _median(r.get("host_s_per_token") for r in runs)
+                row["decode_host_ms_per_token"] = None if host is None else host * 1000
+                row["decode_dispatches_per_token"] = _median(r.get("dispatches_per_token") for r in runs)
                 row["peak_host_mib"] = entry.get("peak_host_mib")
                 gpu = entry.get("gpu_bytes")
                 row["gpu_mib"] = None if gpu is None else gpu / 2**20
@@ -874,12 +885,13 @@ def print_report(doc: dict, console=None) -> None:
     for col, just in (("engine", "left"), ("model", "left"), ("case", "left"), ("prompt+new", "right"),
                       ("prefill tok/s", "right"), ("decode tok/s", "right"), ("TTFT ms", "right"),
                       ("peak host MiB", "right"), ("GPU MiB", "right"), ("weights GB/s", "right"),
-                      ("status", "left")):
+                      ("host ms/tok", "right"), ("dispatches/tok", "right"), ("status", "left")):
         table.add_column(col, justify=just)
     for r in doc["rows"]:
         table.add_row(r["engine"], r["model"], r["case"], f"{r['prompt_tokens']}+{r['new_tokens']}",
                       _fmt(r["prefill_tokens_per_s"]), _fmt(r["decode_tokens_per_s"]), _fmt(r["ttft_ms"], 0),
                       _fmt(r["peak_host_mib"], 0), _fmt(r["gpu_mib"], 0), _fmt(r["weight_gb_per_s"], 2),
+                      _fmt(r.get("decode_host_ms_per_token"), 2), _fmt(r.get("decode_dispatches_per_token"), 0),
                       r["status"] if r["status"] == "ok" else f"[red]{_short(r['status'])}[/red]")
     console.print(table)
 

@@ -355,7 +355,9 @@ def _probe(info):
 
 
 @main.command()
-def devices():
+@click.option("--variants", "show_variants", is_flag=True,
+              help="also list every kernel variant the backend can choose and the adapters that choose it")
+def devices(show_variants):
     """Every GPU adapter wgpu sees, its limits and features, the kernels each would run, and which
     one `auto` picks."""
     from rich.console import Console
@@ -398,6 +400,25 @@ def devices():
             console.print(f"--backend {mode}: {why}")
         except device.GpuUnavailable as e:
             console.print(f"--backend {mode}: {'cpu (numpy): ' if mode == 'auto' else 'error: '}{e}")
+    if show_variants:
+        console.print(_variants_table())
+
+
+def _variants_table():
+    """Every kernel variant the choosers pick on some adapter (wgpu_llm.gpu.variants), for `devices --variants`."""
+    from rich.table import Table
+
+    from .gpu import variants
+
+    registry = variants.chosen()
+    table = Table(title=f"kernel variants chosen without tuning ({sum(map(len, registry.values()))}; "
+                        f"tests/test_gpu_variants.py runs each)")
+    for col in ("kernel", "variant", "chosen on"):
+        table.add_column(col)
+    for family, choices in registry.items():
+        for key, choice in choices.items():
+            table.add_row(family, key, "; ".join(choice.adapters))
+    return table
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},

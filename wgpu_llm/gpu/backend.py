@@ -123,6 +123,13 @@ class GpuBackend:
         """Device memory in buffers: weights, KV caches, activations, per-step parameters."""
         return self.rt.allocated_bytes
 
+    def close(self) -> None:
+        """Free every device buffer now: weights, KV caches, the activation pool and the buffers of
+        every step compiled so far (those steps must not run again). Closing twice does nothing."""
+        for table in (self._matrices, self._vectors, self._rope, self.k_cache, self.v_cache):
+            table.clear()
+        self.rt.close()
+
     def compile(self, graph: Graph, n_tokens: int, batched: bool = False, capture=None):
         """A callable step(token_ids (n_tokens,), pos0, base=0) -> output activation (rows, width)
         float32. batched: a step whose rows are n_tokens sequences, one row each (`step.spans`), at
@@ -141,6 +148,11 @@ class GpuBackend:
         step = _Compiler(self, graph, n_tokens, batched, capture).build()
         self.timings["compile_s"] += time.perf_counter() - t0
         return step
+
+    def counters(self) -> tuple[float, int]:
+        """(seconds the host has waited for the device's results, dispatches submitted) so far: the
+        host's own time in a span of steps is the span's wall time less the wait."""
+        return self.rt.wait_s, self.rt.dispatches
 
     def max_batch_rows(self, graph: Graph) -> int:
         """Sequences one batched step may hold (the step uniform's row table, one binding's rows)."""
@@ -902,7 +914,7 @@ class _GpuStep:
             else:
                 size = 1 if per_step is None else int(LOOP_CHUNK_S / max(per_step, 1e-6))
             size = max(1, min(size, LOOP_MAX_CHUNK, end - next_pos))
-            c = _Chunk(size, self._loop_staging[made % 2])
+            c = _Chunk(size, self._loop_staging[made % 2], size * prog.n_dispatches)
             enc = rt.device.create_command_encoder()
             for j in range(size):
                 enc.copy_buffer_to_buffer(positions, 16 * (next_pos + j), prog.step_buffer, 0, 16)
@@ -919,7 +931,7 @@ class _GpuStep:
         while running is not None:
             with rt.guard("running the decode loop"):
                 ahead = record() if next_pos < end else None  # while `running` runs
-                running.staging.map_sync(rt.wgpu.MapMode.READ, 0, 4 * running.size)
+                rt.wait_map(running.staging, 4 * running.size)
                 try:
                     ids = np.frombuffer(running.staging.read_mapped(0, 4 * running.size, copy=False), np.uint32)
                     ids = ids.tolist()
@@ -948,12 +960,13 @@ class _Chunk:
 
     size: int
     staging: object
+    dispatches: int  # compute dispatches in the command buffer
     cb: object = None  # the command buffer until it is submitted
     t_submit: float = 0.0
 
     def submit(self, rt: Runtime) -> None:
         self.t_submit = time.perf_counter()
-        rt.queue.submit([self.cb])
+        rt.submit([self.cb], self.dispatches)
         self.cb = None
 
 
@@ -986,10 +999,10 @@ class _TopKLoop:
             cb = self._next[1] if self._next is not None and self._next[0] == pos else self._record(prog, pos)
             self._next = None
             rt.queue.write_buffer(step.ids_buffer, 0, np.array([token], np.uint32))
-            rt.queue.submit([cb])
+            rt.submit([cb], prog.n_dispatches)
             if pos + 1 < step.backend.n_ctx:
                 self._next = (pos + 1, self._record(prog, pos + 1))  # while step `pos` runs
-            prog.staging.map_sync(rt.wgpu.MapMode.READ, 0, prog.out_bytes)
+            rt.wait_map(prog.staging, prog.out_bytes)
             try:
                 data = np.frombuffer(prog.staging.read_mapped(0, prog.out_bytes, copy=False), np.uint8).copy()
             finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -104,7 +105,10 @@ class Runtime:
         )
         self.timestamp_query = "timestamp-query" in features  # GPU timestamps for traced runs
         self.allocated_bytes = 0  # every buffer created on the device so far
+        self._live = weakref.WeakSet()  # every buffer not yet garbage-collected: close() destroys them
         self.bytes_uploaded = 0
+        self.wait_s = 0.0  # seconds the host has been blocked waiting for the device's results (wait_map)
+        self.dispatches = 0  # compute dispatches submitted to the queue so far (submit)
         self.pool = BufferPool(self)
         if subgroups:
             self.caps = Caps(**{**self.caps.__dict__, "subgroup_size": self._probe_subgroup_size()})
@@ -138,7 +142,17 @@ class Runtime:
         with self.guard(f"allocating {label} ({nbytes} bytes)"):
             buf = self.device.create_buffer(label=label, size=nbytes, usage=usage)
         self.allocated_bytes += nbytes
+        self._live.add(buf)
         return buf
+
+    def close(self) -> None:
+        """Free the device memory of every buffer now (not whenever the garbage collector gets to
+        it) and drop the pool and the pipelines; the runtime must not be used afterwards."""
+        for buf in list(self._live):
+            buf.destroy()  # wgpu frees the memory once any work already submitted is done with it
+        self._live = weakref.WeakSet()
+        self.pool.buffers = []
+        self._pipelines.clear()
 
     def storage(self, nbytes: int, label: str = ""):
         u = self.wgpu.BufferUsage
@@ -158,6 +172,18 @@ class Runtime:
                 self.queue.write_buffer(buf, 0, flat)
         self.bytes_uploaded += data.nbytes
         return buf
+
+    def submit(self, command_buffers: list, dispatches: int) -> None:
+        """Submit to the queue, counting the compute dispatches the command buffers hold."""
+        self.queue.submit(command_buffers)
+        self.dispatches += dispatches
+
+    def wait_map(self, buf, nbytes: int) -> None:
+        """Map the first nbytes of a MAP_READ buffer, blocking until the device has written them:
+        where a step's results are waited for, timed into wait_s (so the rest is host time)."""
+        t0 = time.perf_counter()
+        buf.map_sync(self.wgpu.MapMode.READ, 0, nbytes)
+        self.wait_s += time.perf_counter() - t0
 
     def read(self, buf, nbytes: int | None = None, offset: int = 0) -> np.ndarray:
         """Copy a buffer back to the host (slow path for tests; steps use their own staging)."""
@@ -347,7 +373,6 @@ class Program:
         outputs as uint8 arrays (copies). timed: also measure every dispatch (one pass each, GPU
         timestamps where the device has them) into `self.last_times` (seconds, in order)."""
         rt = self.rt
-        wgpu = rt.wgpu
         with rt.guard(f"running {self.label}"):
             if rows is None:
                 rt.queue.write_buffer(self.step_buffer, 0, np.array([pos0, n_tokens, kv_base, 0], np.uint32))
@@ -364,12 +389,12 @@ class Program:
             else:
                 self.record_pass(enc)
             self.record_outputs(enc)
-            rt.queue.submit([enc.finish()])
+            rt.submit([enc.finish()], self.n_dispatches)  # (a timed run submits them one by one before)
             if timed and self._ts is not None:
                 self.last_times = self._read_timestamps()
             if not self.out_bytes:
                 return []
-            self.staging.map_sync(wgpu.MapMode.READ, 0, self.out_bytes)
+            rt.wait_map(self.staging, self.out_bytes)
             try:
                 data = np.frombuffer(self.staging.read_mapped(0, self.out_bytes, copy=False), np.uint8).copy()
             finally:

@@ -1,0 +1,78 @@
+"""Every kernel variant the backend can choose runs here, against numpy, on whatever adapter the
+machine has: the variants other adapters would choose (wgpu_llm.gpu.variants) included.
+
+The parity tests are parametrised by the registry, so a variant the registry lists cannot go
+untested; test_registry_holds_every_choice makes sure the registry lists every variant the
+choosers pick on a wider range of adapters and shapes than it asks them about.
+"""
+
+import itertools
+
+import pytest
+
+from test_gpu_flash_attention import run_case
+from test_gpu_kernels import cfg  # noqa: F401  (a fixture)
+from test_gpu_matmul import CASES as MATMUL_CASES
+from test_gpu_matmul import check as check_matmul
+from test_gpu_quant import LINEAR_CASES, check_linear, gpu  # noqa: F401  (gpu is a fixture)
+from wgpu_llm.gpu import kernels as K
+from wgpu_llm.gpu import matmul, variants
+from wgpu_llm.gpu.attention import choose_flash_tiles
+
+REGISTRY = variants.chosen()
+
+
+def params(family: str):
+    return [pytest.param(c.variant, id=k) for k, c in REGISTRY[family].items()]
+
+
+def test_registry_holds_every_choice(monkeypatch):
+    """Adapters of every subgroup size and limit, every token count up to 600, every head size:
+    the choosers pick nothing the registry (a few adapters, a few shapes) does not list."""
+    monkeypatch.delenv("WGPU_LLM_FORCE_HARDWARE_KERNELS", raising=False)
+    adapters = [variants.Adapter(f"{'software' if sw else 'GPU'} sg{sg} inv{inv} shared{shared}", sw, sg, inv, shared)
+                for sw, sg, inv, shared in itertools.product((True, False), (0, 4, 8, 16, 32, 64, 128),
+                                                             (256, 1024), (16384, 32768, 65536))
+                if not (sw and sg > 16)]  # a CPU's SIMD lanes: 4 to 16
+    wide = variants.Shapes(rows=(1, 31, 32, 33, 255, 256, 257, 1024, 4096, 262144), tokens=tuple(range(1, 601)),
+                           head_dims=tuple(range(4, 516, 4)))
+    found = variants.chosen(adapters, wide)
+    for family in variants.FAMILIES:
+        missing = set(found[family]) - set(REGISTRY[family])
+        assert not missing, f"{family}: chosen but not in the registry (add its adapter or shape): {missing}"
+
+
+def test_registry_follows_the_choosers():
+    """The registry's adapters get what the choosers give them (it is not a list of its own)."""
+    lavapipe = variants.ADAPTERS[0]
+    assert K.linear_variant(K.choose_config(lavapipe), "Q4_K", 4096, 1024, 1).key in REGISTRY["mat-vec"]
+    assert lavapipe.name in REGISTRY["mat-vec"]["row-wg8-r64-b8"].adapters
+    assert matmul.choose_tiles(lavapipe, 70).key in REGISTRY["mat-mat tiles"]
+    assert variants.key(choose_flash_tiles(lavapipe, 64)) in REGISTRY["flash tiles"]
+    assert "GPU, subgroups of 32" in REGISTRY["mat-vec"]["subgroup-wg64-r4"].adapters
+    for family in variants.FAMILIES:  # every adapter chooses something in every family
+        named = {a for c in REGISTRY[family].values() for a in c.adapters}
+        assert named == {a.name for a in variants.ADAPTERS}, family
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", params("mat-vec"))
+def test_every_mat_vec_variant(gpu, variant):  # noqa: F811
+    if variant.needs_subgroups and not gpu.subgroup_size:
+        pytest.skip("this adapter has no subgroups")
+    for type_name in ("Q4_K", "F16"):  # 256-column steps, 1 token per pass; 8-column steps, up to 4
+        for case in (LINEAR_CASES[1], LINEAR_CASES[3]):  # one token; 17 tokens, strided, offset
+            check_linear(gpu, type_name, *case, variant=variant)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiles", params("mat-mat tiles"))
+def test_every_mat_mat_tiles(gpu, tiles):  # noqa: F811
+    check_matmul(gpu, "Q4_K", *MATMUL_CASES[2], tiles=tiles, seed=3)  # 70 tokens: several token tiles
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tiles", params("flash tiles"))
+def test_every_flash_tiles(rt, cfg, tiles):  # noqa: F811
+    run_case(rt, cfg, 33, 20, 4, 1, 256, 0, tiles=tiles, seed=4)
+    run_case(rt, cfg, 70, 0, 9, 3, 64, 16, tiles=tiles, seed=5)
