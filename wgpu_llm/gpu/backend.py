@@ -952,7 +952,7 @@ class _Chunk:
 
     def submit(self, rt: Runtime) -> None:
         self.t_submit = time.perf_counter()
-        rt.queue.submit([self.cb])
+        rt.submit([self.cb], steps=self.size)
         self.cb = None
 
 
@@ -985,7 +985,7 @@ class _TopKLoop:
             cb = self._next[1] if self._next is not None and self._next[0] == pos else self._record(prog, pos)
             self._next = None
             rt.queue.write_buffer(step.ids_buffer, 0, np.array([token], np.uint32))
-            rt.queue.submit([cb])
+            rt.submit([cb])
             if pos + 1 < step.backend.n_ctx:
                 self._next = (pos + 1, self._record(prog, pos + 1))  # while step `pos` runs
             prog.staging.map_sync(rt.wgpu.MapMode.READ, 0, prog.out_bytes)
