@@ -92,6 +92,30 @@ def test_device_lost_in_logits_continues_on_the_cpu(tiny_path, auto_takes, monke
 
 
 @gpu
+def test_engine_requests_continue_on_the_cpu(tiny_path, auto_takes, monkeypatch, capsys):
+    """The serving engine: a GPU failure while several requests run moves them all to the CPU,
+    where they end with the tokens the CPU alone gives each."""
+    from wgpu_llm.engine import DoneEvent, Engine
+    from wgpu_llm.sampling import SamplingParams
+
+    prompts = [PROMPT, [4, 8, 15, 16], [2, 3], [42, 7, 7, 1, 9]]
+    cpu = LLM(tiny_path, backend="cpu", n_ctx=N_CTX)
+    want = [cpu.generate(p, 8, temperature=0, ignore_eos=True).tokens for p in prompts]
+    monkeypatch.setenv(ENV, "after_steps:6")
+    llm = LLM(tiny_path, backend="auto", n_ctx=N_CTX)
+    engine = Engine(llm, n_slots=2)
+    try:
+        requests = [engine.submit(p, 8, SamplingParams(temperature=0), ignore_eos=True) for p in prompts]
+        events = [list(r) for r in requests]
+    finally:
+        engine.close()
+    assert [[e.token for e in ev[:-1]] for ev in events] == want
+    assert all(isinstance(ev[-1], DoneEvent) and ev[-1].finish_reason == "length" for ev in events)
+    assert llm.backend.name == "cpu"
+    assert len(fallback_lines(capsys.readouterr().err)) == 1
+
+
+@gpu
 def test_gpu_backend_raises_mid_generation(tiny_path, monkeypatch):
     """Asked for the GPU explicitly: its failure is the caller's to see."""
     monkeypatch.setenv(ENV, "after_steps:3")
