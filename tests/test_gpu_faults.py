@@ -22,16 +22,30 @@ PROMPT = [1, 5, 9, 2, 7, 3]
 MAX_TOKENS = 12
 
 
+GREEDY = {"temperature": 0}  # decided on the GPU by the greedy loop (several steps per submission)
+TOP_K = {"temperature": 1.0, "top_k": 40, "seed": 11}  # a top-k on the GPU, the draw on the host
+
+
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    return write_tiny_model(tmp_path_factory.mktemp("faults") / "llama-F32.gguf", "llama", "F32")
+    # seed 2: a continuation of PROMPT with 10 different tokens in 12, so a fallback that fed the
+    # CPU the wrong tokens or positions shows (seed 0 repeats one token)
+    return write_tiny_model(tmp_path_factory.mktemp("faults") / "llama-F32.gguf", "llama", "F32", seed=2)
 
 
 @pytest.fixture(scope="module")
-def cpu_tokens(tiny_path):
-    """Greedy tokens of the CPU alone: what every interrupted GPU run must give."""
+def cpu_runs(tiny_path):
+    """Tokens of the CPU alone, by sampling: what every interrupted GPU run must give."""
     llm = LLM(tiny_path, backend="cpu", n_ctx=N_CTX)
-    return llm.generate(PROMPT, MAX_TOKENS, temperature=0, ignore_eos=True).tokens
+    runs = {name: llm.generate(PROMPT, MAX_TOKENS, ignore_eos=True, **sampling).tokens
+            for name, sampling in (("greedy", GREEDY), ("top_k", TOP_K))}
+    assert len(set(runs["greedy"])) >= 8 and runs["top_k"] != runs["greedy"], runs
+    return runs
+
+
+@pytest.fixture(scope="module")
+def cpu_tokens(cpu_runs):
+    return cpu_runs["greedy"]
 
 
 @pytest.fixture
@@ -47,26 +61,31 @@ def fallback_lines(err: str) -> list[str]:
 
 
 @gpu
-def test_uninterrupted_gpu_greedy_matches_the_cpu(tiny_path, cpu_tokens, auto_takes):
+def test_uninterrupted_gpu_runs_match_the_cpu(tiny_path, cpu_runs, auto_takes):
     """The premise of the fallback tests: on this tiny model GPU and CPU pick the same tokens."""
     llm = LLM(tiny_path, backend="auto", n_ctx=N_CTX)
     assert llm.backend.name == "gpu"
-    assert llm.generate(PROMPT, MAX_TOKENS, temperature=0, ignore_eos=True).tokens == cpu_tokens
+    assert llm.generate(PROMPT, MAX_TOKENS, ignore_eos=True, **GREEDY).tokens == cpu_runs["greedy"]
+    assert llm.generate(PROMPT, MAX_TOKENS, ignore_eos=True, **TOP_K).tokens == cpu_runs["top_k"]
 
 
 @gpu
-@pytest.mark.parametrize("after_steps,chunk", [(0, 1), (1, 1), (4, 1), (4, None), (MAX_TOKENS - 1, 1)])
-def test_device_lost_mid_generation_continues_on_the_cpu(tiny_path, cpu_tokens, auto_takes, monkeypatch, capsys,
-                                                          after_steps, chunk):
+@pytest.mark.parametrize("sampling,after_steps,chunk", [("greedy", 0, 1), ("greedy", 1, 1), ("greedy", 4, 1),
+                                                         ("greedy", 4, None), ("greedy", MAX_TOKENS - 1, 1),
+                                                         ("top_k", 0, None), ("top_k", 5, None)])
+def test_device_lost_mid_generation_continues_on_the_cpu(tiny_path, cpu_runs, auto_takes, monkeypatch, capsys,
+                                                          sampling, after_steps, chunk):
     """The device is lost once `after_steps` steps (the prefill is one) were submitted: the
     generation goes on on the CPU with the same tokens as a CPU-only run, says so in one line,
-    and the next call runs on the CPU too."""
+    and the next call runs on the CPU too. chunk: the greedy loop's steps per submission."""
     monkeypatch.setenv(ENV, f"after_steps:{after_steps}")
     llm = LLM(tiny_path, backend="auto", n_ctx=N_CTX)
     llm.decode_chunk = chunk
     assert llm.backend.name == "gpu"
     stats = {}
-    pieces = list(llm.stream(PROMPT, MAX_TOKENS, temperature=0, ignore_eos=True, stats=stats))
+    params = GREEDY if sampling == "greedy" else TOP_K
+    pieces = list(llm.stream(PROMPT, MAX_TOKENS, ignore_eos=True, stats=stats, **params))
+    cpu_tokens = cpu_runs[sampling]
     assert stats["tokens"] == cpu_tokens
     assert "".join(pieces) == llm.detokenize(cpu_tokens)
     assert llm.backend.name == "cpu" and stats["backend"] == "cpu"
@@ -75,7 +94,7 @@ def test_device_lost_mid_generation_continues_on_the_cpu(tiny_path, cpu_tokens, 
     assert "The WGPU device was lost (injected by WGPU_LLM_INJECT_GPU_FAULT" in line
     assert llm.backend_reason.startswith("cpu: the GPU failed (")
     # later calls: on the CPU, without another word
-    assert llm.generate(PROMPT, MAX_TOKENS, temperature=0, ignore_eos=True).tokens == cpu_tokens
+    assert llm.generate(PROMPT, MAX_TOKENS, ignore_eos=True, **params).tokens == cpu_tokens
     assert fallback_lines(capsys.readouterr().err) == []
 
 
