@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -14,11 +15,11 @@ import numpy as np
 
 from . import models, zoo
 from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
-from .backends import open_backend
+from .backends import GpuError, one_line, open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFError, GGUFFile
 from .graph import Graph
-from .memory import WEIGHTS_DTYPES
+from .memory import WEIGHTS_DTYPES, InsufficientMemory
 from .sampling import NonFiniteLogits, Sampler, SamplingParams
 from .text import TextStream
 from .tokenizer import Tokenizer
@@ -114,6 +115,11 @@ class LLM:
     CPU. A repetition penalty, or no top-k, reads the whole logits row (`gpu_sampling = False`
     forces that everywhere).
 
+    A GPU that fails in the middle of a generation or a `logits` call (a lost device, out of memory:
+    a wgpu_llm.GpuError) on an LLM opened with backend="auto" is replaced by the numpy backend: the
+    call goes on from the tokens so far (prompt and generated ones, computed again on the CPU), one
+    line on stderr says so, and later calls run on the CPU. backend="gpu" raises the GpuError.
+
     One call at a time: calls from several threads wait for each other (see `wgpu_llm.exclusive`).
 
     `llm.close()` frees the weights, KV cache and compiled steps at once (on a GPU: destroys the
@@ -138,10 +144,13 @@ class LLM:
         self._graphs = model.graphs
         self.n_ctx = model.n_ctx
         self.n_batch = n_batch
-        self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
-                                                         list(self._graphs.values()), n_batch, weights_dtype)
+        self.weights_dtype = weights_dtype
         self._steps: OrderedDict[tuple[int, bool, bool], object] = OrderedDict()  # least recently used first
-        self._step(1, False)  # load the weights and build the decode step now, not in the first request
+        # the weights are loaded and the decode step built now (open_backend's `load`), not in the first request
+        self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
+                                                         list(self._graphs.values()), n_batch, weights_dtype,
+                                                         load=self._load)
+        self._falls_back_to_cpu = backend == "auto"  # on a GPU failure in a call (see the class docstring)
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
         self.cache_prompt = False  # reuse the cached K/V of the previous call's common prefix (see below)
@@ -209,6 +218,25 @@ class LLM:
         if bad:
             raise ValueError(f"token id {bad[0]} out of range 0..{self.n_vocab - 1}")
 
+    def _load(self, backend) -> None:
+        """Load the weights onto `backend` by building its decode step (open_backend's `load`)."""
+        self._steps = OrderedDict({DECODE_STEP: backend.compile(self._graphs[False], 1)})
+
+    def _continue_on_cpu(self, error: GpuError) -> None:
+        """Replace a failed GPU backend by the numpy one (said once on stderr), or raise `error`
+        where the LLM may not fall back. The KV cache starts empty."""
+        if not self._falls_back_to_cpu or self.backend.name != "gpu":
+            raise error
+        try:
+            backend, _ = open_backend("cpu", self.file, self.n_ctx, None, list(self._graphs.values()), self.n_batch,
+                                      self.weights_dtype, load=self._load)
+        except InsufficientMemory:  # the CPU cannot take over: the GPU's failure is the one to report
+            raise error from None
+        print(f"wgpu-llm: the GPU failed, continuing on the CPU: {one_line(error)}", file=sys.stderr)
+        self.backend, self.backend_reason = backend, f"cpu: the GPU failed ({one_line(error)})"
+        self.backend.tracer = self.trace
+        self._cached = []
+
     # ---- forward ----
     def _step(self, n_tokens: int, all_rows: bool, batched: bool = False):
         """The compiled step of n_tokens rows (batched: one row for each of n_tokens sequences)."""
@@ -250,7 +278,12 @@ class LLM:
         ids = check_token_ids(ids, "ids")
         self._check_ids(ids)
         self._cached = []
-        logits = np.ascontiguousarray(self._prefill(ids, all_rows=True), dtype=np.float32)
+        try:
+            logits = self._prefill(ids, all_rows=True)
+        except GpuError as e:
+            self._continue_on_cpu(e)
+            logits = self._prefill(ids, all_rows=True)
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
         self._cached = ids
         return logits
 
@@ -318,20 +351,36 @@ class LLM:
     def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=(),
                    stats: dict | None = None) -> Iterator[int]:
         """The sampled ids (see _sampled_ids), keeping track of which tokens the KV cache holds:
-        the prompt once it is prefilled, then every token a decode step was fed."""
+        the prompt once it is prefilled, then every token a decode step was fed.
+        A GPU failure (see _continue_on_cpu) restarts the generation on the CPU from a prompt of the
+        tokens so far: the same tokens as the CPU computing all of them (with the same sampler)."""
         begin = self._reusable_prefix(prompt_ids)
         if stats is not None:
             stats["cached_tokens"] = begin
         self._cached = []  # rewritten from `begin` on: nothing is reusable until the prefill is done
-        fed = list(prompt_ids)
-        previous = None
-        for token in self._sampled_ids(prompt_ids, begin, max_tokens, sampler, stop_ids):
-            if previous is None:
-                self._cached = fed
-            else:
-                fed.append(previous)  # token was computed from previous: previous is in the cache
-            previous = token
-            yield token
+        prompt = prompt_ids
+        produced: list[int] = []
+        while True:
+            fed = list(prompt)
+            previous = None
+            try:
+                for token in self._sampled_ids(prompt, begin, max_tokens - len(produced), sampler, stop_ids):
+                    if previous is None:
+                        self._cached = fed
+                    else:
+                        fed.append(previous)  # token was computed from previous: previous is in the cache
+                    previous = token
+                    produced.append(token)
+                    yield token
+                break
+            except GpuError as e:
+                self._continue_on_cpu(e)
+                if stats is not None:
+                    stats["backend"] = self.backend.name
+                begin, prompt = 0, [*prompt_ids, *produced]
+                if produced and len(produced) >= max_tokens:  # the GPU failed after the last token
+                    fed = []  # the new backend's cache holds nothing yet
+                    break
         self._cached = fed
 
     def _sampled_ids(self, prompt_ids: list[int], begin: int, max_tokens: int, sampler: Sampler,

@@ -5,7 +5,10 @@ backend beats it.
 
 Given the graphs, the model's memory needs are checked before a backend allocates (see
 wgpu_llm.memory): a backend that will not fit raises memory.InsufficientMemory, except that "auto"
-falls back from a GPU it does not fit to the CPU if it fits there.
+falls back from a GPU it does not fit to the CPU if it fits there. "auto" falls back the same way
+when the GPU fails while the model loads (a device that cannot be opened, a GPU error creating
+buffers or pipelines, a lost device), saying so in one line on stderr; "gpu" raises the error
+(gpu.GpuError naming what was being done).
 """
 
 from __future__ import annotations
@@ -21,11 +24,24 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run on this machine; the message says why."""
 
 
+class GpuError(RuntimeError):
+    """A GPU operation failed (validation, out of memory, shader compilation, device lost); the
+    message says what was being done and carries wgpu's own message. Raised by wgpu_llm.gpu; it
+    lives here, beside the fallback that reacts to it, so that importing it loads no GPU code."""
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (wgpu's messages span several)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, graphs=(),
-                 n_batch: int = 512, weights_dtype: str = "float32"):
+                 n_batch: int = 512, weights_dtype: str = "float32", load=None):
     """Returns (backend, reason): the backend instance and one line saying what was chosen and why.
     graphs: the graphs the backend will run, for the memory check (none given: no check);
-    weights_dtype: the numpy backend's ("float32" or "float16")."""
+    weights_dtype: the numpy backend's ("float32" or "float16");
+    load: load(backend) loads the model onto the chosen backend (uploads weights, compiles a
+    step); GPU failures in it count as the GPU failing to load (see the module docstring)."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
 
@@ -34,7 +50,20 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
 
         if graphs:
             memory.check_cpu(gguf_file.path, gguf_file, graphs, n_ctx, n_batch, weights_dtype)
-        return CpuBackend(gguf_file, n_ctx, weights_dtype), reason
+        backend = CpuBackend(gguf_file, n_ctx, weights_dtype)
+        if load is not None:
+            load(backend)
+        return backend, reason
+
+    def fall_back(problem: str, error: Exception):
+        """The CPU instead of a GPU that cannot run the model, said once on stderr; the GPU's
+        error itself when the model does not fit the CPU either."""
+        try:
+            fallback = cpu(f"cpu: {problem} ({one_line(error)})")
+        except memory.InsufficientMemory:
+            raise error from None
+        print(f"wgpu-llm: {problem}, using the CPU: {one_line(error)}", file=sys.stderr)
+        return fallback
 
     if name == "cpu":
         return cpu("cpu: asked for")
@@ -57,10 +86,25 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
         except memory.InsufficientMemory as e:
             if name == "gpu":
                 raise
-            try:
-                fallback = cpu(f"cpu: the model does not fit the GPU ({e})")
-            except memory.InsufficientMemory:
-                raise e from None
-            print(f"wgpu-llm: the model does not fit the GPU, using the CPU: {e}", file=sys.stderr)
-            return fallback
-    return GpuBackend(gguf_file, n_ctx, adapter=chosen), f"gpu: {why}"
+            return fall_back("the model does not fit the GPU", e)
+    try:
+        backend = _load_gpu(GpuBackend, gguf_file, n_ctx, chosen, load)
+    except (device.GpuUnavailable, GpuError) as e:
+        if name == "gpu":
+            raise
+        return fall_back("the GPU failed while loading the model", e)
+    return backend, f"gpu: {why}"
+
+
+def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load):
+    """Open the GPU backend and load the model onto it; a wgpu error that escaped the runtime's
+    guards becomes a GpuError too."""
+    import wgpu
+
+    try:
+        backend = backend_class(gguf_file, n_ctx, adapter=adapter)
+        if load is not None:
+            load(backend)
+    except (wgpu.GPUError, wgpu.GPUPipelineError) as e:
+        raise GpuError(f"loading the model on the GPU: {type(e).__name__}: {e}") from e
+    return backend

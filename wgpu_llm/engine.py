@@ -13,6 +13,11 @@ its sampler, from admission until it ends. One scheduler thread runs the backend
 3. runs one decode step for every request that is generating, as one step of one row per sequence
    (a batched step, up to the backend's max_batch_rows), so each weight is read once for all.
 
+A GPU failure (wgpu_llm.GpuError) on an LLM opened with backend="auto" moves the LLM to the CPU
+(see `LLM`); the running requests are then computed again there from their prompt and the tokens
+they generated so far, and go on with the tokens a CPU-only run gives. Any other backend failure
+fails the running requests.
+
 Requests come from any thread (`submit`) and their tokens come back through a queue per request.
 Sampling is the same `Sampler` as `LLM.generate`'s, one per request (its own seed), fed the logits
 of that request's row only, so a request's tokens do not depend on what else is running.
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .api import LLM, ContextOverflow
+from .backends import GpuError
 from .graph import Span
 from .sampling import NonFiniteLogits, Sampler, SamplingParams
 
@@ -66,12 +72,17 @@ class Request:
         self._on_event = on_event
         self._cancel = threading.Event()
         self.slot: _Slot | None = None
-        self.fed = 0  # prompt tokens whose K/V are in the slot
+        self.fed = 0  # tokens of `context` whose K/V are in the slot (while prefilling)
         self.next_token: int | None = None  # sampled, not yet fed
         self.generated: list[int] = []
         self.history = list(prompt)  # prompt + generated, what the repetition penalty looks back on
         self.stats = {"prompt_tokens": len(prompt), "cached_tokens": 0, "generated_tokens": 0,
                       "t_submit": time.perf_counter()}
+
+    @property
+    def context(self) -> list[int]:
+        """What a prefill computes: the prompt, and after a GPU failure the tokens generated so far."""
+        return self.prompt + self.generated
 
     def _emit(self, event) -> None:
         """Hand an event to the consumer (called by the scheduler thread)."""
@@ -176,13 +187,32 @@ class Engine:
                     break
             try:
                 self._iteration()
+            except GpuError as e:
+                if not self._continue_on_cpu(e):
+                    self._fail_active(e)
             except Exception as e:  # a backend failure: every running request gets it, the engine goes on
-                for r in self._active:
-                    self._release(r)
-                    r._emit(e)
-                self._active = []
+                self._fail_active(e)
         for r in [*self._active, *self._waiting]:
             self._finish(r, "cancelled")
+
+    def _fail_active(self, e: Exception) -> None:
+        for r in list(self._active):  # _release removes r from the list
+            self._release(r)
+            r._emit(e)
+        self._active = []
+
+    def _continue_on_cpu(self, error: GpuError) -> bool:
+        """Move the LLM to the CPU (False where it may not) and have every running request
+        prefilled again from its context: the new backend's cache is empty."""
+        try:
+            self.llm._continue_on_cpu(error)
+        except GpuError:
+            return False
+        for slot in self.slots:
+            slot.tokens = []
+        for r in self._active:
+            r.fed, r.next_token = 0, None
+        return True
 
     def _iteration(self) -> None:
         for r in [r for r in self._active if r.cancelled]:
@@ -217,13 +247,14 @@ class Engine:
 
     def _prefill_chunk(self, r: Request) -> None:
         llm, slot = self.llm, r.slot
-        chunk = r.prompt[r.fed:r.fed + llm.n_batch]
+        context = r.context
+        chunk = context[r.fed:r.fed + llm.n_batch]
         step = llm._step(len(chunk), False)
         logits = step(np.asarray(chunk, np.int32), r.fed, slot.base)
         slot.tokens += chunk
         r.fed += len(chunk)
-        if r.fed == len(r.prompt):
-            r.stats["t_first"] = time.perf_counter()
+        if r.fed == len(context):
+            r.stats.setdefault("t_first", time.perf_counter())  # kept when computed again after a GPU failure
             if r.max_tokens == 0:
                 self._finish(r, "length")
             else:

@@ -966,7 +966,7 @@ class _Chunk:
 
     def submit(self, rt: Runtime) -> None:
         self.t_submit = time.perf_counter()
-        rt.submit([self.cb], self.dispatches)
+        rt.submit([self.cb], self.dispatches, steps=self.size)
         self.cb = None
 
 

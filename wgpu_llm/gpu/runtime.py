@@ -5,11 +5,24 @@ caused them; `Runtime.guard(what)` turns them into `GpuError` naming the kernel 
 that arrive outside a call (device lost, errors found while the queue runs) are only logged by
 wgpu-py, so a handler on its logger collects them and `Runtime.check(what)` raises them after
 every submit -- a failing step never returns silently wrong numbers.
+
+WebGPU's error scopes (`device.push_error_scope` / `pop_error_scope`) and `device.lost` are not
+implemented by wgpu-py 0.32 (both raise NotImplementedError): it reports each call's error from
+the call itself, and device loss through its logger, which is what the two paths above catch.
+Guards wrap buffer creation, pipeline and bind group creation, uploads, and each submission with
+its readback -- never a single dispatch: recording a dispatch costs ~5 us of host time and cannot
+fail on its own (its errors surface at the submit), so a decode step pays one guard per command
+buffer.
+
+WGPU_LLM_INJECT_GPU_FAULT makes the runtime fail on purpose, for tests of what happens above it:
+"load" -- every buffer creation reports out of memory; "after_steps:N" -- the submission that
+would run a step past the first N reports the device lost (see `FaultInjection`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import weakref
@@ -18,12 +31,50 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wgpu_llm.backends import GpuError
+
 from . import kernels as K
 from .device import AdapterInfo, adapter_info, binding_limit, request_device
 
 
-class GpuError(RuntimeError):
-    """A GPU operation failed (validation, out of memory, shader compilation, device lost)."""
+ENV_INJECT_FAULT = "WGPU_LLM_INJECT_GPU_FAULT"
+
+
+def describe_bytes(n: int) -> str:
+    """A size for messages: "16 bytes", "3.5 KiB", "12.0 MiB", "1.50 GiB"."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if n < 1 << 30:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+@dataclass(frozen=True)
+class FaultInjection:
+    """A GPU failure made on purpose (tests only), from WGPU_LLM_INJECT_GPU_FAULT:
+    "load": every buffer creation fails as out of memory (a model cannot load);
+    "after_steps:N": once N steps were submitted, the next submission finds the device lost."""
+
+    at_load: bool = False
+    after_steps: int | None = None
+
+    @staticmethod
+    def from_env() -> FaultInjection:
+        value = os.environ.get(ENV_INJECT_FAULT, "").strip()
+        if not value:
+            return FaultInjection()
+        if value == "load":
+            return FaultInjection(at_load=True)
+        kind, _, n = value.partition(":")
+        if kind == "after_steps" and n.isdigit():
+            return FaultInjection(after_steps=int(n))
+        raise ValueError(f"{ENV_INJECT_FAULT}={value!r}: expected 'load' or 'after_steps:N' (N >= 0)")
+
+    @property
+    def note(self) -> str:
+        return f"injected by {ENV_INJECT_FAULT}"
 
 
 class _ErrorLog(logging.Handler):
@@ -37,6 +88,11 @@ class _ErrorLog(logging.Handler):
     def emit(self, record):
         with self._lock:
             self.messages.append(record.getMessage())
+
+    def add(self, message: str) -> None:
+        """Collect a message as if wgpu had logged it (an injected fault)."""
+        with self._lock:
+            self.messages.append(message)
 
     def take(self) -> list[str]:
         with self._lock:
@@ -82,6 +138,8 @@ class Runtime:
         self.wgpu = wgpu
         _watch_wgpu_log()
         self.adapter = adapter
+        self.faults = FaultInjection.from_env()
+        self.steps_submitted = 0  # model steps sent to the queue (what after_steps:N counts)
         self.info = adapter_info(adapter)
         _WGPU_LOG.take()
         self.device = request_device(adapter)
@@ -135,11 +193,12 @@ class Runtime:
 
     # ---- buffers ----
     def buffer(self, nbytes: int, usage, label: str = ""):
+        """A new buffer; wgpu validates the size against the device's limits (a GpuError with
+        wgpu's message, naming the buffer)."""
         nbytes = max(16, -(-int(nbytes) // 16) * 16)
-        if nbytes > self.caps.max_buffer:
-            raise GpuError(f"{label}: buffer of {nbytes} bytes exceeds the device's max buffer size "
-                           f"{self.caps.max_buffer}")
-        with self.guard(f"allocating {label} ({nbytes} bytes)"):
+        with self.guard(f"creating the {label!r} buffer ({describe_bytes(nbytes)})"):
+            if self.faults.at_load:
+                raise MemoryError(self.faults.note)
             buf = self.device.create_buffer(label=label, size=nbytes, usage=usage)
         self.allocated_bytes += nbytes
         self._live.add(buf)
@@ -168,14 +227,20 @@ class Runtime:
             flat = data.reshape(-1).view(np.uint8)
             if data.nbytes % 4:
                 flat = np.concatenate([flat, np.zeros(4 - data.nbytes % 4, np.uint8)])
-            with self.guard(f"uploading {label}"):
+            with self.guard(f"uploading {label!r} ({describe_bytes(data.nbytes)})"):
                 self.queue.write_buffer(buf, 0, flat)
         self.bytes_uploaded += data.nbytes
         return buf
 
-    def submit(self, command_buffers: list, dispatches: int) -> None:
-        """Submit to the queue, counting the compute dispatches the command buffers hold."""
+    def submit(self, command_buffers: list, dispatches: int, steps: int = 1) -> None:
+        """Submit command buffers holding `steps` model steps of `dispatches` compute dispatches in
+        all (both counted), inside the caller's guard, which raises what the submission reports."""
+        limit = self.faults.after_steps
+        if limit is not None and self.steps_submitted + steps > limit:
+            _WGPU_LOG.add(f"The WGPU device was lost ({self.faults.note} after {limit} steps)")
+            return
         self.queue.submit(command_buffers)
+        self.steps_submitted += steps
         self.dispatches += dispatches
 
     def wait_map(self, buf, nbytes: int) -> None:
