@@ -47,13 +47,17 @@ fn load_x4(t: u32, c: u32, valid: bool) -> vec4<f32> {
     if (!valid) {
         return vec4<f32>(0.0);
     }
-    let i = t * prm().x_stride + c;
-    let v = vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
     if (PAD_COLS) {
-        // padded columns: the weights are zero there, but x past the row may hold anything
+        // padded columns: the weights are zero there, but x past the row may hold anything, or
+        // (the last token's row) lie past the end of the buffer: read column cols - 1 instead
+        let r = t * prm().x_stride;
+        let last = prm().cols - 1u;
+        let v = vec4<f32>(x_val(r + min(c, last)), x_val(r + min(c + 1u, last)),
+                          x_val(r + min(c + 2u, last)), x_val(r + min(c + 3u, last)));
         return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(prm().cols));
     }
-    return v;
+    let i = t * prm().x_stride + c;
+    return vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
 }
 
 @compute @workgroup_size($WG)

@@ -62,13 +62,17 @@ const TT: u32 = $TT;
 
 $X_VAL
 fn load_x4(t: u32, c: u32) -> vec4<f32> {
-    let i = t * prm().x_stride + c;
-    let v = vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
     if (PAD_COLS) {
-        // padded columns: the weights are zero there, but x past the row may hold anything
+        // padded columns: the weights are zero there, but x past the row may hold anything, or
+        // (the last token's row) lie past the end of the buffer: read column cols - 1 instead
+        let r = t * prm().x_stride;
+        let last = prm().cols - 1u;
+        let v = vec4<f32>(x_val(r + min(c, last)), x_val(r + min(c + 1u, last)),
+                          x_val(r + min(c + 2u, last)), x_val(r + min(c + 3u, last)));
         return select(vec4<f32>(0.0), v, vec4<u32>(c) + vec4<u32>(0u, 1u, 2u, 3u) < vec4<u32>(prm().cols));
     }
-    return v;
+    let i = t * prm().x_stride + c;
+    return vec4<f32>(x_val(i), x_val(i + 1u), x_val(i + 2u), x_val(i + 3u));
 }
 
 //! x_plain
@@ -200,13 +204,13 @@ const TT: u32 = $TT;
 const XB: u32 = $XB;      // subgroup size x is shared in (0: not shared)
 
 $X_VAL
-// x[t, c], or 0 past the row (float types: the weights are zero there, x may hold anything)
+// x[t, c], or 0 past the row (float types: the weights are zero there, x may hold anything or,
+// in the last token's row, lie past the end of the buffer: column cols - 1 is read instead)
 fn x_at(t: u32, c: u32) -> f32 {
-    let v = x_val(t * prm().x_stride + c);
     if (PAD_COLS) {
-        return select(0.0, v, c < prm().cols);
+        return select(0.0, x_val(t * prm().x_stride + min(c, prm().cols - 1u)), c < prm().cols);
     }
-    return v;
+    return x_val(t * prm().x_stride + c);
 }
 
 fn hsum(v: vec4<f32>) -> f32 {

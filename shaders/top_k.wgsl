@@ -23,11 +23,17 @@ var<workgroup> taken: atomic<u32>;
 var<workgroup> sk: array<u32, PK>;
 var<workgroup> si: array<u32, PK>;
 
+// on the bits, not with float compares: WGSL lets a compiler assume there is no NaN (so `v != v`
+// may fold to false) and ignore the sign of zero (so `select(v, 0.0, v == 0.0)` may fold to v)
 fn key_of(v: f32) -> u32 {
-    if (v != v) {
+    var b = bitcast<u32>(v);
+    let mag = b & 0x7fffffffu;
+    if (mag > 0x7f800000u) {  // NaN
         return 0u;
     }
-    let b = bitcast<u32>(select(v, 0.0, v == 0.0));  // -0 -> +0
+    if (mag == 0u) {  // -0 -> +0
+        b = 0u;
+    }
     if ((b & 0x80000000u) != 0u) {
         return ~b;
     }

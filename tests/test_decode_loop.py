@@ -97,6 +97,35 @@ def test_top_k_kernel_matches_host(adapter, width, k, values):
         assert len(kernels) >= 2
 
 
+@pytest.mark.parametrize("width,k", [(300, 20), (5000, 40)])
+def test_top_k_kernel_ranks_nan_lowest(adapter, width, k):
+    """NaN logits (either sign, any payload) rank below every number and -0 ties with +0: decided
+    on the bits in the kernel, since WGSL lets a compiler assume floats are never NaN."""
+    from wgpu_llm.gpu import kernels as K
+    from wgpu_llm.gpu import sample
+    from wgpu_llm.gpu.backend import _pairs
+    from wgpu_llm.gpu.runtime import Program, Runtime
+
+    rt = Runtime(adapter)
+    cfg = K.choose_config(rt.caps)
+    rng = np.random.default_rng(width)
+    x = (rng.standard_normal(width) * 4).astype(np.float32)
+    x[:8] = [-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0]
+    bits = x.view(np.uint32)
+    nan_at = rng.choice(np.arange(8, width), width // 5, replace=False)
+    bits[nan_at] = rng.choice(np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFFFFFFF], np.uint32), nan_at.size)
+    assert np.isnan(x).sum() == nan_at.size
+    buf = rt.upload(x, "logits")
+    n = sample.scratch_bytes(cfg, width, k)
+    scratch, out = (rt.storage(n, "a"), rt.storage(n, "b")), rt.storage(8 * k, "out")
+    kernels = sample.top_k(cfg, width, k, K.View(buf, 0, width), scratch, out, "logits: top_k")
+    (data,) = Program(rt, kernels, "top-k", [(out, 0, 8 * k)]).run()
+    ids, vals = _pairs(data, k)
+    ref_ids, ref_vals = top_k_filter(np.arange(width), np.where(np.isnan(x), -np.inf, x).astype(np.float32), k)
+    assert ids.tolist() == ref_ids.tolist()
+    assert np.array_equal(vals, ref_vals)
+
+
 def test_top_k_max_matches_kernel_limit():
     from wgpu_llm.gpu import backend, sample
 

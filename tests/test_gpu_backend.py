@@ -231,6 +231,31 @@ def test_small_binding_limit(adapter, tmp_path, arch):
 
 
 @gpu
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_work_bound_chunks_a_step(adapter, tmp_path, monkeypatch, arch):
+    """No dispatch may do more than MAX_DISPATCH_MACS multiply-adds (the OS GPU watchdog): with
+    the bound lowered to 3 tokens' work, a 7-token step runs as chunks and the results do not
+    change; ops after last_row count as one row."""
+    from wgpu_llm.gpu import backend
+
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", **(GEMMA_SHAPE if arch == "gemma3" else {}))
+    gf = GGUFFile(path)
+    model = architecture(gf)
+    gpu, cpu = backend.GpuBackend(gf, 16, adapter), CpuBackend(gf, 16)
+    full, last = model.build_graph(gf, all_logits=True), model.build_graph(gf, all_logits=False)
+    vocab, d = gf.tensor("token_embd.weight").shape[::-1]
+    assert backend.dispatch_macs_per_token(full, 16) >= vocab * d  # the output head on every row
+    per_token = backend.dispatch_macs_per_token(last, 16)
+    assert per_token < vocab * d  # ... on the last row only
+    monkeypatch.setattr(backend, "MAX_DISPATCH_MACS", 3 * per_token)
+    assert gpu.max_tokens_per_step(last) == 3
+    ids = np.array([5, 9, 2, 7, 1, 3, 8])
+    step = gpu.compile(last, 7)
+    assert isinstance(step, backend._ChunkedStep) and [c.n_tokens for c in step.chunks] == [3, 3, 1]
+    assert nmse(step(ids, 0), cpu.compile(last, 7)(ids, 0)) <= NMSE_TOL
+
+
+@gpu
 def test_bad_inputs(adapter, tmp_path):
     from wgpu_llm.gpu.backend import GpuBackend
 

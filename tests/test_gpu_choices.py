@@ -94,6 +94,8 @@ def test_every_subgroup_size_gives_valid_kernels(monkeypatch, size, software):
 def test_binding_limit(monkeypatch):
     assert device.binding_limit(1 << 31, 1 << 28) == 1 << 28  # a binding is no larger than a buffer
     assert device.binding_limit(1 << 27, (1 << 31) - 1) == 1 << 27
+    # in-shader u32 element offsets stay below 2^30 whatever a driver reports
+    assert device.binding_limit(1 << 36, 1 << 40) == device.MAX_INDEXED_BINDING < 1 << 32
     monkeypatch.setenv(device.ENV_MAX_BINDING, str(16 << 20))
     assert device.binding_limit(1 << 27, (1 << 31) - 1) == 16 << 20
     assert device.binding_limit(1 << 20, (1 << 31) - 1) == 1 << 20  # the override only lowers it

@@ -69,6 +69,31 @@ class _Act:
         return ac < bc + other.width and bc < ac + self.width
 
 
+# Multiply-adds one dispatch may do per step, ~0.5 s at 1 TFLOP/s: a step of more tokens runs as
+# consecutive chunks, so that no dispatch of a large prefill nears an OS GPU watchdog (2 s on
+# Windows); see shaders/PORTABILITY.md
+MAX_DISPATCH_MACS = 1 << 38
+
+
+def dispatch_macs_per_token(graph: Graph, n_ctx: int) -> int:
+    """The most multiply-adds one op of `graph` does per token of a step: a linear over its stacked
+    weights (those after last_row run on one row whatever the step's size), attention over the
+    keys a query may see in a context of n_ctx."""
+    one_row: set[str] = set()
+    most = 1
+    for op in graph.ops:
+        if op.kind == "last_row" or (op.inputs and all(i in one_row for i in op.inputs)):
+            one_row.add(op.out)
+            continue
+        if op.kind == "linear":
+            most = max(most, sum(graph.weight_shapes[w][0] * graph.weight_shapes[w][1] for w in op.weights))
+        elif op.kind == "attention":
+            p = op.p
+            keys = min(n_ctx, p["window"]) if p["window"] > 0 else n_ctx
+            most = max(most, 2 * p["n_head"] * p["head_dim"] * keys)
+    return most
+
+
 @dataclass
 class _Piece:
     first_row: int
@@ -160,8 +185,11 @@ class GpuBackend:
 
     def max_tokens_per_step(self, graph: Graph) -> int:
         """How many tokens one step may hold: every activation must fit one storage binding
-        (all-position logits of a 262144-token vocabulary take 1 MiB per token)."""
-        return max(1, self.rt.caps.max_binding // (4 * max(graph.widths.values())))
+        (all-position logits of a 262144-token vocabulary take 1 MiB per token), and no dispatch
+        may do more than MAX_DISPATCH_MACS multiply-adds."""
+        by_binding = self.rt.caps.max_binding // (4 * max(graph.widths.values()))
+        by_work = MAX_DISPATCH_MACS // dispatch_macs_per_token(graph, self.n_ctx)
+        return max(1, min(by_binding, by_work))
 
     # ---- weights (uploaded once per backend) ----
     def _shape(self, name: str) -> tuple[int, int]:

@@ -107,11 +107,18 @@ def binding_override() -> int | None:
     return n
 
 
+# Kernels index their bindings with u32 element offsets (array<u32> / array<f32>): bindings below
+# 4 GiB keep every such offset below 2^30, and every product like row * stride inside one binding
+# far from 2^32, whatever a driver reports (see shaders/PORTABILITY.md)
+MAX_INDEXED_BINDING = (1 << 32) - 4
+
+
 def binding_limit(max_storage_binding: int, max_buffer: int) -> int:
     """The largest buffer a kernel may bind: a binding can be no larger than a buffer, and drivers
     report a max_storage_buffer_binding_size above max_buffer_size (lavapipe, some NVIDIA
-    drivers), so the smaller of the two -- lowered further by WGPU_LLM_MAX_BINDING_BYTES."""
-    limit = min(int(max_storage_binding), int(max_buffer))
+    drivers), so the smaller of the two, below 4 GiB (MAX_INDEXED_BINDING) -- lowered further by
+    WGPU_LLM_MAX_BINDING_BYTES."""
+    limit = min(int(max_storage_binding), int(max_buffer), MAX_INDEXED_BINDING)
     override = binding_override()
     return limit if override is None else min(limit, override)
 
