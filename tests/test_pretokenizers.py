@@ -65,14 +65,14 @@ def test_whole_word_tokens_test_ignored_merges():
     unmade = {i for i, t in enumerate(g["tokens"]) if len(t) > 1 and t not in made} - {0}
     assert len(unmade) >= 20
     for pre, ignores in (("llama-bpe", True), ("tekken", True), ("dbrx", False), ("qwen2", False)):
-        used = {i for ids in g["ids"][g["by_pre"][pre]] for i in ids}
+        used = {i for ids in g["ids"][g["by_pre"][pre]["ids"]] for i in ids}
         assert bool(used & unmade) == ignores, pre
 
 
 @pytest.mark.parametrize("pre", sorted(_PRE_TYPES))
 def test_ids_match_llama_cpp(pre):
     g = _golden()
-    expected = g["ids"][g["by_pre"][pre]]
+    expected = g["ids"][g["by_pre"][pre]["ids"]]
     tok = Tokenizer.from_metadata(_metadata(pre))
     mismatches = []
     for text, ids in zip(g["texts"], expected, strict=True):
@@ -80,6 +80,21 @@ def test_ids_match_llama_cpp(pre):
         if ours != ids:
             mismatches.append(f"{text!r}:\n  llama.cpp {ids}\n  ours      {ours}")
     assert not mismatches, f"pre={pre}: {len(mismatches)}/{len(expected)} texts differ:\n" + "\n".join(mismatches)
+
+
+@pytest.mark.parametrize("pre", sorted(_PRE_TYPES))
+def test_decode_matches_llama_cpp(pre):
+    """llama.cpp's detokenize of its own ids (remove_special, no unparse_special): the text again, but
+    for the special token and the spaces cleaned up where the pre-tokenizer says so."""
+    g = _golden()
+    ids, changed = g["ids"][g["by_pre"][pre]["ids"]], g["decoded"][g["by_pre"][pre]["decoded"]]
+    tok = Tokenizer.from_metadata(_metadata(pre))
+    mismatches = []
+    for i, (text, row) in enumerate(zip(g["texts"], ids, strict=True)):
+        expected, ours = changed.get(str(i), text), tok.decode(row)
+        if ours != expected:
+            mismatches.append(f"{text!r}:\n  llama.cpp {expected!r}\n  ours      {ours!r}")
+    assert not mismatches, f"pre={pre}: {len(mismatches)}/{len(ids)} texts differ:\n" + "\n".join(mismatches)
 
 
 @pytest.mark.parametrize("pre", ["gpt2", "deepseek-v3", "Qwen2", "llama 3", "unknown"])

@@ -8,7 +8,9 @@ ids. The texts are ``tests/golden/corpus.json`` and the adversarial ones below.
 
 For each name a tiny GGUF (tests/tiny_models.py) with that ``tokenizer.ggml.pre`` and no
 ``add_bos_token`` key is read by llama.cpp (``Llama(path, vocab_only=True)``), which tokenizes each
-text with ``add_bos=True, special=True``. Names whose ids are all equal share one entry of ``ids``.
+text with ``add_bos=True, special=True`` and decodes those ids again (``decoded``: the texts that do
+not come back as they were, e.g. where spaces are cleaned up). Names with equal results share an
+entry of ``ids`` / ``decoded``.
 
 Usage::
 
@@ -19,6 +21,7 @@ Needs ``llama-cpp-python``; a name llama.cpp does not know fails the run.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import re
 import sys
@@ -54,11 +57,14 @@ ADVERSARIAL = [
     "  \n  \n\n   \t\n\t\t\n",
     "    indented\n        more\n\tand tab\n\t\tdouble\n",
     "trailing spaces   \ntrailing tab\t\ntrailing both \t \n   ",
+    "clean up : a , b . c ? d ! e ' f 's g 'm h 're i 've j 'S k ' l",
     "nbsp\u00a0x thin\u2009x em\u2003x ideo\u3000x nel\u0085x ls\u2028x ps\u2029x",
     "HTTPServer getHTTPResponseCode XMLHttpRequest iPhone macOS McDonald's O'NEIL",
-    "ÉCOLE École éCOLE ÀÉÎÕÜ àéîõü ǅungla ǈ Ǉ ǉ ẞ ß ﬁ Ω Ω K K ℃",
+    "ÉCOLE École éCOLE ÀÉÎÕÜ àéîõü ǅungla ǈ Ǉ ǉ ẞ ß ﬁ ℃",
+    "Ohm \u2126 omega \u03a9 Kelvin \u212a K oxia \u1f7d tonos \u03ce",
     "ΑΒΓ αβγ ὢ ᾯ ώ ΐ Ἴ Привет ПРИВЕТ привет Ǳ ǲ ǳ",
-    "e\u0301 a\u0308 n\u0303 o\u0302\u0323 \u0915\u093f \u0928\u092e\u0938\u094d\u0924\u0947 Z\u0334\u0321a\u0336l\u0337g",
+    "e\u0301 a\u0308 n\u0303 o\u0302\u0323 \u0915\u093f \u0928\u092e\u0938\u094d\u0924\u0947",
+    "Z\u0334\u0321a\u0336l\u0337g\u0335o\u0338 \u0301leading mark, mark after space \u0308x",
     "你好，世界！「引用」【括号】《书名》～〜；：……——",
     "ひらがなとカタカナと漢字、ｶﾀｶﾅ。ー・「」",
     "한국어 테스트입니다. 안녕하세요! ㅋㅋㅋ",
@@ -75,6 +81,7 @@ ADVERSARIAL = [
     "a.b,c;d:e!f?g-h_i*j&k|l^m~n`o'p\"q(r)s[t]u{v}w<x>y=z+",
     "soft\u00adhyphen zero\u200bwidth joiner\u200dx nonjoiner\u200cx bom\ufeffx",
     "\u0001\u0002\u0007\u001b[0m\u007f",
+    "vt\u000bff\u000c fs\u001c gs\u001d rs\u001e us\u001f end \u000b\u000c\n x",
 ]
 
 
@@ -106,32 +113,57 @@ def train_vocab(samples: list[str]) -> tuple[list[str], list[int], list[str]]:
     return tokens, [3] + [1] * (len(tokens) - 1), merges
 
 
+def detokenize(llama, ids: list[int]) -> str:
+    """llama.cpp's llama_detokenize(remove_special=True, unparse_special=False): BOS/EOS dropped where
+    the vocab adds them, control tokens rendered as nothing, spaces cleaned up where the pre says so."""
+    import llama_cpp
+
+    tokens = (llama_cpp.llama_token * len(ids))(*ids)
+    size = 64
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(llama._model.vocab, tokens, len(ids), buf, size, True, False)
+        if n >= 0:
+            return buf.raw[:n].decode("utf-8")
+        size = -n  # too small: llama.cpp says how many bytes it needs
+
+
+def _share(table: dict[str, object], value: object, name: str) -> str:
+    """The key of an equal value already in table, else name (added)."""
+    key = next((k for k, v in table.items() if v == value), name)
+    table.setdefault(key, value)
+    return key
+
+
 def main() -> None:
     import llama_cpp
 
     samples = texts()
     tokens, types, merges = train_vocab(samples)
-    by_pre: dict[str, str] = {}
-    ids: dict[str, list[list[int]]] = {}
+    by_pre: dict[str, dict[str, str]] = {}
+    ids: dict[str, object] = {}
+    decoded: dict[str, object] = {}
     refused = []
     with tempfile.TemporaryDirectory() as tmp:
         for pre in sorted(_PRE_TYPES):
             path = write_tiny_model(Path(tmp) / f"{pre}.gguf", "llama", vocab=(tokens, types, merges), pre=pre)
             try:
-                vocab = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
+                llama = llama_cpp.Llama(str(path), vocab_only=True, verbose=False)
             except ValueError:  # llama.cpp logs why: an unknown pre-tokenizer
                 refused.append(pre)
                 continue
-            got = [vocab.tokenize(t.encode("utf-8"), add_bos=True, special=True) for t in samples]
-            del vocab
-            key = next((k for k, v in ids.items() if v == got), pre)
-            ids.setdefault(key, got)
-            by_pre[pre] = key
-            print(f"{pre:18} -> {key:18} {sum(map(len, got))} ids")
+            got = [llama.tokenize(t.encode("utf-8"), add_bos=True, special=True) for t in samples]
+            # decoding each text's ids gives the text back, but where spaces are cleaned up: kept by index
+            texts_back = {str(i): back for i, (text, row) in enumerate(zip(samples, got))
+                          if (back := detokenize(llama, row)) != text}
+            del llama
+            by_pre[pre] = {"ids": _share(ids, got, pre), "decoded": _share(decoded, texts_back, pre)}
+            print(f"{pre:18} -> {by_pre[pre]['ids']:18} {sum(map(len, got))} ids, "
+                  f"{len(texts_back)} texts decoded otherwise")
     if refused:
         sys.exit(f"llama.cpp refuses tokenizer.ggml.pre = {', '.join(refused)}: nothing written")
     golden = {"llama_cpp_python": llama_cpp.__version__, "texts": samples, "tokens": tokens, "merges": merges,
-              "by_pre": by_pre, "ids": ids}
+              "by_pre": by_pre, "ids": ids, "decoded": decoded}
     OUT.write_text(_compact(golden), encoding="utf-8")
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")
 
