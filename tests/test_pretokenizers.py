@@ -97,7 +97,7 @@ def test_decode_matches_llama_cpp(pre):
     assert not mismatches, f"pre={pre}: {len(mismatches)}/{len(ids)} texts differ:\n" + "\n".join(mismatches)
 
 
-@pytest.mark.parametrize("pre", ["gpt2", "deepseek-v3", "Qwen2", "llama 3", "unknown"])
+@pytest.mark.parametrize("pre", ["gpt2", "kimi-k2", "superbpe", "Qwen2", "llama 3", "unknown"])
 def test_unknown_pre_is_refused(pre):
     with pytest.raises(GGUFError, match=f"tokenizer.ggml.pre' = '{pre}'"):
         Tokenizer.from_metadata(_metadata(pre))

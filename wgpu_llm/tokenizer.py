@@ -55,6 +55,14 @@ _DEEPSEEK_LETTERS = (
     "ὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿ"
     "ⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
 _DEEPSEEK_CJK = "[一-龥ࠀ-一가-\ud7ff]+"  # U+0800..U+4E00 holds much more than CJK: kept as llama.cpp has it
+_SEED_CODER_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}"
+                  r"| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BAILINGMOE_RE = (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
+_PORO_RE = " ?[^(\\s|.,!?…。，、।۔،)]+"
+# llama.cpp's \p{S} leaves out "~" (its ASCII symbols are $+<=>^`|), so here it is \p{S} less "~"
+_DEEPSEEK3_RE = (r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}[\p{S}&&[^~]]]?[\p{L}\p{M}]+"
+                 r"| ?[\p{P}[\p{S}&&[^~]]]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_REGEXES = {
     "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2_RE, r"\p{N}+", r"[0-9][0-9][0-9]"],
     "gpt2": [_GPT2_RE],
@@ -69,6 +77,11 @@ _PRE_REGEXES = {
     "deepseek-llm": ["[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+", r"\s+\z",
                      _DEEPSEEK_CJK, r"\p{N}+"],
     "deepseek-coder": ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _DEEPSEEK_CJK, r"\p{N}"],
+    "deepseek-v3": [r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+", _DEEPSEEK3_RE],
+    "seed-coder": [_SEED_CODER_RE],
+    "bailingmoe": [_BAILINGMOE_RE],
+    "poro": [_PORO_RE],
+    "viking": [_PORO_RE, r"\p{N}"],
 }
 # tokenizer.ggml.pre -> (regex set, clean_spaces, ignore_merges, default add_bos), as in llama-vocab.cpp;
 # tests/golden/make_pretok_golden.py checks every name against llama.cpp (which knows "gpt-2", not "gpt2")
@@ -114,6 +127,15 @@ _PRE_TYPES = {
     "llama4": ("gpt-4o", False, False, False),
     "deepseek-llm": ("deepseek-llm", False, False, False),
     "deepseek-coder": ("deepseek-coder", False, False, False),
+    "deepseek-v3": ("deepseek-v3", False, False, False),
+    "hunyuan-dense": ("deepseek-v3", False, False, False),
+    "hunyuan": ("qwen2", False, False, False),
+    "seed-coder": ("seed-coder", False, False, False),
+    "bailingmoe": ("bailingmoe", False, False, False),
+    "poro-chat": ("poro", False, False, False),
+    "bloom": ("poro", True, False, False),
+    "gpt3-finnish": ("poro", True, False, False),
+    "viking": ("viking", False, False, False),
 }
 
 # Token texts that llama.cpp treats as end of generation (and forces to control type).

@@ -75,6 +75,7 @@ ADVERSARIAL = [
     "def f(a, *args, **kw):\r\n\treturn [x**2 for x in args if x % 2 == 0]\r\n",
     "<div class=\"a-b\">&nbsp;&lt;tag&gt;</div>\n<!-- comment -->",
     "path/to/file.txt C:\\Users\\me ~/.config https://a.b/c?d=e&f=g#h",
+    "cd ~/src && ls ~/bin ~/lib ~/src; x ~= y ~= z ~~ ~",
     "ＡＢＣａｂｃ１２３！？ full－width（括弧）",
     "²³¹ ½ ¾ Ⅻ ⅻ ① ⑩ 𝟘𝟙𝟚 𝐀𝐁𝐂 𝑎𝑏𝑐",
     "...!!!???,,,;;;:::---___***&&&|||^^^~~~```'''\"\"\"",
