@@ -13,7 +13,9 @@ specific to llama.cpp are reproduced here in Python:
   back to the ``<0xXX>`` byte tokens;
 * "gpt2" byte-level BPE vocabularies split the text with the pre-tokenizer regexes that
   llama.cpp associates with ``tokenizer.ggml.pre``, each regex applied in turn with its matches
-  isolated;
+  isolated; where llama.cpp's own regex engine reads a regex otherwise than the original tokenizer
+  would (no upper/lower-case classes outside ASCII, no "~" among the symbols), it is written here as
+  llama.cpp reads it. A name not listed is refused;
 * BOS/EOS insertion, end-of-generation ids and detokenization follow ``llama-vocab.cpp``.
 """
 
