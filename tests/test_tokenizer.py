@@ -293,7 +293,7 @@ def test_byte_tokens_are_parsed_at_load():
 
 
 def test_other_pre_tokenizers_build():
-    for pre in ("default", "gpt2", "llama3", "llama-bpe", "qwen2"):
+    for pre in ("default", "gpt-2", "llama3", "llama-bpe", "qwen2"):
         tok = Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": pre})
         assert tok.decode(tok.encode(" ab ab12")) == " ab ab12"
     assert Tokenizer.from_metadata({**_tiny_gpt2(), "tokenizer.ggml.pre": "llama3"}).add_bos  # llama.cpp default

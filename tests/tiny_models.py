@@ -112,7 +112,8 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
                      d_ff: int = 96, n_ctx: int = 256, sliding_window: int = 8, tied_output: bool = True,
                      n_rot: int | None = None, fused_qkv: bool = True,
                      layer_types: dict[str, str] | None = None, extra_metadata: dict | None = None,
-                     extra_tensors: dict[str, np.ndarray] | None = None, n_vocab: int | None = None) -> Path:
+                     extra_tensors: dict[str, np.ndarray] | None = None, n_vocab: int | None = None,
+                     vocab: tuple[list[str], list[int], list[str]] | None = None, pre: str | None = None) -> Path:
     """Write a random-weight model; d_model/d_ff/head_dim*n_head must be multiples of the type's block.
     layer_types: another type for some weights of every layer, e.g. {"attn_v": "Q8_0"}.
     n_rot: rotated dimensions per head (partial rotary), default head_dim.
@@ -120,7 +121,10 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
     extra_metadata: more keys (str, float, bool or int values; ints written as uint32).
     extra_tensors: more float32 tensors, by name.
     n_vocab: pad a gpt2-style vocabulary to this many tokens (ones no merge produces), for a model
-    with a real one's embedding and output-head shapes."""
+    with a real one's embedding and output-head shapes.
+    vocab: (tokens, token types, merges) in place of gpt2_vocab(); pre: its tokenizer.ggml.pre
+    (default: "qwen2" for qwen archs, else "default"), and then no add_bos_token key, so that
+    whether a BOS is added is that pre-tokenizer's default."""
     path = Path(path)
     rng = np.random.default_rng(seed)
     w = GGUFWriter(path, arch)
@@ -141,20 +145,21 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
         if arch != "gpt2":  # gpt2: learned positions, no rope
             w.add_float32(f"{arch}.rope.freq_base", 10000.0)
             w.add_uint32(f"{arch}.rope.dimension_count", n_rot or head_dim)
-        tokens, types, merges = gpt2_vocab()
+        tokens, types, merges = vocab or gpt2_vocab()
         if arch == "phi3":  # llama.cpp sets attributes of Phi-3's special tokens (by the model's name): they must exist
             tokens, types = tokens + ["<unk>", "<s>", "</s>", "<|end|>"], types + [3, 3, 3, 3]
         if n_vocab is not None and n_vocab > len(tokens):
             types = types + [1] * (n_vocab - len(tokens))
             tokens = tokens + [f"<unused{i}>" for i in range(n_vocab - len(tokens))]
         w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("qwen2" if arch.startswith("qwen") else "default")
+        w.add_tokenizer_pre(pre or ("qwen2" if arch.startswith("qwen") else "default"))
         w.add_token_list(tokens)
         w.add_token_types(types)
         w.add_token_merges(merges)
         w.add_bos_token_id(0)
         w.add_eos_token_id(0)
-        w.add_add_bos_token(False)
+        if pre is None:
+            w.add_add_bos_token(False)
         if arch == "granite":  # multipliers unlike 1 (and 1/sqrt(head_dim)), so each one matters
             w.add_float32(f"{arch}.logit_scale", 4.0)
             w.add_float32(f"{arch}.residual_scale", 0.5)

@@ -13,7 +13,9 @@ specific to llama.cpp are reproduced here in Python:
   back to the ``<0xXX>`` byte tokens;
 * "gpt2" byte-level BPE vocabularies split the text with the pre-tokenizer regexes that
   llama.cpp associates with ``tokenizer.ggml.pre``, each regex applied in turn with its matches
-  isolated;
+  isolated; where llama.cpp's own regex engine reads a regex otherwise than the original tokenizer
+  would (no upper/lower-case classes outside ASCII, no "~" among the symbols), it is written here as
+  llama.cpp reads it. A name not listed is refused;
 * BOS/EOS insertion, end-of-generation ids and detokenization follow ``llama-vocab.cpp``.
 """
 
@@ -38,36 +40,104 @@ _LLAMA3_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n
               r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+"
              r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Tekken's and GPT-4o's upper/lower-case letter runs as llama.cpp rewrites them: its regex engine
+# knows no \p{Lu}/\p{Ll}, so a letter outside ASCII counts as both upper and lower case.
+_TEKKEN_RE = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+              r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+              r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GPT4O_RE = (r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+"
+             r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+             r"|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*"
+             r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?"
+             r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# DeepSeek's letters: the cased scripts, by range as llama.cpp lists them (escaped: characters that
+# Unicode normalization would replace, e.g. the Ohm sign)
+_DEEPSEEK_LETTERS = (
+    "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅ"
+    "ὐ-ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿ"
+    "ⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+_DEEPSEEK_CJK = "[一-龥ࠀ-一가-\ud7ff]+"  # U+0800..U+4E00 holds much more than CJK: kept as llama.cpp has it
+_SEED_CODER_RE = (r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}"
+                  r"| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+")
+_BAILINGMOE_RE = (r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+")
+_PORO_RE = " ?[^(\\s|.,!?…。，、।۔،)]+"
+# llama.cpp's \p{S} leaves out "~" (its ASCII symbols are $+<=>^`|), so here it is \p{S} less "~"
+_DEEPSEEK3_RE = (r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}[\p{S}&&[^~]]]?[\p{L}\p{M}]+"
+                 r"| ?[\p{P}[\p{S}&&[^~]]]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_REGEXES = {
     "default": [r"[\p{P}\$\+<=>\^~\|]+", _GPT2_RE, r"\p{N}+", r"[0-9][0-9][0-9]"],
     "gpt2": [_GPT2_RE],
     "starcoder": [r"\p{N}", _GPT2_RE],
+    "falcon": [r"[\p{P}\$\+<=>\^~\|`]+", _GPT2_RE, r"[0-9][0-9][0-9]"],
     "llama3": [_LLAMA3_RE],
     "qwen2": [_QWEN2_RE],
+    "tekken": [_TEKKEN_RE],
+    "gpt-4o": [_GPT4O_RE],
+    # llama.cpp's "\s+$" matches at the end of each piece (std::regex, one piece at a time);
+    # Oniguruma's "$" also matches before a newline, hence "\z"
+    "deepseek-llm": ["[\r\n]", rf"\s?[{_DEEPSEEK_LETTERS}]+", "\\s?[!-/:-~！-／：-～‘-‟\u3000-。]+", r"\s+\z",
+                     _DEEPSEEK_CJK, r"\p{N}+"],
+    "deepseek-coder": ["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _DEEPSEEK_CJK, r"\p{N}"],
+    "deepseek-v3": [r"\p{N}{1,3}", "[一-龥\u3040-ゟ゠-ヿ]+", _DEEPSEEK3_RE],
+    "seed-coder": [_SEED_CODER_RE],
+    "bailingmoe": [_BAILINGMOE_RE],
+    "poro": [_PORO_RE],
+    "viking": [_PORO_RE, r"\p{N}"],
 }
-# tokenizer.ggml.pre -> (regex set, clean_spaces, ignore_merges, default add_bos), as in llama-vocab.cpp
+# tokenizer.ggml.pre -> (regex set, clean_spaces, ignore_merges, default add_bos), as in llama-vocab.cpp;
+# tests/golden/make_pretok_golden.py checks every name against llama.cpp (which knows "gpt-2", not "gpt2")
 _PRE_TYPES = {
     "default": ("default", True, False, False),
-    "gpt2": ("gpt2", True, False, False),
     "gpt-2": ("gpt2", True, False, False),
     "phi-2": ("gpt2", True, False, False),
     "mpt": ("gpt2", True, False, False),
     "olmo": ("gpt2", True, False, False),
+    "jais": ("gpt2", True, False, False),
+    "jina-es": ("gpt2", True, False, False),
+    "jina-de": ("gpt2", True, False, False),
+    "jina-v2-es": ("gpt2", True, False, False),
+    "jina-v2-de": ("gpt2", True, False, False),
+    "a.x-4.0": ("gpt2", True, False, False),
+    "mellum": ("gpt2", True, False, False),
+    "exaone4": ("gpt2", True, False, False),
+    "trillion": ("gpt2", False, False, False),
+    "falcon": ("falcon", True, False, False),
     "smollm": ("starcoder", False, False, False),
     "starcoder": ("starcoder", True, False, False),
     "refact": ("starcoder", True, False, False),
     "codeshell": ("starcoder", True, False, False),
+    "exaone": ("starcoder", True, False, False),
+    "minerva-7b": ("starcoder", True, False, False),
     "command-r": ("starcoder", False, False, False),
     "llama3": ("llama3", True, True, True),
     "llama-v3": ("llama3", True, True, True),
     "llama-bpe": ("llama3", True, True, True),
     "falcon3": ("llama3", True, True, True),
+    "falcon-h1": ("llama3", True, True, True),
+    "pixtral": ("llama3", True, True, True),
+    "midm-2.0": ("llama3", True, True, True),
+    "lfm2": ("llama3", True, True, True),
     "dbrx": ("llama3", True, False, False),
     "smaug-bpe": ("llama3", True, False, False),
     "qwen2": ("qwen2", False, False, False),
     "deepseek-r1-qwen": ("qwen2", False, False, False),
     "megrez": ("qwen2", True, False, False),
     "stablelm2": ("qwen2", True, False, False),
+    "tekken": ("tekken", False, True, True),
+    "gpt-4o": ("gpt-4o", False, False, False),
+    "llama4": ("gpt-4o", False, False, False),
+    "deepseek-llm": ("deepseek-llm", False, False, False),
+    "deepseek-coder": ("deepseek-coder", False, False, False),
+    "deepseek-v3": ("deepseek-v3", False, False, False),
+    "hunyuan-dense": ("deepseek-v3", False, False, False),
+    "hunyuan": ("qwen2", False, False, False),
+    "seed-coder": ("seed-coder", False, False, False),
+    "bailingmoe": ("bailingmoe", False, False, False),
+    "poro-chat": ("poro", False, False, False),
+    "bloom": ("poro", True, False, False),
+    "gpt3-finnish": ("poro", True, False, False),
+    "viking": ("viking", False, False, False),
 }
 
 # Token texts that llama.cpp treats as end of generation (and forces to control type).
