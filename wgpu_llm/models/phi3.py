@@ -1,4 +1,4 @@
-"""`phi3` architecture: Phi-3 mini / medium (4k and 128k), Phi-3.5 mini, and Phi-4-mini's graph.
+"""`phi3` architecture: Phi-3 mini / medium (4k and 128k), Phi-3.5 mini, Phi-4-mini.
 
 llama's block with a fused QKV projection (q | k | v rows, the query d_model wide), a NeoX rotary
 embedding over the first `rope.dimension_count` dimensions of each head, and one `ffn_up` holding
