@@ -152,18 +152,20 @@ def test_prefill_path(monkeypatch):
 # ---- whole models: the tiled path in the backend ----
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0")])
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0"), ("llama", "IQ4_NL"), ("llama", "Q3_K")])
 def test_tiny_model_tiled_prefill(adapter, tmp_path, monkeypatch, arch, qtype):
     """Prefill steps with the mat-mat and flash attention (forced for any token count), then decode
     steps with the mat-vec, against the numpy backend; the compiled step shows which kernels ran."""
     from test_gpu_backend import GEMMA_SHAPE, NMSE_TOL, compare_backends
-    from tiny_models import write_tiny_model
+    from tiny_models import BLOCK, write_tiny_model
 
     from wgpu_llm.gguf_file import GGUFFile
     from wgpu_llm.models import architecture
 
     monkeypatch.setenv(matmul.ENV_PREFILL, "tiled")
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    if BLOCK[qtype] == 256:  # rows of whole super-blocks
+        shape = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1}
     path = write_tiny_model(tmp_path / f"{arch}-{qtype}.gguf", arch, qtype, **shape)
     errors, backend, decode_step = compare_backends(path, adapter, n_prefill=11, n_decode=3)
     assert max(errors) <= NMSE_TOL, errors
