@@ -81,17 +81,21 @@ fn kq_scale_min(s: u32, w0: u32, w1: u32, w2: u32) -> vec2<f32> {
 
 // IQ4_NL / IQ4_XS: the 16 values of the non-linear 4-bit grid (ggml's kvalues_iq4nl: -127, -104,
 // -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113) as int8 bytes, value i in byte
-// i & 3 of word i >> 2 (an indexed vector, not an array: no per-lane copy of a table)
-const IQ4NL_GRID = vec4<u32>(0xbfad9881u, 0xf6eaddcfu, 0x26190d01u, 0x71594535u);
-
-fn iq4nl_value(q: u32) -> f32 {
-    return f32(bitcast<i32>(IQ4NL_GRID[q >> 2u] << (24u - 8u * (q & 3u))) >> 24u);
-}
+// i & 3 of word i >> 2. Looked up four at a time with vector selects and shifts: no table in
+// memory, no per-lane indexing.
+const IQ4NL_GRID0 = 0xbfad9881u;
+const IQ4NL_GRID1 = 0xf6eaddcfu;
+const IQ4NL_GRID2 = 0x26190d01u;
+const IQ4NL_GRID3 = 0x71594535u;
 
 // the grid values of the nibbles at `shift` (0: low, 4: high) of the four bytes of w
 fn iq4nl_quad(w: u32, shift: u32) -> vec4<f32> {
     let q = byte_bits(w, shift, 15u);
-    return vec4<f32>(iq4nl_value(q.x), iq4nl_value(q.y), iq4nl_value(q.z), iq4nl_value(q.w));
+    let bit2 = (q & vec4<u32>(4u)) != vec4<u32>(0u);
+    let low = select(vec4<u32>(IQ4NL_GRID0), vec4<u32>(IQ4NL_GRID1), bit2);
+    let high = select(vec4<u32>(IQ4NL_GRID2), vec4<u32>(IQ4NL_GRID3), bit2);
+    let word = select(low, high, q >= vec4<u32>(8u));
+    return vec4<f32>(bitcast<vec4<i32>>(word << (vec4<u32>(24u) - 8u * (q & vec4<u32>(3u)))) >> vec4<u32>(24u));
 }
 
 // Q2_K / Q3_K: quant byte 32 * h + l (h 0..1) holds 2-bit quants of weights 128 * h + 32 * g + l
