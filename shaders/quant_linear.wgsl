@@ -535,6 +535,174 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 32> {
         s7 * q6_quad(l12, 4u, h4, 6u), s7 * q6_quad(l13, 4u, h5, 6u), s7 * q6_quad(l14, 4u, h6, 6u), s7 * q6_quad(l15, 4u, h7, 6u));
 }
 
+//! row_IQ4_NL
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
+    let i = row * (4u * (prm().cols / 32u)) + 8u * b + 4u * j;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let d = h.d[j];
+    return array<vec4<f32>, 8>(
+        d * iq4nl_quad(w0, 0u), d * iq4nl_quad(w1, 0u), d * iq4nl_quad(w2, 0u), d * iq4nl_quad(w3, 0u),
+        d * iq4nl_quad(w0, 4u), d * iq4nl_quad(w1, 4u), d * iq4nl_quad(w2, 4u), d * iq4nl_quad(w3, 4u));
+}
+
+//! row_IQ4_XS
+// step j (0..3): sub-blocks 2j (quant words 8j .. 8j + 3) and 2j + 1 (8j + 4 .. 8j + 7), each
+// the low nibbles of its 4 words, then the high ones
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 64u;
+
+struct Head {
+    d: f32,
+    w0: u32,  // d | scales_h << 16
+    w1: u32,  // scales_l
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let i = row * (34u * (prm().cols / 256u)) + 34u * b;
+    let w0 = plane0[i];
+    return Head(unpack2x16float(w0).x, w0, plane0[i + 1u]);
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 16> {
+    let i = row * (34u * (prm().cols / 256u)) + 34u * b + 2u + 8u * j;
+    let w0 = plane0[i];
+    let w1 = plane0[i + 1u];
+    let w2 = plane0[i + 2u];
+    let w3 = plane0[i + 3u];
+    let w4 = plane0[i + 4u];
+    let w5 = plane0[i + 5u];
+    let w6 = plane0[i + 6u];
+    let w7 = plane0[i + 7u];
+    let da = h.d * iq4xs_scale(2u * j, h.w0, h.w1);
+    let db = h.d * iq4xs_scale(2u * j + 1u, h.w0, h.w1);
+    return array<vec4<f32>, 16>(
+        da * iq4nl_quad(w0, 0u), da * iq4nl_quad(w1, 0u), da * iq4nl_quad(w2, 0u), da * iq4nl_quad(w3, 0u),
+        da * iq4nl_quad(w0, 4u), da * iq4nl_quad(w1, 4u), da * iq4nl_quad(w2, 4u), da * iq4nl_quad(w3, 4u),
+        db * iq4nl_quad(w4, 0u), db * iq4nl_quad(w5, 0u), db * iq4nl_quad(w6, 0u), db * iq4nl_quad(w7, 0u),
+        db * iq4nl_quad(w4, 4u), db * iq4nl_quad(w5, 4u), db * iq4nl_quad(w6, 4u), db * iq4nl_quad(w7, 4u));
+}
+
+//! row_Q2_K
+// step j (0..1): the 128 weights 128j + 32g + 4m + i: quant word 8j + m, bits 2g of each byte;
+// sub-block 8j + 2g + (m >> 2)
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 128u;
+
+struct Head {
+    dm: vec2<f32>,
+    sc: vec4<u32>,  // the 16 scale bytes
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let i = row * (21u * (prm().cols / 256u)) + 21u * b;
+    return Head(unpack2x16float(plane0[i + 20u]),
+                vec4<u32>(plane0[i], plane0[i + 1u], plane0[i + 2u], plane0[i + 3u]));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 32> {
+    let i = row * (21u * (prm().cols / 256u)) + 21u * b + 4u + 8u * j;
+    let q0 = plane0[i];
+    let q1 = plane0[i + 1u];
+    let q2 = plane0[i + 2u];
+    let q3 = plane0[i + 3u];
+    let q4 = plane0[i + 4u];
+    let q5 = plane0[i + 5u];
+    let q6 = plane0[i + 6u];
+    let q7 = plane0[i + 7u];
+    let s0 = q2k_scale_min(8u * j + 0u, h.sc, h.dm);
+    let s1 = q2k_scale_min(8u * j + 1u, h.sc, h.dm);
+    let s2 = q2k_scale_min(8u * j + 2u, h.sc, h.dm);
+    let s3 = q2k_scale_min(8u * j + 3u, h.sc, h.dm);
+    let s4 = q2k_scale_min(8u * j + 4u, h.sc, h.dm);
+    let s5 = q2k_scale_min(8u * j + 5u, h.sc, h.dm);
+    let s6 = q2k_scale_min(8u * j + 6u, h.sc, h.dm);
+    let s7 = q2k_scale_min(8u * j + 7u, h.sc, h.dm);
+    return array<vec4<f32>, 32>(
+        s0.x * q2k_quad(q0, 0u) - s0.y, s0.x * q2k_quad(q1, 0u) - s0.y,
+        s0.x * q2k_quad(q2, 0u) - s0.y, s0.x * q2k_quad(q3, 0u) - s0.y,
+        s1.x * q2k_quad(q4, 0u) - s1.y, s1.x * q2k_quad(q5, 0u) - s1.y,
+        s1.x * q2k_quad(q6, 0u) - s1.y, s1.x * q2k_quad(q7, 0u) - s1.y,
+        s2.x * q2k_quad(q0, 1u) - s2.y, s2.x * q2k_quad(q1, 1u) - s2.y,
+        s2.x * q2k_quad(q2, 1u) - s2.y, s2.x * q2k_quad(q3, 1u) - s2.y,
+        s3.x * q2k_quad(q4, 1u) - s3.y, s3.x * q2k_quad(q5, 1u) - s3.y,
+        s3.x * q2k_quad(q6, 1u) - s3.y, s3.x * q2k_quad(q7, 1u) - s3.y,
+        s4.x * q2k_quad(q0, 2u) - s4.y, s4.x * q2k_quad(q1, 2u) - s4.y,
+        s4.x * q2k_quad(q2, 2u) - s4.y, s4.x * q2k_quad(q3, 2u) - s4.y,
+        s5.x * q2k_quad(q4, 2u) - s5.y, s5.x * q2k_quad(q5, 2u) - s5.y,
+        s5.x * q2k_quad(q6, 2u) - s5.y, s5.x * q2k_quad(q7, 2u) - s5.y,
+        s6.x * q2k_quad(q0, 3u) - s6.y, s6.x * q2k_quad(q1, 3u) - s6.y,
+        s6.x * q2k_quad(q2, 3u) - s6.y, s6.x * q2k_quad(q3, 3u) - s6.y,
+        s7.x * q2k_quad(q4, 3u) - s7.y, s7.x * q2k_quad(q5, 3u) - s7.y,
+        s7.x * q2k_quad(q6, 3u) - s7.y, s7.x * q2k_quad(q7, 3u) - s7.y);
+}
+
+//! row_Q3_K
+// step j (0..1): the 128 weights 128j + 32g + 4m + i: quant word 8 + 8j + m, bits 2g of each
+// byte; third bits in hmask word m (all 8 serve every step); sub-block 8j + 2g + (m >> 2)
+const BLOCK: u32 = 256u;
+const SUBW: u32 = 128u;
+
+struct Head {
+    d: f32,
+    hm: array<u32, 8>,  // hmask
+    sc: vec3<u32>,      // the 12 scale bytes
+}
+
+fn n_blocks(cols: u32) -> u32 { return cols / 256u; }
+
+fn load_head(row: u32, b: u32) -> Head {
+    let nb = prm().cols / 256u;
+    let i = row * (27u * nb) + 27u * b;
+    let hm = array<u32, 8>(plane0[i], plane0[i + 1u], plane0[i + 2u], plane0[i + 3u],
+                           plane0[i + 4u], plane0[i + 5u], plane0[i + 6u], plane0[i + 7u]);
+    return Head(half_of(plane1[row * ((nb + 1u) / 2u) + (b >> 1u)], b & 1u), hm,
+                vec3<u32>(plane0[i + 24u], plane0[i + 25u], plane0[i + 26u]));
+}
+
+fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 32> {
+    let i = row * (27u * (prm().cols / 256u)) + 27u * b + 8u + 8u * j;
+    let q0 = plane0[i];
+    let q1 = plane0[i + 1u];
+    let q2 = plane0[i + 2u];
+    let q3 = plane0[i + 3u];
+    let q4 = plane0[i + 4u];
+    let q5 = plane0[i + 5u];
+    let q6 = plane0[i + 6u];
+    let q7 = plane0[i + 7u];
+    let s0 = h.d * q3k_scale(8u * j + 0u, h.sc.x, h.sc.y, h.sc.z);
+    let s1 = h.d * q3k_scale(8u * j + 1u, h.sc.x, h.sc.y, h.sc.z);
+    let s2 = h.d * q3k_scale(8u * j + 2u, h.sc.x, h.sc.y, h.sc.z);
+    let s3 = h.d * q3k_scale(8u * j + 3u, h.sc.x, h.sc.y, h.sc.z);
+    let s4 = h.d * q3k_scale(8u * j + 4u, h.sc.x, h.sc.y, h.sc.z);
+    let s5 = h.d * q3k_scale(8u * j + 5u, h.sc.x, h.sc.y, h.sc.z);
+    let s6 = h.d * q3k_scale(8u * j + 6u, h.sc.x, h.sc.y, h.sc.z);
+    let s7 = h.d * q3k_scale(8u * j + 7u, h.sc.x, h.sc.y, h.sc.z);
+    return array<vec4<f32>, 32>(
+        s0 * q3k_quad(q0, h.hm[0], 0u, j), s0 * q3k_quad(q1, h.hm[1], 0u, j),
+        s0 * q3k_quad(q2, h.hm[2], 0u, j), s0 * q3k_quad(q3, h.hm[3], 0u, j),
+        s1 * q3k_quad(q4, h.hm[4], 0u, j), s1 * q3k_quad(q5, h.hm[5], 0u, j),
+        s1 * q3k_quad(q6, h.hm[6], 0u, j), s1 * q3k_quad(q7, h.hm[7], 0u, j),
+        s2 * q3k_quad(q0, h.hm[0], 1u, j), s2 * q3k_quad(q1, h.hm[1], 1u, j),
+        s2 * q3k_quad(q2, h.hm[2], 1u, j), s2 * q3k_quad(q3, h.hm[3], 1u, j),
+        s3 * q3k_quad(q4, h.hm[4], 1u, j), s3 * q3k_quad(q5, h.hm[5], 1u, j),
+        s3 * q3k_quad(q6, h.hm[6], 1u, j), s3 * q3k_quad(q7, h.hm[7], 1u, j),
+        s4 * q3k_quad(q0, h.hm[0], 2u, j), s4 * q3k_quad(q1, h.hm[1], 2u, j),
+        s4 * q3k_quad(q2, h.hm[2], 2u, j), s4 * q3k_quad(q3, h.hm[3], 2u, j),
+        s5 * q3k_quad(q4, h.hm[4], 2u, j), s5 * q3k_quad(q5, h.hm[5], 2u, j),
+        s5 * q3k_quad(q6, h.hm[6], 2u, j), s5 * q3k_quad(q7, h.hm[7], 2u, j),
+        s6 * q3k_quad(q0, h.hm[0], 3u, j), s6 * q3k_quad(q1, h.hm[1], 3u, j),
+        s6 * q3k_quad(q2, h.hm[2], 3u, j), s6 * q3k_quad(q3, h.hm[3], 3u, j),
+        s7 * q3k_quad(q4, h.hm[4], 3u, j), s7 * q3k_quad(q5, h.hm[5], 3u, j),
+        s7 * q3k_quad(q6, h.hm[6], 3u, j), s7 * q3k_quad(q7, h.hm[7], 3u, j));
+}
+
 //! row_main
 @compute @workgroup_size($WG)
 fn main(@builtin(local_invocation_index) lid: u32,

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 from conftest import no_gpu
-from tiny_models import write_tiny_model
+from tiny_models import BLOCK, write_tiny_model
 
 from cpu_fallback.backend import CpuBackend
 from wgpu_llm.gguf_file import GGUFFile
@@ -66,15 +66,18 @@ def test_tiny_llama(adapter, tmp_path, qtype, tied):
 
 
 @gpu
-@pytest.mark.parametrize("qtype", ["BF16", "Q4_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                                   "IQ4_XS"])
 def test_tiny_llama_other_weight_types(adapter, tmp_path, qtype):
-    """With test_tiny_llama, every weight type the GPU kernels read (k-quants in 256-column rows,
-    the embedding table too, as random blocks: gguf-py cannot quantize them)."""
+    """With test_tiny_llama, every weight type the GPU kernels read (k-quants and IQ4_XS in
+    256-column rows, the embedding table too; they and IQ4_NL as random blocks: gguf-py cannot
+    quantize them)."""
     from wgpu_llm.gpu import quant
 
-    covered = {"F32", "F16", "Q8_0", "Q4_1", "Q5_0", "BF16", "Q4_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K"}
+    covered = {"F32", "F16", "Q8_0", "Q4_1", "Q5_0", "BF16", "Q4_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
+               "Q6_K", "IQ4_XS"}
     assert covered == set(quant.SUPPORTED_TYPES)
-    shape = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1} if "K" in qtype else {}
+    shape = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1} if BLOCK[qtype] == 256 else {}
     path = write_tiny_model(tmp_path / f"llama-{qtype}.gguf", "llama", qtype, **shape)
     gf = GGUFFile(path)
     assert {gf.tensor(n).type_name for n in ("token_embd.weight", "blk.0.ffn_down.weight")} == {qtype}

@@ -44,7 +44,7 @@ def run_matmul(gpu_, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y: np.
 def check(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, tiles, seed=0, dispatch=None,
           cols=None) -> float:
     if cols is None:  # several K-steps, the last one partial for the float types
-        cols = 277 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 2 if "K" in type_name else 7)
+        cols = 277 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 2 if block_cols(type_name, 1) == 256 else 7)
 
     def run(w, x, x_stride, y, y_stride, y_offset_, accumulate_):
         return run_matmul(gpu_, w, x, x_stride, y, y_stride, y_offset_, accumulate_, tiles, dispatch)
@@ -119,7 +119,7 @@ def test_tiles_validation_and_sizes():
         with pytest.raises(ValueError):
             matmul.Tiles(*bad)
     with pytest.raises(ValueError, match="not supported"):
-        matmul.matmul_shader("Q2_K")
+        matmul.matmul_shader("IQ2_XXS")
     assert matmul.matmul_dispatch(262144, 512) == (4096, 1, 8)
     assert matmul.matmul_dispatch(37, 1, max_per_dim=65535) == (1, 1, 1)
 
@@ -152,18 +152,20 @@ def test_prefill_path(monkeypatch):
 # ---- whole models: the tiled path in the backend ----
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0")])
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_1"), ("gemma3", "Q8_0"), ("llama", "IQ4_NL"), ("llama", "Q3_K")])
 def test_tiny_model_tiled_prefill(adapter, tmp_path, monkeypatch, arch, qtype):
     """Prefill steps with the mat-mat and flash attention (forced for any token count), then decode
     steps with the mat-vec, against the numpy backend; the compiled step shows which kernels ran."""
     from test_gpu_backend import GEMMA_SHAPE, NMSE_TOL, compare_backends
-    from tiny_models import write_tiny_model
+    from tiny_models import BLOCK, write_tiny_model
 
     from wgpu_llm.gguf_file import GGUFFile
     from wgpu_llm.models import architecture
 
     monkeypatch.setenv(matmul.ENV_PREFILL, "tiled")
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    if BLOCK[qtype] == 256:  # rows of whole super-blocks
+        shape = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1}
     path = write_tiny_model(tmp_path / f"{arch}-{qtype}.gguf", arch, qtype, **shape)
     errors, backend, decode_step = compare_backends(path, adapter, n_prefill=11, n_decode=3)
     assert max(errors) <= NMSE_TOL, errors

@@ -30,8 +30,8 @@ os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # silences a ha
 TYPES = quant.SUPPORTED_TYPES
 QUANTIZABLE = ("BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")  # gguf-py can quantize these
 # byte offsets of the f16 fields of each block (they must hold finite values)
-F16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2),
-              "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
+F16_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q4_1": (0, 2), "Q5_0": (0,), "Q5_1": (0, 2), "IQ4_NL": (0,),
+              "Q2_K": (80, 82), "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,), "IQ4_XS": (0,)}
 POISON = np.uint32(0x7FC0DEAD)  # a NaN no kernel computes: an element still holding it was not written
 LINEAR_NMSE = 5e-4
 
@@ -43,13 +43,16 @@ def block_cols(type_name: str, n_blocks: int) -> int:
 
 
 def random_halves(rng, n: int) -> np.ndarray:
-    """Small finite f16 values of both signs, with some zeros (+0 and -0) and subnormals."""
+    """Small finite f16 values of both signs, with some zeros (+0 and -0), subnormals and large
+    values up to the f16 maximum (extreme block scales)."""
     h = (rng.standard_normal(n) * 0.02).astype(np.float16)
     kind = rng.integers(0, 16, n)
     h[kind == 0] = np.float16(0.0)
     h[kind == 1] = np.float16(-0.0)
     h[kind == 2] = (rng.integers(1, 1024, (kind == 2).sum()) * 2.0 ** -24 * rng.choice([-1, 1], (kind == 2).sum())
                     ).astype(np.float16)  # subnormal
+    h[kind == 3] = (rng.uniform(1e3, 65504.0, (kind == 3).sum()) * rng.choice([-1, 1], (kind == 3).sum())
+                    ).astype(np.float16)
     return h
 
 
@@ -96,11 +99,11 @@ def unpack(w: quant.PackedWeight) -> np.ndarray:
     planes = [p.view(np.uint8).reshape(rows, -1) for p in w.planes]
     if t in ("F32", "F16", "BF16"):
         return np.ascontiguousarray(planes[0][:, :cols * block_bytes]).reshape(-1)
-    if t in ("Q4_1", "Q5_1", "Q4_K", "Q5_K"):
+    if t in quant.WORD_SIZED_BLOCKS:
         return planes[0].reshape(-1)
     quants = planes[0].reshape(rows * nb, -1)
     scales = planes[1][:, :2 * nb].reshape(rows * nb, 2)
-    parts = [quants, scales] if t == "Q6_K" else [scales, quants]
+    parts = [quants, scales] if t in ("Q3_K", "Q6_K") else [scales, quants]
     return np.concatenate(parts, axis=1).reshape(-1)
 
 
@@ -124,7 +127,7 @@ def test_pack_layout_round_trip(type_name):
     assert w.nbytes() <= raw.nbytes + rows * (4 + 8 * GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][1])
 
 
-@pytest.mark.parametrize("type_name", ["Q4_1", "Q5_1", "Q4_K", "Q5_K"])
+@pytest.mark.parametrize("type_name", quant.WORD_SIZED_BLOCKS)
 def test_pack_word_sized_blocks_are_not_copied(type_name):
     cols = block_cols(type_name, 2)
     raw = random_tensor(type_name, 3, cols, np.random.default_rng(2))
@@ -142,7 +145,7 @@ def test_pack_rejects_bad_input():
     with pytest.raises(ValueError, match="needs 102"):
         quant.pack("Q8_0", raw, 3, 32)
     with pytest.raises(ValueError, match="not supported"):
-        quant.linear_shader("Q2_K")
+        quant.linear_shader("IQ2_XXS")
     with pytest.raises(ValueError, match="not supported"):
         quant.embed_shader("TQ1_0")
 
@@ -446,7 +449,7 @@ def check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate
 def check_linear(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, variant,
                  seed=0, dispatch=None) -> float:
     # more 8-weight units per row than threads per workgroup, and not a multiple of it
-    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if "K" in type_name else 21)
+    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if block_cols(type_name, 1) == 256 else 21)
 
     def run(w, x, x_stride, y, y_stride, y_offset_, accumulate_):
         return linear_run(gpu_, w, x, x_stride, y, y_stride, y_offset_, accumulate_, variant, dispatch)
@@ -478,7 +481,7 @@ def test_linear_any_grid(gpu):
 def glu_case(type_name: str, rows: int, n_tokens: int, x_pad: int, rng):
     """A weight and gate | up input rows (NaN padding past them): (packed weight, x, x_stride,
     float64 weights, the glu'd input per activation)."""
-    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if "K" in type_name else 21)
+    cols = 653 if type_name in ("F32", "F16", "BF16") else block_cols(type_name, 3 if block_cols(type_name, 1) == 256 else 21)
     raw = random_tensor(type_name, rows, cols, rng, "quantize" if type_name in QUANTIZABLE else "random")
     w = quant.pack(type_name, raw, rows, cols)
     x_stride = 2 * cols + x_pad

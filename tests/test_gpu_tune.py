@@ -90,6 +90,20 @@ def test_candidates():
     assert [v.key for v in cpu] == ["row-wg8-r64-b8", "row-wg8-r16-b8", "row-wg8-r32-b8", "subgroup-wg64-r4"]
 
 
+@pytest.mark.parametrize("type_name", quant.SUPPORTED_TYPES)
+def test_timed_weights_have_small_finite_values(type_name):
+    """The tuner times random weights of every type: their block scales must be set (random bits
+    there would give infinities and NaNs, far slower on some devices than the real weights)."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+    from test_gpu_quant import unpack
+
+    case = LinearCase(type_name, 3, 512)
+    w = quant.PackedWeight(type_name, case.rows, case.cols, tune._random_planes(case, np.random.default_rng(0)))
+    values = dequantize(unpack(w), GGMLQuantizationType[type_name])
+    assert np.isfinite(values).all() and np.abs(values).max() < 100
+
+
 def test_tile_candidates(monkeypatch):
     monkeypatch.delenv(matmul.ENV_PREFILL, raising=False)
     prefill = LinearCase("Q4_K", 640, 2048, 128)

@@ -16,8 +16,12 @@ N_CTX = 64
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("memory")
-    return {(arch, q): str(write_tiny_model(d / f"{arch}-{q}.gguf", arch, q, n_ctx=256))
-            for arch, q in (("llama", "Q8_0"), ("gemma3", "Q4_0"), ("gpt2", "F16"), ("phi3", "F32"), ("llama", "F32"))}
+    models = {(arch, q): str(write_tiny_model(d / f"{arch}-{q}.gguf", arch, q, n_ctx=256))
+              for arch, q in (("llama", "Q8_0"), ("gemma3", "Q4_0"), ("gpt2", "F16"), ("phi3", "F32"), ("llama", "F32"))}
+    # one 256-weight super-block per row: an odd number of f16 scales, padded per row on the GPU
+    models[("llama", "Q3_K")] = str(write_tiny_model(d / "llama-Q3_K.gguf", "llama", "Q3_K", n_ctx=256, d_model=256,
+                                                     n_head=4, head_dim=64, d_ff=256, n_layer=1))
+    return models
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +55,7 @@ def test_cpu_estimate_is_what_the_backend_holds(tiny, key, dtype):
     assert {w.dtype for w in b.weights.values() if w.ndim == 1} <= {np.dtype("float32")}
 
 
-@pytest.mark.parametrize("key", [("llama", "Q8_0"), ("gemma3", "Q4_0"), ("gpt2", "F16")])
+@pytest.mark.parametrize("key", [("llama", "Q8_0"), ("gemma3", "Q4_0"), ("gpt2", "F16"), ("llama", "Q3_K")])
 def test_gpu_estimate_is_what_the_device_holds(tiny, key, adapter):
     llm = LLM(tiny[key], backend="gpu", n_ctx=N_CTX)
     est = memory.gpu_estimate(llm.file, graphs(llm), N_CTX, llm.n_batch)

@@ -17,8 +17,8 @@ from gguf.quants import quantize
 
 LAYER_NORM_ARCHS = ("gpt2", "stablelm", "phi2")  # LayerNorms with biases
 FUSED_QKV_ARCHS = ("gpt2", "phi2")  # GPT-2's tensor layout (_add_gpt2_blocks)
-BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "Q2_K": 256, "Q3_K": 256}
+BLOCK = {"F32": 1, "F16": 1, "BF16": 1, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32, "IQ4_NL": 32,
+         "Q4_K": 256, "Q5_K": 256, "Q6_K": 256, "Q2_K": 256, "Q3_K": 256, "IQ4_XS": 256}
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -52,15 +52,16 @@ def spm_vocab():
     return tokens, scores, types
 
 
-# k-quants gguf-py cannot quantize: (block bytes, byte offsets of the f16 super-block scales)
-RANDOM_BLOCKS = {"Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)), "Q6_K": (210, (208,))}
+# k-quants and i-quants gguf-py cannot quantize: (block bytes, byte offsets of the f16 (super-)block scales)
+RANDOM_BLOCKS = {"Q2_K": (84, (80, 82)), "Q3_K": (110, (108,)), "Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)),
+                 "Q6_K": (210, (208,)), "IQ4_NL": (18, (0,)), "IQ4_XS": (136, (0,))}
 
 
 def _random_blocks(rng, rows: int, cols: int, qtype: str, scale: float) -> np.ndarray:
-    """Random k-quant blocks (any quants and sub-block scales are valid) whose f16 super-block
-    scales keep the weights within a few times `scale`: (rows, row bytes) uint8, as quantize gives."""
+    """Random blocks (any quants and sub-block scales are valid) whose f16 block scales keep the
+    weights within a few times `scale`: (rows, row bytes) uint8, as quantize gives."""
     size, fields = RANDOM_BLOCKS[qtype]
-    raw = rng.integers(0, 256, (rows * cols // 256, size), dtype=np.uint8)
+    raw = rng.integers(0, 256, (rows * cols // BLOCK[qtype], size), dtype=np.uint8)
     d = np.full(len(raw), scale / 1000, np.float16).view(np.uint8).reshape(-1, 2)
     for offset in fields:
         raw[:, offset:offset + 2] = d
@@ -198,7 +199,7 @@ def write_tiny_model(path: str | Path, arch: str = "llama", qtype: str = "F32", 
             w.add_uint32(key, value)
     n_vocab = len(tokens)
     q, kv = n_head * head_dim, n_kv_head * head_dim
-    embd_type = "F32" if qtype in ("Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K") and d_model % 256 else qtype
+    embd_type = "F32" if d_model % BLOCK[qtype] else qtype
     _add_weight(w, rng, "token_embd.weight", n_vocab, d_model, embd_type, 1.0)
     _add_norm(w, rng, "output_norm.weight", d_model)
     if arch in LAYER_NORM_ARCHS:

@@ -161,13 +161,9 @@ def _gpu_matrix_bytes(gf, names: tuple[str, ...]) -> int:
         info = gf.tensor(name)
         cols = info.shape[-1]
         rows = info.n_elements // cols
-        kind = quant.device_type(info.type_name)
-        if kind in ("F32", "F16", "BF16"):  # rows zero-padded to a multiple of 8 columns
-            total += rows * -(-cols // 8) * 8 * (4 if kind == "F32" else 2)
-        else:
-            total += info.n_bytes
-            if kind in ("Q8_0", "Q4_0", "Q5_0", "Q6_K") and cols // quant._BLOCKS[kind][0] % 2:
-                total += rows * 2  # a row's f16 block scales padded to whole words
+        # the planes quant.pack makes: float rows padded to a multiple of 8 columns, f16 block
+        # scales split off and padded to whole words per row, other blocks as stored
+        total += 4 * rows * sum(quant.plane_row_words(quant.device_type(info.type_name), cols))
     return total
 
 

@@ -2,10 +2,10 @@
 that read them (mat-vec / mat-mul "linear" and embedding lookup).
 
 Weights stay quantized in GPU memory; the kernels dequantize in registers. GGUF blocks that
-are not a multiple of 4 bytes (Q8_0 34 B, Q4_0 18 B, Q5_0 22 B, Q6_K 210 B) are split at load
-into planes a shader can read as ``array<u32>``: the quants in one plane, the f16 block
-scales in another. Types whose blocks are already word-sized (Q4_1, Q5_1, Q4_K, Q5_K) keep
-their GGUF bytes as a single plane (no copy). Every plane is row-major with a fixed number of
+are not a multiple of 4 bytes (Q8_0 34 B, Q4_0 18 B, Q5_0 22 B, IQ4_NL 18 B, Q3_K 110 B,
+Q6_K 210 B) are split at load into planes a shader can read as ``array<u32>``: the quants in one
+plane, the f16 block scales in another. Types whose blocks are already word-sized (Q4_1, Q5_1,
+Q2_K, Q4_K, Q5_K, IQ4_XS) keep their GGUF bytes as a single plane (no copy). Every plane is row-major with a fixed number of
 words per weight row, so a piece of rows is a slice of each plane (``split_rows``). F32, F16
 and BF16 rows are zero-padded to a multiple of 8 columns (their cols need not be).
 
@@ -26,14 +26,18 @@ import numpy as np
 
 from .kernels import fill, shader_sections
 
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
+SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
+                   "Q5_K", "Q6_K", "IQ4_XS")
 
 # type -> (weights per block, bytes per block), as in GGUF
 _BLOCKS = {
     "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
     "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "Q4_K": (256, 144), "Q5_K": (256, 176), "Q6_K": (256, 210),
+    "IQ4_NL": (32, 18), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
+    "Q6_K": (256, 210), "IQ4_XS": (256, 136),
 }
+# types whose blocks are a whole number of words: one plane, the GGUF bytes as they are
+WORD_SIZED_BLOCKS = ("Q4_1", "Q5_1", "Q2_K", "Q4_K", "Q5_K", "IQ4_XS")
 
 LINEAR_ROWS_PER_WORKGROUP = 4  # output rows one linear workgroup computes
 LINEAR_MAX_TOKENS_PER_PASS = 4  # tokens sharing one dequantized weight unit (several-token path)
@@ -63,7 +67,8 @@ def plane_row_words(type_name: str, cols: int) -> list[int]:
     return {
         "F32": [_padded_cols(cols)], "F16": [_padded_cols(cols) // 2], "BF16": [_padded_cols(cols) // 2],
         "Q8_0": [8 * nb, halves], "Q4_0": [4 * nb, halves], "Q4_1": [5 * nb], "Q5_0": [5 * nb, halves],
-        "Q5_1": [6 * nb], "Q4_K": [36 * nb], "Q5_K": [44 * nb], "Q6_K": [52 * nb, halves],
+        "Q5_1": [6 * nb], "IQ4_NL": [4 * nb, halves], "Q2_K": [21 * nb], "Q3_K": [27 * nb, halves],
+        "Q4_K": [36 * nb], "Q5_K": [44 * nb], "Q6_K": [52 * nb, halves], "IQ4_XS": [34 * nb],
     }[type_name]
 
 
@@ -127,13 +132,13 @@ def pack(type_name: str, raw: np.ndarray, rows: int, cols: int) -> PackedWeight:
         planes = [_float_plane(raw.view(np.uint32), rows, cols)]
     elif type_name in ("F16", "BF16"):
         planes = [_float_plane(raw.view(np.uint16), rows, cols)]
-    elif type_name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K"):  # word-sized blocks: as stored
+    elif type_name in WORD_SIZED_BLOCKS:  # as stored
         planes = [_words(raw)]
     else:
         blocks = raw.reshape(rows * nb, block_bytes)
-        if type_name == "Q6_K":  # ql, qh, scales (208 bytes) | d
-            planes = [_words(blocks[:, :208]), _scale_plane(blocks, rows, 208)]
-        else:  # Q8_0, Q4_0, Q5_0: d | quants (Q5_0: qh, then the nibbles)
+        if type_name in ("Q3_K", "Q6_K"):  # the quants and sub-block scales | d (the last 2 bytes)
+            planes = [_words(blocks[:, :block_bytes - 2]), _scale_plane(blocks, rows, block_bytes - 2)]
+        else:  # Q8_0, Q4_0, Q5_0, IQ4_NL: d | quants (Q5_0: qh, then the nibbles)
             planes = [_words(blocks[:, 2:]), _scale_plane(blocks, rows, 0)]
     packed = PackedWeight(type_name, rows, cols, planes)
     for plane, words in zip(packed.planes, plane_row_words(type_name, cols)):
@@ -261,7 +266,7 @@ def _check_workgroup_size(workgroup_size: int) -> None:
 LINEAR_KINDS = ("subgroup", "shared", "row")
 # the row kind reads a row in steps of this many columns (the row_<TYPE> sections of quant_linear.wgsl)
 _ROW_STEP_COLS = {"F32": 8, "F16": 8, "BF16": 8, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-                  "Q4_K": 64, "Q5_K": 64, "Q6_K": 128}
+                  "IQ4_NL": 32, "Q2_K": 128, "Q3_K": 128, "Q4_K": 64, "Q5_K": 64, "Q6_K": 128, "IQ4_XS": 64}
 
 
 @dataclass(frozen=True)
@@ -501,7 +506,7 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     header = fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
                    X_VAL=x_input_source(glu))
     blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
-    if type_name in ("Q8_0", "Q4_0", "Q5_0"):
+    if type_name in ("Q8_0", "Q4_0", "Q5_0", "IQ4_NL"):
         blocks = src["row_scale_pairs"] + blocks
     main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
     return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
@@ -548,6 +553,6 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
     return gx, gy, max(1, -(-n_tokens // gy))
 
 
-__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "LinearVariant", "PackedWeight", "device_type", "embed_dispatch",
-           "embed_shader", "linear_dispatch", "linear_shader", "pack", "plane_row_words", "row_step_cols", "split_rows",
-           "stacked_runs", "widen_to_q8_0"]
+__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "WORD_SIZED_BLOCKS", "LinearVariant", "PackedWeight", "device_type",
+           "embed_dispatch", "embed_shader", "linear_dispatch", "linear_shader", "pack", "plane_row_words",
+           "row_step_cols", "split_rows", "stacked_runs", "widen_to_q8_0"]

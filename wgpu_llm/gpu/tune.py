@@ -250,8 +250,10 @@ def _random_planes(case: LinearCase, rng) -> list[np.ndarray]:
         return [values.view(np.uint32)]
     planes = [rng.integers(0, 1 << 32, case.rows * n, dtype=np.uint32) for n in words]
     scales = np.uint32(0x2000_2000)  # two f16 2^-7
-    if case.type_name in ("Q4_1", "Q5_1", "Q4_K", "Q5_K"):  # the first word of a block: d | m (dmin) << 16
-        planes[0][::{"Q4_1": 5, "Q5_1": 6, "Q4_K": 36, "Q5_K": 44}[case.type_name]] = scales
+    if case.type_name in quant.WORD_SIZED_BLOCKS:  # the word of a block that holds d (and m / dmin)
+        block_words = quant._BLOCKS[case.type_name][1] // 4
+        first = {"Q2_K": 20}.get(case.type_name, 0)  # d | dmin << 16 ends a Q2_K block; IQ4_XS: d | scales_h
+        planes[0][first::block_words] = scales
     else:  # a plane of f16 block scales
         planes[1][:] = scales
     return planes
