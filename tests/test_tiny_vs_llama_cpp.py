@@ -20,6 +20,7 @@ PHI4_MINI = {"n_rot": 12, "n_ctx": 1024,
              "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
                                 "phi3.rope.scaling.attn_factor": (1 + math.log(4) / math.log(256)) ** 0.5},
              "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:6], "rope_factors_long.weight": PHI3_LONG[:6]}}
+K_SHAPE = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1}
 N_CTX = 64  # the contexts llama.cpp ran in (make_tiny_golden.py)
 LONG_CONTEXT = {"phi3-F32-phi4-mini-long-context": 512}
 GOLDEN = np.load(Path(__file__).parent / "golden" / "tiny_llama_cpp.npz")
@@ -71,6 +72,15 @@ CASES = {
     # original one and the long factors past it (each golden vs the other: NMSE 0.9)
     "phi3-F32-phi4-mini": ("phi3", "F32", PHI4_MINI, 1e-5),
     "phi3-F32-phi4-mini-long-context": ("phi3", "F32", PHI4_MINI, 1e-5),
+    # the k-quants and i-quants gguf-py cannot write, as random blocks (256-column rows for the 256-blocks); the
+    # bound of Q8_0's (activations quantized to 8 bits): measured 6e-8 (Q5_K) to 1.1e-3 (IQ4_XS)
+    "llama-IQ4_NL": ("llama", "IQ4_NL", {}, 2e-3),
+    "llama-IQ4_XS": ("llama", "IQ4_XS", K_SHAPE, 2e-3),
+    "llama-Q2_K": ("llama", "Q2_K", K_SHAPE, 2e-3),
+    "llama-Q3_K": ("llama", "Q3_K", K_SHAPE, 2e-3),
+    "llama-Q4_K": ("llama", "Q4_K", K_SHAPE, 2e-3),
+    "llama-Q5_K": ("llama", "Q5_K", K_SHAPE, 2e-3),
+    "llama-Q6_K": ("llama", "Q6_K", K_SHAPE, 2e-3),
 }
 
 

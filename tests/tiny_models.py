@@ -52,17 +52,19 @@ def spm_vocab():
     return tokens, scores, types
 
 
-# k-quants and i-quants gguf-py cannot quantize: (block bytes, byte offsets of the f16 (super-)block scales)
-RANDOM_BLOCKS = {"Q2_K": (84, (80, 82)), "Q3_K": (110, (108,)), "Q4_K": (144, (0, 2)), "Q5_K": (176, (0, 2)),
-                 "Q6_K": (210, (208,)), "IQ4_NL": (18, (0,)), "IQ4_XS": (136, (0,))}
+# k-quants and i-quants gguf-py cannot quantize: (block bytes, byte offsets of the f16 (super-)block
+# scales, the largest |sub-block scale x quant| a block holds, which the f16 scale multiplies)
+RANDOM_BLOCKS = {"Q2_K": (84, (80, 82), 15 * 3), "Q3_K": (110, (108,), 32 * 4), "Q4_K": (144, (0, 2), 63 * 15),
+                 "Q5_K": (176, (0, 2), 63 * 31), "Q6_K": (210, (208,), 128 * 32), "IQ4_NL": (18, (0,), 127),
+                 "IQ4_XS": (136, (0,), 32 * 127)}
 
 
 def _random_blocks(rng, rows: int, cols: int, qtype: str, scale: float) -> np.ndarray:
     """Random blocks (any quants and sub-block scales are valid) whose f16 block scales keep the
-    weights within a few times `scale`: (rows, row bytes) uint8, as quantize gives."""
-    size, fields = RANDOM_BLOCKS[qtype]
+    weights within a few times `scale` whatever the type: (rows, row bytes) uint8, as quantize gives."""
+    size, fields, reach = RANDOM_BLOCKS[qtype]
     raw = rng.integers(0, 256, (rows * cols // BLOCK[qtype], size), dtype=np.uint8)
-    d = np.full(len(raw), scale / 1000, np.float16).view(np.uint8).reshape(-1, 2)
+    d = np.full(len(raw), 2 * scale / reach, np.float16).view(np.uint8).reshape(-1, 2)
     for offset in fields:
         raw[:, offset:offset + 2] = d
     return raw.reshape(rows, -1)

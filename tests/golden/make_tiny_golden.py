@@ -37,6 +37,7 @@ PHI4_MINI = {"n_rot": 12, "n_ctx": 1024,
              "extra_metadata": {"phi3.rope.scaling.original_context_length": 256,
                                 "phi3.rope.scaling.attn_factor": (1 + math.log(4) / math.log(256)) ** 0.5},
              "extra_tensors": {"rope_factors_short.weight": PHI3_SHORT[:6], "rope_factors_long.weight": PHI3_LONG[:6]}}
+K_SHAPE = {"d_model": 256, "n_head": 4, "head_dim": 64, "d_ff": 256, "n_layer": 1}
 N_CTX = 64  # the context every case runs in, except these
 LONG_CONTEXT = {"phi3-F32-phi4-mini-long-context": 512}
 # (arch, type, extra writer args); sequences longer than gemma2/3's sliding window of 8
@@ -79,6 +80,14 @@ CASES = {
     "phi3-F32-sliding-window": ("phi3", "F32", {"extra_metadata": {"phi3.attention.sliding_window": 8}}),
     "phi3-F32-phi4-mini": ("phi3", "F32", PHI4_MINI),
     "phi3-F32-phi4-mini-long-context": ("phi3", "F32", PHI4_MINI),
+    # the k-quants and i-quants gguf-py cannot write, as random blocks (256-column rows for the 256-blocks)
+    "llama-IQ4_NL": ("llama", "IQ4_NL", {}),
+    "llama-IQ4_XS": ("llama", "IQ4_XS", K_SHAPE),
+    "llama-Q2_K": ("llama", "Q2_K", K_SHAPE),
+    "llama-Q3_K": ("llama", "Q3_K", K_SHAPE),
+    "llama-Q4_K": ("llama", "Q4_K", K_SHAPE),
+    "llama-Q5_K": ("llama", "Q5_K", K_SHAPE),
+    "llama-Q6_K": ("llama", "Q6_K", K_SHAPE),
 }
 TOKENS = [(i * 37 + 11) % 250 + 4 for i in range(40)]
 
