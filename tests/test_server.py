@@ -281,29 +281,28 @@ def test_a_file_that_fails_to_load_stops_the_server(tmp_path):
     assert proc.returncode == 1 and str(bad) in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.gpu
-def test_one_request_on_the_gpu_matches_the_cpu(tiny, reference, adapter):
-    s = Server(tiny, "--parallel", "2", "--ctx-size", "256", "--backend", "gpu")
+def _serves_what_the_library_gives(server_args: list[str], tiny, library: LLM) -> str:
+    """Two greedy requests to a server started with server_args give the library's texts; the log."""
+    s = Server(tiny, "--parallel", "2", "--ctx-size", "256", *server_args)
     try:
         for prompt in PROMPTS[:2]:
             got = s.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0,
                                               extra_body={"ignore_eos": True})
-            assert got.choices[0].text == reference.generate(prompt, 12, temperature=0, ignore_eos=True).text
+            assert got.choices[0].text == library.generate(prompt, 12, temperature=0, ignore_eos=True).text
     finally:
         assert s.stop() == 0
+    return "".join(s.log)
+
+
+@pytest.mark.gpu
+def test_one_request_on_the_gpu_matches_the_cpu(tiny, reference, adapter):
+    _serves_what_the_library_gives(["--backend", "gpu"], tiny, reference)
 
 
 def test_float16_weights_serve_what_the_library_gives(tiny):
-    s = Server(tiny, "--parallel", "2", "--ctx-size", "256", "--backend", "cpu", "--cpu-weights", "f16")
-    want = LLM(str(tiny), backend="cpu", n_ctx=128, weights_dtype="float16")
-    try:
-        for prompt in PROMPTS[:2]:
-            got = s.client.completions.create(model="m", prompt=prompt, max_tokens=12, temperature=0,
-                                              extra_body={"ignore_eos": True})
-            assert got.choices[0].text == want.generate(prompt, 12, temperature=0, ignore_eos=True).text
-    finally:
-        assert s.stop() == 0
-    assert "on numpy (CPU, float16 weights)" in "".join(s.log), "".join(s.log)
+    half = LLM(str(tiny), backend="cpu", n_ctx=128, weights_dtype="float16")
+    log = _serves_what_the_library_gives(["--backend", "cpu", "--cpu-weights", "f16"], tiny, half)
+    assert "on numpy (CPU, float16 weights)" in log, log
 
 
 @pytest.mark.slow
