@@ -352,6 +352,27 @@ def test_binding_error_names_the_kernel(rt, cfg):
         Program(rt, [k], "bad program")
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "wrapped"])
+def test_recording_error_names_the_program(rt, cfg, native):
+    """A dispatch the device refuses (more workgroups than a grid dimension holds) fails the run
+    naming the program, whether the pass is recorded by wgpu-native's functions directly or
+    through wgpu-py's wrappers; the runtime works on afterwards."""
+    from wgpu_llm.gpu.runtime import GpuError, Program
+
+    x, y = rt.upload(np.arange(4, dtype=np.float32), "x"), rt.storage(16, "y")
+    k = K.copy(cfg, 1, 4, K.View(x, 0, 4), K.View(y, 0, 4), label="copy")
+    bad = Program(rt, [dataclasses.replace(k, grid=(rt.caps.max_per_dim + 1, 1, 1))], "too wide", [(y, 0, 16)])
+    good = Program(rt, [k], "fine", [(y, 0, 16)])
+    if native:
+        assert bad._native is not None, "wgpu-native's recording functions were not found"
+    else:
+        bad._native = good._native = None
+    with pytest.raises(GpuError, match="^running too wide: "):
+        bad.run()
+    (out,) = good.run()
+    assert out.view(np.float32).tolist() == [0.0, 1.0, 2.0, 3.0]
+
+
 def test_logged_errors_are_raised(rt):
     """Errors wgpu only logs (device lost, errors found while the queue runs) surface at the next check."""
     import logging

@@ -10,9 +10,9 @@ WebGPU's error scopes (`device.push_error_scope` / `pop_error_scope`) and `devic
 implemented by wgpu-py 0.32 (both raise NotImplementedError): it reports each call's error from
 the call itself, and device loss through its logger, which is what the two paths above catch.
 Guards wrap buffer creation, pipeline and bind group creation, uploads, and each submission with
-its readback -- never a single dispatch: recording a dispatch costs ~5 us of host time and cannot
-fail on its own (its errors surface at the submit), so a decode step pays one guard per command
-buffer.
+its readback -- never a single dispatch: recording a dispatch costs ~1 us of host time (`Program.record_pass`
+calls wgpu-native directly) and cannot fail on its own (its errors surface when the pass ends or
+the encoder finishes), so a decode step pays one guard per command buffer.
 
 WGPU_LLM_INJECT_GPU_FAULT makes the runtime fail on purpose, for tests of what happens above it:
 "load" -- every buffer creation reports out of memory; "after_steps:N" -- the submission that
@@ -21,6 +21,7 @@ would run a step past the first N reports the device lost (see `FaultInjection`)
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -412,17 +413,27 @@ class Program:
             self.staging = rt.buffer(self.out_bytes, u.MAP_READ | u.COPY_DST, f"{label} staging")
         self.n_dispatches = len(self.calls)
         self.labels = [k.label for k in kernels]  # what each dispatch computes, in order
+        self._native = _native_calls(self.calls)
 
     def record_pass(self, enc) -> None:
         """Record every dispatch into one compute pass of the command encoder `enc`."""
         cp = enc.begin_compute_pass()
-        last = None
-        for pipe, bg, grid in self.calls:
-            if pipe is not last:
-                cp.set_pipeline(pipe)
-                last = pipe
-            cp.set_bind_group(0, bg)
-            cp.dispatch_workgroups(*grid)
+        if self._native is not None:
+            set_pipeline, set_bind_group, dispatch, no_offsets = _native_functions()
+            pass_handle = cp._internal
+            for pipe, bg, x, y, z in self._native:
+                if pipe is not None:
+                    set_pipeline(pass_handle, pipe)
+                set_bind_group(pass_handle, 0, bg, 0, no_offsets)
+                dispatch(pass_handle, x, y, z)
+        else:
+            last = None
+            for pipe, bg, grid in self.calls:
+                if pipe is not last:
+                    cp.set_pipeline(pipe)
+                    last = pipe
+                cp.set_bind_group(0, bg)
+                cp.dispatch_workgroups(*grid)
         cp.end()
 
     def record_outputs(self, enc) -> None:
@@ -539,6 +550,42 @@ class Program:
 
 
 _QUERIES_PER_SET = 4096  # WebGPU's limit on a query set's size
+
+
+@functools.cache
+def _native_functions():
+    """wgpu-native's C functions that record a compute pass, called without wgpu-py's wrappers:
+    (set pipeline, set bind group, dispatch, NULL); None on another wgpu backend.
+
+    A decode step records ~150 dispatches, and wgpu-py spends ~5 us of Python per dispatch around
+    three C calls of well under 1 us (an error scope per call, argument conversion). Recording
+    errors do not need that scope: wgpu-native keeps them in the encoder and reports them when the
+    pass ends or the encoder finishes (wrapped calls, inside the caller's guard), and anything it
+    reports otherwise reaches wgpu's logger, which `Runtime.check` reads."""
+    try:
+        from wgpu.backends.wgpu_native._ffi import ffi, lib
+
+        return (lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup,
+                lib.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _native_calls(calls: list) -> list | None:
+    """The calls as (pipeline handle or None where the previous dispatch set it already, bind
+    group handle, x, y, z) for record_pass's native path; None where that path is not available.
+    The handles stay valid while `calls` holds their objects (the Program keeps both)."""
+    if _native_functions() is None:
+        return None
+    out, last = [], None
+    for pipe, bg, grid in calls:
+        handles = (getattr(pipe, "_internal", None), getattr(bg, "_internal", None))
+        if None in handles:  # not wgpu-native objects
+            return None
+        x, y, z = (*grid, 1, 1)[:3]
+        out.append((None if pipe is last else handles[0], handles[1], int(x), int(y), int(z)))
+        last = pipe
+    return out
 
 
 def _one_dispatch_pass(enc, call, **pass_args) -> None:
