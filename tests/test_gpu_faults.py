@@ -190,7 +190,7 @@ def test_wgpu_validation_error_becomes_a_gpu_error(rt):
 
 
 def test_sizes_in_messages():
-    from wgpu_llm.gpu.runtime import describe_bytes
+    from wgpu_llm.memory import describe_bytes
 
     assert [describe_bytes(n) for n in (16, 3584, 12 << 20, 3 << 29)] == ["16 bytes", "3.5 KiB", "12.0 MiB",
                                                                           "1.50 GiB"]

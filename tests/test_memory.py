@@ -68,7 +68,7 @@ def test_gpu_estimate_is_what_the_device_holds(tiny, key, adapter):
 
 def expected_cpu_refusal(llm_path, est, free, f16_note):
     return (f"{llm_path.split('/')[-1]}: the cpu backend needs {est.describe()}, but the host has "
-            f"{memory.gib(free)} available; options: a smaller quantization of the model; a shorter --ctx-size "
+            f"{memory.describe_bytes(free)} available; options: a smaller quantization of the model; a shorter --ctx-size "
             f"(n_ctx, now {N_CTX}); {f16_note}; the gpu backend (--backend gpu); "
             f"WGPU_LLM_IGNORE_MEMORY_CHECK=1 skips this check")
 
@@ -89,7 +89,7 @@ def test_cpu_refusal_says_what_is_needed_available_and_what_to_do(tiny, monkeypa
         LLM(path, backend="cpu", n_ctx=N_CTX)
     assert str(e.value) == expected_cpu_refusal(path, est32, free,
                                                 "--cpu-weights f16 (weights_dtype='float16'), which fits")
-    assert "weights 0.3 MiB as float32" in str(e.value)
+    assert "weights 308.0 KiB as float32" in str(e.value)
     assert LLM(path, backend="cpu", n_ctx=N_CTX, weights_dtype="float16").backend.weights_dtype == "float16"
     free = est16.total - 1  # neither fits
     with pytest.raises(MemoryError) as e:
@@ -105,7 +105,7 @@ def test_refusal_comes_before_any_weight_is_loaded(tiny, monkeypatch):
 
     monkeypatch.setattr(memory, "available_host_memory", lambda: 1000)
     monkeypatch.setattr(backend.CpuBackend, "__init__", lambda *a: pytest.fail("allocated before the check"))
-    with pytest.raises(memory.InsufficientMemory, match="needs .* but the host has 0.0 MiB available"):
+    with pytest.raises(memory.InsufficientMemory, match="needs .* but the host has 1000 bytes available"):
         LLM(tiny[("llama", "F32")], backend="cpu", n_ctx=N_CTX)
 
 
@@ -121,8 +121,7 @@ def test_gpu_refusals(tiny, adapter):
         memory.check_gpu(path, llm.file, graphs(llm), N_CTX, llm.n_batch, info)
     assert str(e.value) == (
         f"llama-Q8_0.gguf: the gpu backend needs {est.describe()}, with one layer's K (and V) cache of 8.0 KiB"
-        .replace("8.0 KiB", memory.gib(N_CTX * 32 * 4)) + f" in one buffer, but Small GPU binds at most "
-        f"{memory.gib(N_CTX * 32 * 4 - 16)} per buffer; options: a smaller quantization of the model; a shorter "
+        f" in one buffer, but Small GPU binds at most 8.0 KiB per buffer; options: a smaller quantization of the model; a shorter "
         f"--ctx-size (n_ctx, now {N_CTX}); the cpu backend (--backend cpu); WGPU_LLM_IGNORE_MEMORY_CHECK=1 skips "
         f"this check")
     software = dataclasses.replace(info, max_storage_binding=1 << 30, is_software=True, name="lavapipe")
@@ -131,7 +130,7 @@ def test_gpu_refusals(tiny, adapter):
     with pytest.raises(memory.InsufficientMemory) as e:
         memory.check_gpu(path, llm.file, graphs(llm), N_CTX, llm.n_batch, software, available=lambda: est.total - 1)
     assert str(e.value).startswith(f"llama-Q8_0.gguf: the gpu backend needs {est.describe()}, but lavapipe is a "
-                                   f"software adapter using host memory, of which {memory.gib(est.total - 1)} "
+                                   f"software adapter using host memory, of which {memory.describe_bytes(est.total - 1)} "
                                    f"is available; options: a smaller quantization")
 
 

@@ -52,13 +52,19 @@ class Estimate:
         return self.weights + self.kv_cache + self.activations
 
     def describe(self) -> str:
-        return (f"{gib(self.total)} (weights {gib(self.weights)} {self.weights_as}, KV cache "
-                f"{gib(self.kv_cache)}, activations up to {gib(self.activations)})")
+        return (f"{describe_bytes(self.total)} (weights {describe_bytes(self.weights)} {self.weights_as}, KV cache "
+                f"{describe_bytes(self.kv_cache)}, activations up to {describe_bytes(self.activations)})")
 
 
-def gib(n: int) -> str:
-    """Bytes for a message: GiB with two decimals, MiB below one GiB."""
-    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / (1 << 20):.1f} MiB"
+def describe_bytes(n: int) -> str:
+    """A size for messages: "16 bytes", "3.5 KiB", "12.0 MiB", "1.50 GiB"."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    if n < GiB:
+        return f"{n / (1 << 20):.1f} MiB"
+    return f"{n / GiB:.2f} GiB"
 
 
 def ignored() -> bool:
@@ -203,7 +209,7 @@ def check_cpu(path, gf, graphs, n_ctx: int, n_batch: int, weights_dtype: str = "
         fits_f16 = cpu_estimate(gf, graphs, n_ctx, n_batch, "float16").total <= free
     raise InsufficientMemory(
         f"{os.path.basename(str(path))}: the cpu backend needs {est.describe()}, but the host has "
-        f"{gib(free)} available; {_options(n_ctx, fits_f16, 'gpu')}")
+        f"{describe_bytes(free)} available; {_options(n_ctx, fits_f16, 'gpu')}")
 
 
 def check_gpu(path, gf, graphs, n_ctx: int, n_batch: int, info, available=None) -> Estimate:
@@ -222,12 +228,12 @@ def check_gpu(path, gf, graphs, n_ctx: int, n_batch: int, info, available=None) 
     if n_ctx * widest * 4 > limit:
         raise InsufficientMemory(
             f"{name}: the gpu backend needs {est.describe()}, with one layer's K (and V) cache of "
-            f"{gib(n_ctx * widest * 4)} in one buffer, but {info.name} binds at most {gib(limit)} per buffer; "
+            f"{describe_bytes(n_ctx * widest * 4)} in one buffer, but {info.name} binds at most {describe_bytes(limit)} per buffer; "
             f"{_options(n_ctx, None, 'cpu')}")
     if info.is_software:
         free = (available or available_host_memory)()
         if free is not None and est.total > free:
             raise InsufficientMemory(
                 f"{name}: the gpu backend needs {est.describe()}, but {info.name} is a software adapter "
-                f"using host memory, of which {gib(free)} is available; {_options(n_ctx, None, 'cpu')}")
+                f"using host memory, of which {describe_bytes(free)} is available; {_options(n_ctx, None, 'cpu')}")
     return est

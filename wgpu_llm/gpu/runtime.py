@@ -33,23 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from wgpu_llm.backends import GpuError
+from wgpu_llm.memory import describe_bytes
 
 from . import kernels as K
 from .device import AdapterInfo, adapter_info, binding_limit, request_device
 
 
 ENV_INJECT_FAULT = "WGPU_LLM_INJECT_GPU_FAULT"
-
-
-def describe_bytes(n: int) -> str:
-    """A size for messages: "16 bytes", "3.5 KiB", "12.0 MiB", "1.50 GiB"."""
-    if n < 1024:
-        return f"{n} bytes"
-    if n < 1 << 20:
-        return f"{n / 1024:.1f} KiB"
-    if n < 1 << 30:
-        return f"{n / (1 << 20):.1f} MiB"
-    return f"{n / (1 << 30):.2f} GiB"
 
 
 @dataclass(frozen=True)
