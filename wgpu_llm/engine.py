@@ -72,17 +72,14 @@ class Request:
         self._on_event = on_event
         self._cancel = threading.Event()
         self.slot: _Slot | None = None
-        self.fed = 0  # tokens of `context` whose K/V are in the slot (while prefilling)
+        self.fed = 0  # tokens of `history` whose K/V are in the slot (while prefilling)
         self.next_token: int | None = None  # sampled, not yet fed
         self.generated: list[int] = []
-        self.history = list(prompt)  # prompt + generated, what the repetition penalty looks back on
+        # prompt + generated: what the repetition penalty looks back on, and what a prefill computes
+        # (the prompt; after a GPU failure also the tokens generated so far)
+        self.history = list(prompt)
         self.stats = {"prompt_tokens": len(prompt), "cached_tokens": 0, "generated_tokens": 0,
                       "t_submit": time.perf_counter()}
-
-    @property
-    def context(self) -> list[int]:
-        """What a prefill computes: the prompt, and after a GPU failure the tokens generated so far."""
-        return self.prompt + self.generated
 
     def _emit(self, event) -> None:
         """Hand an event to the consumer (called by the scheduler thread)."""
@@ -203,7 +200,7 @@ class Engine:
 
     def _continue_on_cpu(self, error: GpuError) -> bool:
         """Move the LLM to the CPU (False where it may not) and have every running request
-        prefilled again from its context: the new backend's cache is empty."""
+        prefilled again from its history: the new backend's cache is empty."""
         try:
             self.llm._continue_on_cpu(error)
         except GpuError:
@@ -247,13 +244,12 @@ class Engine:
 
     def _prefill_chunk(self, r: Request) -> None:
         llm, slot = self.llm, r.slot
-        context = r.context
-        chunk = context[r.fed:r.fed + llm.n_batch]
+        chunk = r.history[r.fed:r.fed + llm.n_batch]
         step = llm._step(len(chunk), False)
         logits = step(np.asarray(chunk, np.int32), r.fed, slot.base)
         slot.tokens += chunk
         r.fed += len(chunk)
-        if r.fed == len(context):
+        if r.fed == len(r.history):
             r.stats.setdefault("t_first", time.perf_counter())  # kept when computed again after a GPU failure
             if r.max_tokens == 0:
                 self._finish(r, "length")
