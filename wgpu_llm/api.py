@@ -350,38 +350,37 @@ class LLM:
 
     def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=(),
                    stats: dict | None = None) -> Iterator[int]:
-        """The sampled ids (see _sampled_ids), keeping track of which tokens the KV cache holds:
-        the prompt once it is prefilled, then every token a decode step was fed.
-        A GPU failure (see _continue_on_cpu) restarts the generation on the CPU from a prompt of the
-        tokens so far: the same tokens as the CPU computing all of them (with the same sampler)."""
+        """The sampled ids (see _sampled_ids and _tracked_ids). A GPU failure (see _continue_on_cpu)
+        continues the generation on the CPU from a prompt of the tokens so far: the same tokens as
+        the CPU computing all of them (with the same sampler)."""
         begin = self._reusable_prefix(prompt_ids)
         if stats is not None:
             stats["cached_tokens"] = begin
         self._cached = []  # rewritten from `begin` on: nothing is reusable until the prefill is done
-        prompt = prompt_ids
         produced: list[int] = []
-        while True:
-            fed = list(prompt)
-            previous = None
-            try:
-                for token in self._sampled_ids(prompt, begin, max_tokens - len(produced), sampler, stop_ids):
-                    if previous is None:
-                        self._cached = fed
-                    else:
-                        fed.append(previous)  # token was computed from previous: previous is in the cache
-                    previous = token
-                    produced.append(token)
-                    yield token
-                break
-            except GpuError as e:
-                self._continue_on_cpu(e)
-                if stats is not None:
-                    stats["backend"] = self.backend.name
-                begin, prompt = 0, [*prompt_ids, *produced]
-                if produced and len(produced) >= max_tokens:  # the GPU failed after the last token
-                    fed = []  # the new backend's cache holds nothing yet
-                    break
-        self._cached = fed
+        try:
+            yield from self._tracked_ids(prompt_ids, begin, max_tokens, sampler, stop_ids, produced)
+        except GpuError as e:
+            self._continue_on_cpu(e)
+            self._cached = []  # the new backend's cache holds nothing yet
+            if stats is not None:
+                stats["backend"] = self.backend.name
+            if len(produced) < max_tokens:
+                yield from self._tracked_ids([*prompt_ids, *produced], 0, max_tokens - len(produced), sampler,
+                                             stop_ids, produced)
+
+    def _tracked_ids(self, prompt_ids: list[int], begin: int, max_tokens: int, sampler: Sampler, stop_ids,
+                     produced: list[int]) -> Iterator[int]:
+        """_sampled_ids, each appended to `produced`; self._cached holds what the KV cache holds: the
+        prompt once it is prefilled, then every token a decode step was fed."""
+        fed = None
+        for token in self._sampled_ids(prompt_ids, begin, max_tokens, sampler, stop_ids):
+            if fed is None:
+                fed = self._cached = list(prompt_ids)
+            else:
+                fed.append(produced[-1])  # token was computed from the one before: that one is in the cache
+            produced.append(token)
+            yield token
 
     def _sampled_ids(self, prompt_ids: list[int], begin: int, max_tokens: int, sampler: Sampler,
                      stop_ids=()) -> Iterator[int]:
