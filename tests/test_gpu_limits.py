@@ -64,3 +64,31 @@ def test_small_binding_limit_changes_nothing(adapter, monkeypatch, name):
     print(f"\n{name}: {len(split)} weights split at {LIMIT >> 20} MiB, logits NMSE {error:.2e} vs no override")
     assert error <= 1e-6
     assert tokens == want_tokens
+
+
+def test_a_long_run_is_split_into_submissions(adapter, monkeypatch):
+    """A step whose run took longer than the bound on one submission (WGPU_LLM_MAX_SUBMIT_S, here
+    so small that every dispatch is too long) is submitted in parts afterwards: the same logits,
+    bit for bit, every dispatch still counted once."""
+    from wgpu_llm.gpu import runtime
+
+    gf = GGUFFile(zoo.model_path("smollm2-135m"))
+    monkeypatch.setenv(runtime.ENV_MAX_SUBMIT_S, "1e9")
+    _, prefill, want_logits, want_tokens = run(gf, adapter)
+    assert prefill.program.parts == 1
+
+    monkeypatch.setenv(runtime.ENV_MAX_SUBMIT_S, "1e-9")
+    gpu, prefill, logits, tokens = run(gf, adapter)
+    program = prefill.program
+    assert program.parts == program.n_dispatches  # the first run measured: one dispatch a submission
+    ids = np.random.default_rng(3).integers(10, 5000, PROMPT)
+    before = gpu.rt.dispatches
+    split_logits = prefill(ids, 0)
+    assert gpu.rt.dispatches - before == program.n_dispatches
+    assert np.array_equal(split_logits, want_logits) and np.array_equal(logits, want_logits)
+    assert tokens == want_tokens
+
+    for bad in ("0", "-1", "inf", "soon"):
+        monkeypatch.setenv(runtime.ENV_MAX_SUBMIT_S, bad)
+        with pytest.raises(ValueError, match=f"WGPU_LLM_MAX_SUBMIT_S={bad!r}: expected a number of seconds > 0"):
+            runtime.max_submit_seconds()

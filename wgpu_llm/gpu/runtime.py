@@ -22,6 +22,7 @@ would run a step past the first N reports the device lost (see `FaultInjection`)
 from __future__ import annotations
 
 import functools
+import math
 import logging
 import os
 import threading
@@ -40,6 +41,25 @@ from .device import AdapterInfo, adapter_info, binding_limit, request_device
 
 
 ENV_INJECT_FAULT = "WGPU_LLM_INJECT_GPU_FAULT"
+
+# An operating system resets a GPU whose command buffer runs for about 2 seconds (Windows' TDR):
+# a Program whose run took longer than this splits its later runs into command buffers submitted
+# one by one, sized from that measured time to about half of it each.
+MAX_SUBMIT_S = 0.5
+ENV_MAX_SUBMIT_S = "WGPU_LLM_MAX_SUBMIT_S"  # another bound (tests: a tiny one splits every step)
+
+
+def max_submit_seconds() -> float:
+    value = os.environ.get(ENV_MAX_SUBMIT_S, "").strip()
+    if not value:
+        return MAX_SUBMIT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"{ENV_MAX_SUBMIT_S}={value!r}: expected a number of seconds > 0")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -130,6 +150,7 @@ class Runtime:
         _watch_wgpu_log()
         self.adapter = adapter
         self.faults = FaultInjection.from_env()
+        self.max_submit_s = max_submit_seconds()
         self.steps_submitted = 0  # model steps sent to the queue (what after_steps:N counts)
         self.info = adapter_info(adapter)
         _WGPU_LOG.take()
@@ -354,9 +375,11 @@ class Program:
     """A fixed list of kernels, made ready once: pipelines, one uniform buffer holding every
     kernel's parameters, bind groups, grids. `run` writes pos0 (and any given inputs), records
     every dispatch into one compute pass, copies the wanted outputs to a staging buffer, submits
-    once and reads the staging buffer back. `record_pass` / `record_outputs` put the same commands
-    into a caller's encoder (decode loops that submit several steps at once). `run(timed=True)`
-    records one pass per dispatch instead and times each (tracing)."""
+    once and reads the staging buffer back -- or, once a run took longer than the runtime's
+    max_submit_s, in `parts` command buffers of consecutive dispatches submitted one by one.
+    `record_pass` / `record_outputs` put the same commands into a caller's encoder (decode loops
+    that submit several steps at once). `run(timed=True)` records one pass per dispatch instead
+    and times each (tracing)."""
 
     def __init__(self, rt: Runtime, kernels: list, label: str, outputs: list[tuple] = ()):
         """outputs: [(buffer, byte offset, nbytes)] copied back after the pass, in order."""
@@ -404,21 +427,24 @@ class Program:
         self.n_dispatches = len(self.calls)
         self.labels = [k.label for k in kernels]  # what each dispatch computes, in order
         self._native = _native_calls(self.calls)
+        self.parts = 1  # command buffers a run is submitted in (grows from measured run times)
 
-    def record_pass(self, enc) -> None:
-        """Record every dispatch into one compute pass of the command encoder `enc`."""
+    def record_pass(self, enc, start: int = 0, stop: int | None = None) -> None:
+        """Record the dispatches [start:stop] (default all) into one compute pass of `enc`."""
         cp = enc.begin_compute_pass()
         if self._native is not None:
             set_pipeline, set_bind_group, dispatch, no_offsets = _native_functions()
             pass_handle = cp._internal
-            for pipe, bg, x, y, z in self._native:
+            if start:  # the pipeline may have been set by a dispatch before `start`
+                set_pipeline(pass_handle, self.calls[start][0]._internal)
+            for pipe, bg, x, y, z in self._native[start:stop]:
                 if pipe is not None:
                     set_pipeline(pass_handle, pipe)
                 set_bind_group(pass_handle, 0, bg, 0, no_offsets)
                 dispatch(pass_handle, x, y, z)
         else:
             last = None
-            for pipe, bg, grid in self.calls:
+            for pipe, bg, grid in self.calls[start:stop]:
                 if pipe is not last:
                     cp.set_pipeline(pipe)
                     last = pipe
@@ -449,11 +475,11 @@ class Program:
                 rt.queue.write_buffer(self.step_buffer, 0, table)
             for buf, data in writes:
                 rt.queue.write_buffer(buf, 0, np.ascontiguousarray(data))
-            enc = rt.device.create_command_encoder()
+            t0 = time.perf_counter()
             if timed:
-                enc = self._record_timed(enc)
+                enc = self._record_timed(rt.device.create_command_encoder())
             else:
-                self.record_pass(enc)
+                enc = self._submit_parts()
             self.record_outputs(enc)
             rt.submit([enc.finish()], self.n_dispatches)  # (a timed run submits them one by one before)
             if timed and self._ts is not None:
@@ -461,6 +487,8 @@ class Program:
             if not self.out_bytes:
                 return []
             rt.wait_map(self.staging, self.out_bytes)
+            if not timed:
+                self._size_parts(time.perf_counter() - t0)
             try:
                 data = np.frombuffer(self.staging.read_mapped(0, self.out_bytes, copy=False), np.uint8).copy()
             finally:
@@ -470,6 +498,26 @@ class Program:
             out.append(data[at:at + n])
             at += n
         return out
+
+    def _submit_parts(self):
+        """Submit all but the last of the run's `parts` command buffers; return the encoder
+        holding the last part (the caller adds the output copies and submits it)."""
+        rt, n = self.rt, self.n_dispatches
+        bounds = [n * i // self.parts for i in range(self.parts + 1)]
+        for start, stop in zip(bounds[:-2], bounds[1:-1]):
+            enc = rt.device.create_command_encoder()
+            self.record_pass(enc, start, stop)
+            rt.submit([enc.finish()], 0, steps=0)
+        enc = rt.device.create_command_encoder()
+        self.record_pass(enc, bounds[-2], bounds[-1])
+        return enc
+
+    def _size_parts(self, seconds: float) -> None:
+        """After a run of `seconds` (submission to results): more parts if a part ran longer than
+        the runtime's bound, each then about half of it (dispatches taken as equally long)."""
+        bound = self.rt.max_submit_s
+        if seconds / self.parts > bound:
+            self.parts = min(self.n_dispatches, max(self.parts + 1, math.ceil(2 * seconds / bound)))
 
     # ---- timed runs (tracing) ----
     _ts = None  # (query sets, resolve buffer, staging buffer, seconds per tick), made at the first timed run
