@@ -24,6 +24,7 @@ Adding a type:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,7 +61,7 @@ def _float_plane(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class QuantType:
+class QuantType(ABC):
     """A GGUF weight type as the GPU kernels read it. A subclass says how its blocks become planes."""
 
     name: str  # the GGML type name, e.g. "Q4_K"
@@ -85,13 +86,13 @@ class QuantType:
             raise ValueError(f"{self.name}: cols {cols} is not a positive multiple of the block size {self.block_size}")
         return cols // self.block_size
 
+    @abstractmethod
     def plane_row_words(self, cols: int) -> list[int]:
         """u32 words per weight row of each plane of a packed (rows, cols) tensor, in binding order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pack_planes(self, raw: np.ndarray, rows: int, cols: int) -> list[np.ndarray]:
         """The planes (flat uint32) of a (rows, cols) tensor from its GGUF bytes (flat uint8, size checked)."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True, kw_only=True)
