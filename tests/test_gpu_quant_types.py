@@ -56,7 +56,8 @@ def test_widening_types():
 
 
 def test_unsupported_type_is_named():
-    with pytest.raises(ValueError, match=r"weight type 'IQ2_XXS' is not supported on the GPU \(supported: F32, .*IQ4_XS\)"):
+    message = r"weight type 'IQ2_XXS' is not supported on the GPU \(supported: F32, .*IQ4_XS\)"
+    with pytest.raises(ValueError, match=message):
         quant_type("IQ2_XXS")
 
 
@@ -64,6 +65,8 @@ def test_layouts_that_cannot_be_packed_are_refused():
     common = dict(type_id=99, block_size=32, row_step_cols=32, dequant_section="X", row_sections=("row_X",))
     with pytest.raises(ValueError, match="X: 18-byte blocks are not whole words"):
         quant_types.WordBlocks(name="X", block_bytes=18, **common)
+    with pytest.raises(ValueError, match="X: a block has no word 5"):
+        quant_types.WordBlocks(name="X", block_bytes=20, d_word=5, **common)
     with pytest.raises(ValueError, match="X: a 18-byte block with its scale at byte 4"):
         quant_types.SplitScale(name="X", block_bytes=18, scale_at=4, **common)
     with pytest.raises(ValueError, match="X: a 20-byte block"):

@@ -474,6 +474,6 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
 
 
 __all__ = ["LINEAR_KINDS", "QUANT_TYPES", "SUPPORTED_TYPES", "WIDENS_TO_Q8_0", "LinearVariant", "PackedWeight",
-           "QuantType", "check_type", "dequant_source", "device_type", "embed_dispatch", "embed_shader", "linear_dispatch",
-           "linear_shader", "pack", "plane_row_words", "quant_type", "row_step_cols", "split_rows", "stacked_runs",
-           "widen_to_q8_0"]
+           "QuantType", "check_type", "dequant_source", "device_type", "embed_dispatch", "embed_shader",
+           "linear_dispatch", "linear_shader", "pack", "plane_row_words", "quant_type", "row_step_cols", "split_rows",
+           "stacked_runs", "widen_to_q8_0"]

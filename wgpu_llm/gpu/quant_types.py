@@ -111,11 +111,13 @@ class FloatType(QuantType):
 class WordBlocks(QuantType):
     """Blocks a whole number of words long: one plane, the GGUF bytes as they are (no copy)."""
 
-    d_word: int = 0  # the word of a block that holds the f16 d (and m / dmin): tune.py sets it
+    d_word: int = 0  # the word of a block holding the f16 d (and m / dmin); tune.py puts small scales there
 
     def __post_init__(self):
-        if self.block_bytes % 4 or not 0 <= self.d_word < self.block_bytes // 4:
-            raise ValueError(f"{self.name}: {self.block_bytes}-byte blocks are not whole words, or no word {self.d_word}")
+        if self.block_bytes % 4:
+            raise ValueError(f"{self.name}: {self.block_bytes}-byte blocks are not whole words")
+        if not 0 <= self.d_word < self.block_bytes // 4:
+            raise ValueError(f"{self.name}: a block has no word {self.d_word} (it has {self.block_bytes // 4})")
 
     def plane_row_words(self, cols: int) -> list[int]:
         return [self.n_blocks(cols) * self.block_bytes // 4]
