@@ -24,6 +24,7 @@ from conftest import no_gpu
 
 from cpu_fallback import ops
 from wgpu_llm.gpu import quant
+from wgpu_llm.gpu.quant_types import FloatType, WordBlocks
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())  # silences a harmless warning on headless Linux
 
@@ -93,17 +94,17 @@ def nmse(a: np.ndarray, b: np.ndarray) -> float:
 
 def unpack(w: quant.PackedWeight) -> np.ndarray:
     """Rebuild the GGUF bytes from the planes (the layout documented in quant_dequant.wgsl)."""
-    rows, cols, t = w.rows, w.cols, w.type_name
-    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[t]]
+    rows, cols, qt = w.rows, w.cols, quant.quant_type(w.type_name)
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[qt.name]]
     nb = cols // block
     planes = [p.view(np.uint8).reshape(rows, -1) for p in w.planes]
-    if t in ("F32", "F16", "BF16"):
+    if isinstance(qt, FloatType):
         return np.ascontiguousarray(planes[0][:, :cols * block_bytes]).reshape(-1)
-    if t in quant.WORD_SIZED_BLOCKS:
+    if isinstance(qt, WordBlocks):
         return planes[0].reshape(-1)
     quants = planes[0].reshape(rows * nb, -1)
     scales = planes[1][:, :2 * nb].reshape(rows * nb, 2)
-    parts = [quants, scales] if t in ("Q3_K", "Q6_K") else [scales, quants]
+    parts = [quants, scales] if qt.scale_at else [scales, quants]  # d at the end of a block (Q3_K, Q6_K) or first
     return np.concatenate(parts, axis=1).reshape(-1)
 
 
@@ -127,7 +128,7 @@ def test_pack_layout_round_trip(type_name):
     assert w.nbytes() <= raw.nbytes + rows * (4 + 8 * GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][1])
 
 
-@pytest.mark.parametrize("type_name", quant.WORD_SIZED_BLOCKS)
+@pytest.mark.parametrize("type_name", [t for t in TYPES if isinstance(quant.quant_type(t), WordBlocks)])
 def test_pack_word_sized_blocks_are_not_copied(type_name):
     cols = block_cols(type_name, 2)
     raw = random_tensor(type_name, 3, cols, np.random.default_rng(2))

@@ -132,7 +132,7 @@ def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens, tiled.
 
     Bindings and `glu` as quant.linear_shader; dispatch with matmul_dispatch (same tiles)."""
-    quant.check_type(type_name)
+    section = quant.quant_type(type_name).dequant_section  # checks the type
     t = tiles
     dequant = shader_sections("quant_dequant.wgsl")
     main = fill(shader_sections("matmul.wgsl")["main"], X_VAL=quant.x_input_source(glu),
@@ -140,7 +140,7 @@ def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
                 NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
                 WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
     params = shader_sections("quant_linear.wgsl")["params"]  # the bindings and store of every linear kernel
-    return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[type_name],
+    return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[section],
                       params, main])
 
 

@@ -1,13 +1,10 @@
 """Quantized weights on the GPU: repacking GGUF tensors into u32 planes, and the WGSL kernels
 that read them (mat-vec / mat-mul "linear" and embedding lookup).
 
-Weights stay quantized in GPU memory; the kernels dequantize in registers. GGUF blocks that
-are not a multiple of 4 bytes (Q8_0 34 B, Q4_0 18 B, Q5_0 22 B, IQ4_NL 18 B, Q3_K 110 B,
-Q6_K 210 B) are split at load into planes a shader can read as ``array<u32>``: the quants in one
-plane, the f16 block scales in another. Types whose blocks are already word-sized (Q4_1, Q5_1,
-Q2_K, Q4_K, Q5_K, IQ4_XS) keep their GGUF bytes as a single plane (no copy). Every plane is row-major with a fixed number of
-words per weight row, so a piece of rows is a slice of each plane (``split_rows``). F32, F16
-and BF16 rows are zero-padded to a multiple of 8 columns (their cols need not be).
+Weights stay quantized in GPU memory; the kernels dequantize in registers. What each type is
+made of -- its block, the u32 planes its blocks are repacked into, its WGSL sections -- is its
+QuantType in quant_types.py (the one place to add a type). Every plane is row-major with a fixed
+number of words per weight row, so a piece of rows is a slice of each plane (``split_rows``).
 
 The per-type dequantization lives in ``shaders/quant_dequant.wgsl`` and matches gguf-py's
 ``gguf.quants.dequantize`` bit for bit; the kernels are ``shaders/quant_linear.wgsl`` and
@@ -25,19 +22,7 @@ from functools import cache
 import numpy as np
 
 from .kernels import fill, shader_sections
-
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q2_K", "Q3_K", "Q4_K",
-                   "Q5_K", "Q6_K", "IQ4_XS")
-
-# type -> (weights per block, bytes per block), as in GGUF
-_BLOCKS = {
-    "F32": (1, 4), "F16": (1, 2), "BF16": (1, 2),
-    "Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q5_0": (32, 22), "Q5_1": (32, 24),
-    "IQ4_NL": (32, 18), "Q2_K": (256, 84), "Q3_K": (256, 110), "Q4_K": (256, 144), "Q5_K": (256, 176),
-    "Q6_K": (256, 210), "IQ4_XS": (256, 136),
-}
-# types whose blocks are a whole number of words: one plane, the GGUF bytes as they are
-WORD_SIZED_BLOCKS = ("Q4_1", "Q5_1", "Q2_K", "Q4_K", "Q5_K", "IQ4_XS")
+from .quant_types import QUANT_TYPES, SUPPORTED_TYPES, QuantType, quant_type
 
 LINEAR_ROWS_PER_WORKGROUP = 4  # output rows one linear workgroup computes
 LINEAR_MAX_TOKENS_PER_PASS = 4  # tokens sharing one dequantized weight unit (several-token path)
@@ -47,29 +32,13 @@ _MIN_SUBGROUP_SIZE = 4  # WebGPU guarantees subgroups of at least 4 invocations
 
 
 def check_type(type_name: str) -> None:
-    if type_name not in SUPPORTED_TYPES:
-        raise ValueError(f"weight type {type_name!r} is not supported on the GPU "
-                         f"(supported: {', '.join(SUPPORTED_TYPES)})")
-
-
-def _padded_cols(cols: int) -> int:
-    return -(-cols // 8) * 8
+    """ValueError naming the type (and the supported ones) unless the GPU kernels read it."""
+    quant_type(type_name)
 
 
 def plane_row_words(type_name: str, cols: int) -> list[int]:
     """u32 words per weight row of each plane of a packed (rows, cols) tensor of this type."""
-    check_type(type_name)
-    block = _BLOCKS[type_name][0]
-    if cols <= 0 or cols % block:
-        raise ValueError(f"{type_name}: cols {cols} is not a positive multiple of the block size {block}")
-    nb = cols // block
-    halves = (nb + 1) // 2  # f16 block scales, two per word
-    return {
-        "F32": [_padded_cols(cols)], "F16": [_padded_cols(cols) // 2], "BF16": [_padded_cols(cols) // 2],
-        "Q8_0": [8 * nb, halves], "Q4_0": [4 * nb, halves], "Q4_1": [5 * nb], "Q5_0": [5 * nb, halves],
-        "Q5_1": [6 * nb], "IQ4_NL": [4 * nb, halves], "Q2_K": [21 * nb], "Q3_K": [27 * nb, halves],
-        "Q4_K": [36 * nb], "Q5_K": [44 * nb], "Q6_K": [52 * nb, halves], "IQ4_XS": [34 * nb],
-    }[type_name]
+    return quant_type(type_name).plane_row_words(cols)
 
 
 @dataclass
@@ -85,63 +54,24 @@ class PackedWeight:
         return sum(int(p.nbytes) for p in self.planes)
 
 
-def _words(a: np.ndarray) -> np.ndarray:
-    """A C-contiguous byte array (any shape) as a flat uint32 array; a view when possible."""
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint32)
-
-
-def _scale_plane(blocks: np.ndarray, rows: int, start: int) -> np.ndarray:
-    """The f16 at byte `start` of each (rows * nb, block_bytes) block, two per word, rows padded."""
-    halves = np.ascontiguousarray(blocks[:, start:start + 2]).view(np.uint16).reshape(rows, -1)
-    if halves.shape[1] % 2:
-        halves = np.concatenate([halves, np.zeros((rows, 1), np.uint16)], axis=1)
-    return halves.reshape(-1).view(np.uint32)
-
-
-def _float_plane(values: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """F32 / F16 / BF16 values (flat, rows * cols) with rows zero-padded to a multiple of 8."""
-    padded = _padded_cols(cols)
-    if padded == cols:
-        return _words(values)
-    out = np.zeros((rows, padded), values.dtype)
-    out[:, :cols] = values.reshape(rows, cols)
-    return out.reshape(-1).view(np.uint32)
-
-
 def pack(type_name: str, raw: np.ndarray, rows: int, cols: int) -> PackedWeight:
     """Repack a GGUF tensor's bytes into u32 planes (quantized data is never expanded).
 
     raw: the tensor's bytes as stored in GGUF (uint8, rows * row_bytes), e.g. a read-only
     memory map; cols is the GGUF row length (the matrix is (rows, cols)).
     """
-    check_type(type_name)
-    block, block_bytes = _BLOCKS[type_name]
-    plane_row_words(type_name, cols)  # checks cols
+    qt = quant_type(type_name)
+    nb = qt.n_blocks(cols)
     if rows <= 0:
         raise ValueError(f"{type_name}: rows must be positive, got {rows}")
-    nb = cols // block
     raw = np.asarray(raw)
     if raw.dtype != np.uint8:
         raise ValueError(f"{type_name}: raw must be the tensor's bytes (uint8), got {raw.dtype}")
-    expected = rows * nb * block_bytes
+    expected = rows * nb * qt.block_bytes
     if raw.size != expected:
         raise ValueError(f"{type_name}: raw has {raw.size} bytes, a ({rows}, {cols}) tensor needs {expected}")
-    raw = raw.reshape(-1)
-
-    if type_name == "F32":
-        planes = [_float_plane(raw.view(np.uint32), rows, cols)]
-    elif type_name in ("F16", "BF16"):
-        planes = [_float_plane(raw.view(np.uint16), rows, cols)]
-    elif type_name in WORD_SIZED_BLOCKS:  # as stored
-        planes = [_words(raw)]
-    else:
-        blocks = raw.reshape(rows * nb, block_bytes)
-        if type_name in ("Q3_K", "Q6_K"):  # the quants and sub-block scales | d (the last 2 bytes)
-            planes = [_words(blocks[:, :block_bytes - 2]), _scale_plane(blocks, rows, block_bytes - 2)]
-        else:  # Q8_0, Q4_0, Q5_0, IQ4_NL: d | quants (Q5_0: qh, then the nibbles)
-            planes = [_words(blocks[:, 2:]), _scale_plane(blocks, rows, 0)]
-    packed = PackedWeight(type_name, rows, cols, planes)
-    for plane, words in zip(packed.planes, plane_row_words(type_name, cols)):
+    packed = PackedWeight(type_name, rows, cols, qt.pack_planes(raw.reshape(-1), rows, cols))
+    for plane, words in zip(packed.planes, qt.plane_row_words(cols)):
         assert plane.dtype == np.uint32 and plane.size == rows * words
     return packed
 
@@ -175,8 +105,8 @@ def device_type(type_name: str) -> str:
 
 
 # Every Q4_0 / Q5_0 block is a Q8_0 block with the same f16 scale (its q - 8 / q - 16 fit in
-# an int8), so such weights can be stacked with Q8_0 ones as Q8_0, losslessly.
-WIDENS_TO_Q8_0 = ("Q4_0", "Q5_0")
+# an int8), so such weights can be stacked with Q8_0 ones as Q8_0, losslessly (QuantType.widens_to).
+WIDENS_TO_Q8_0 = tuple(t.name for t in QUANT_TYPES.values() if t.widens_to == "Q8_0")
 # A dispatch costs about as much as reading 1 MiB of weights (about 5 us at 200 GB/s): weights are
 # widened so as to be stacked only where that adds fewer bytes (small models, where dispatches
 # dominate a decode step; never the large matrices of a big model, where bandwidth does).
@@ -193,7 +123,9 @@ def _stack_type(run: list[tuple[str, str, int, int]]) -> str | None:
         return types.pop()
     if not types <= {"Q8_0", *WIDENS_TO_Q8_0}:
         return None
-    extra = sum(rows * cols // 32 * (_BLOCKS["Q8_0"][1] - _BLOCKS[t][1]) for _, t, rows, cols in run if t != "Q8_0")
+    q8_0 = quant_type("Q8_0")
+    extra = sum(q8_0.n_blocks(cols) * rows * (q8_0.block_bytes - quant_type(t).block_bytes)
+                for _, t, rows, cols in run if t != "Q8_0")
     return "Q8_0" if extra <= MAX_WIDENING_BYTES else None
 
 
@@ -213,19 +145,12 @@ def stacked_runs(weights: list[tuple[str, str, int, int]]) -> list[tuple[list[st
 
 def widen_to_q8_0(type_name: str, raw: np.ndarray) -> np.ndarray:
     """The bytes of a Q4_0 or Q5_0 tensor re-encoded as Q8_0 (same values, bit for bit)."""
-    if type_name not in WIDENS_TO_Q8_0:
+    qt = quant_type(type_name)
+    if qt.widens_to != "Q8_0":
         raise ValueError(f"{type_name} cannot be widened to Q8_0 (only {', '.join(WIDENS_TO_Q8_0)})")
-    block_bytes = _BLOCKS[type_name][1]
-    blocks = np.asarray(raw, np.uint8).reshape(-1, block_bytes)
-    nibbles = blocks[:, block_bytes - 16:]  # weight j in the low nibble of byte j, weight j + 16 in the high
-    q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=1).astype(np.int16)
-    if type_name == "Q5_0":  # bit j of the 32-bit qh: the fifth bit of weight j
-        qh = np.ascontiguousarray(blocks[:, 2:6]).view("<u4")
-        q |= ((qh >> np.arange(32, dtype=np.uint32)) & 1).astype(np.int16) << 4
-        q -= 16
-    else:
-        q -= 8
-    out = np.empty((len(blocks), _BLOCKS["Q8_0"][1]), np.uint8)
+    blocks = np.asarray(raw, np.uint8).reshape(-1, qt.block_bytes)
+    q = qt.q8_0_quants(blocks)
+    out = np.empty((len(blocks), quant_type("Q8_0").block_bytes), np.uint8)
     out[:, :2] = blocks[:, :2]  # the f16 scale
     out[:, 2:] = q.astype(np.int8).view(np.uint8)
     return out.reshape(-1)
@@ -233,10 +158,10 @@ def widen_to_q8_0(type_name: str, raw: np.ndarray) -> np.ndarray:
 
 # ---- shaders ----
 
-def _dequant_source(type_name: str) -> str:
-    check_type(type_name)
+def dequant_source(type_name: str) -> str:
+    """WGSL of quant_dequant.wgsl's common part and this type's section (its block reader)."""
     sections = shader_sections("quant_dequant.wgsl")
-    return sections["common"] + sections[type_name]
+    return sections["common"] + sections[quant_type(type_name).dequant_section]
 
 
 # The activations of shaders/glu.wgsl, as WGSL expressions of g (the same clamps, see there).
@@ -264,9 +189,6 @@ def _check_workgroup_size(workgroup_size: int) -> None:
 
 
 LINEAR_KINDS = ("subgroup", "shared", "row")
-# the row kind reads a row in steps of this many columns (the row_<TYPE> sections of quant_linear.wgsl)
-_ROW_STEP_COLS = {"F32": 8, "F16": 8, "BF16": 8, "Q8_0": 32, "Q4_0": 32, "Q4_1": 32, "Q5_0": 32, "Q5_1": 32,
-                  "IQ4_NL": 32, "Q2_K": 128, "Q3_K": 128, "Q4_K": 64, "Q5_K": 64, "Q6_K": 128, "IQ4_XS": 64}
 
 
 @dataclass(frozen=True)
@@ -362,8 +284,7 @@ class LinearVariant:
 def row_step_cols(type_name: str) -> int:
     """Columns the row kind reads per step of a row of this type (the activations one step holds
     per token: what makes several tokens per pass costly to compile)."""
-    check_type(type_name)
-    return _ROW_STEP_COLS[type_name]
+    return quant_type(type_name).row_step_cols
 
 
 def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: int) -> LinearVariant:
@@ -438,7 +359,7 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
                             TOTAL=fill(reduce_total, V=values).rstrip("\n")))
     main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt, SG_LOCALS=sg_locals)
     header = fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu))
-    return "\n".join([f"// linear kernel for {type_name} weights\n", _dequant_source(type_name), src["params"], header,
+    return "\n".join([f"// linear kernel for {type_name} weights\n", dequant_source(type_name), src["params"], header,
                       reduce_decl, *passes, main])
 
 
@@ -447,8 +368,9 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     generated code in between whose loops over tokens and over a step's vec4s are written out (a
     CPU adapter keeps values in registers only where array indices are constants)."""
     src = shader_sections("quant_linear.wgsl")
+    qt = quant_type(type_name)
     rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(type_name), v.workgroup_size
-    step = _ROW_STEP_COLS[type_name]
+    step = qt.row_step_cols
     xb = v.x_broadcast if v.x_broadcast and step % v.x_broadcast == 0 else 0
     nv = step // 4
     arr = f"array<vec4<f32>, {nv}>"
@@ -505,11 +427,9 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
         builtins, share = "", "let xshare = false;\n    let lane = 0u;"
     header = fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
                    X_VAL=x_input_source(glu))
-    blocks = src["row_float" if type_name in ("F32", "F16", "BF16") else f"row_{type_name}"]
-    if type_name in ("Q8_0", "Q4_0", "Q5_0", "IQ4_NL"):
-        blocks = src["row_scale_pairs"] + blocks
+    blocks = "".join(src[section] for section in qt.row_sections)
     main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
-    return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", _dequant_source(type_name),
+    return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", dequant_source(type_name),
                       src["params"], header, blocks, *passes, main])
 
 
@@ -540,7 +460,7 @@ def embed_shader(type_name: str) -> str:
     embed_dispatch.
     """
     src = shader_sections("quant_embed.wgsl")
-    return "\n".join([f"// embedding lookup for {type_name} weights\n", _dequant_source(type_name),
+    return "\n".join([f"// embedding lookup for {type_name} weights\n", dequant_source(type_name),
                       fill(src["main"], WG=EMBED_WORKGROUP_SIZE)])
 
 
@@ -553,6 +473,7 @@ def embed_dispatch(type_name: str, cols: int, n_tokens: int) -> tuple[int, int, 
     return gx, gy, max(1, -(-n_tokens // gy))
 
 
-__all__ = ["LINEAR_KINDS", "SUPPORTED_TYPES", "WORD_SIZED_BLOCKS", "LinearVariant", "PackedWeight", "device_type",
-           "embed_dispatch", "embed_shader", "linear_dispatch", "linear_shader", "pack", "plane_row_words",
-           "row_step_cols", "split_rows", "stacked_runs", "widen_to_q8_0"]
+__all__ = ["LINEAR_KINDS", "QUANT_TYPES", "SUPPORTED_TYPES", "WIDENS_TO_Q8_0", "LinearVariant", "PackedWeight",
+           "QuantType", "check_type", "dequant_source", "device_type", "embed_dispatch", "embed_shader",
+           "linear_dispatch", "linear_shader", "pack", "plane_row_words", "quant_type", "row_step_cols", "split_rows",
+           "stacked_runs", "widen_to_q8_0"]

@@ -46,6 +46,7 @@ from . import matmul, quant
 from .device import software_kernels
 from .matmul import Tiles
 from .quant import LinearVariant
+from .quant_types import FloatType, WordBlocks
 
 ENV_TUNE = "WGPU_LLM_TUNE"
 CACHE_FORMAT = 1
@@ -240,8 +241,9 @@ class CaseResult:
 def _random_planes(case: LinearCase, rng) -> list[np.ndarray]:
     """Planes of a random weight of this type: random bits with small normal f16 scales (NaN,
     infinity and subnormal arithmetic can be far slower on a CPU, so it stays out of the timings)."""
-    words = quant.plane_row_words(case.type_name, case.cols)
-    if case.type_name in ("F32", "F16", "BF16"):
+    qt = quant.quant_type(case.type_name)
+    words = qt.plane_row_words(case.cols)
+    if isinstance(qt, FloatType):
         values = rng.standard_normal(case.rows * words[0] * (1 if case.type_name == "F32" else 2)).astype(np.float32)
         if case.type_name == "F16":
             values = values.astype(np.float16)
@@ -250,10 +252,8 @@ def _random_planes(case: LinearCase, rng) -> list[np.ndarray]:
         return [values.view(np.uint32)]
     planes = [rng.integers(0, 1 << 32, case.rows * n, dtype=np.uint32) for n in words]
     scales = np.uint32(0x2000_2000)  # two f16 2^-7
-    if case.type_name in quant.WORD_SIZED_BLOCKS:  # the word of a block that holds d (and m / dmin)
-        block_words = quant._BLOCKS[case.type_name][1] // 4
-        first = {"Q2_K": 20}.get(case.type_name, 0)  # d | dmin << 16 ends a Q2_K block; IQ4_XS: d | scales_h
-        planes[0][first::block_words] = scales
+    if isinstance(qt, WordBlocks):  # the word of each block that holds d (and m / dmin)
+        planes[0][qt.d_word::qt.block_bytes // 4] = scales
     else:  # a plane of f16 block scales
         planes[1][:] = scales
     return planes
