@@ -158,4 +158,14 @@ class Sampler:
         ids, cand = top_p_filter(ids, cand, p.top_p)
         ids, cand = min_p_filter(ids, cand, p.min_p)
         probs = softmax(cand.astype(np.float64) / p.temperature)
-        return int(ids[self.rng.choice(len(ids), p=probs)])
+        return int(ids[draw_index(probs, self.rng.random())])
+
+
+def draw_index(probs: np.ndarray, u: float) -> int:
+    """numpy's Generator.choice(len(probs), p=probs), given the uniform u it draws (rng.random()):
+    cdf = cumsum(p); cdf /= cdf[-1]; searchsorted(cdf, u, side='right'). The same generator
+    state gives the same index and leaves the same state; the GPU's draw (shaders/sample.wgsl)
+    takes u from the host the same way."""
+    cdf = np.cumsum(probs)
+    cdf /= cdf[-1]
+    return int(np.searchsorted(cdf, u, side="right"))
