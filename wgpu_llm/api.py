@@ -155,7 +155,7 @@ class LLM:
                                                          load=self._load)
         self._falls_back_to_cpu = backend == "auto"  # on a GPU failure in a call (see the class docstring)
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
-        self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
+        self.decode_chunk: int | None = None  # steps per command buffer of the GPU decode loops (None: adaptive)
         self.cache_prompt = False  # reuse the cached K/V of the previous call's common prefix (see below)
         self._cached: list[int] = []  # tokens whose K/V the cache holds at positions 0..
         self.trace = None
