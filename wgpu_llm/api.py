@@ -347,16 +347,14 @@ class LLM:
         "sample": the whole chain on the GPU (a k the top-k kernel serves, and a repetition penalty,
         if any, over at most `decode.max_repeat_last_n` recent ids); else "full" for the sampled
         chains (every logit read back) -- top_k = 0 too: a top-k would only approximate it."""
-        mode, k = sampler.plan()
+        p = sampler.params
         if not self.gpu_sampling or not hasattr(decode, "greedy_loop"):
             return "full", 0
-        if mode == "greedy":
-            return mode, k
-        p = sampler.params
-        penalised = p.repeat_penalty != 1.0 and p.repeat_last_n > 0
+        if sampler.plan() == ("greedy", 0):
+            return "greedy", 0
         if p.greedy or not 0 < p.top_k <= min(decode.max_top_k, self.n_vocab - 1):
             return "full", 0  # greedy with a penalty, a k the GPU kernel does not serve, or no filtering at all
-        if penalised and p.repeat_last_n > decode.max_repeat_last_n:
+        if p.penalised and p.repeat_last_n > decode.max_repeat_last_n:
             return "full", 0
         return "sample", p.top_k
 
@@ -419,7 +417,7 @@ class LLM:
                 yield from decode.greedy_loop(token, pos, n_decode, chunk=self.decode_chunk, stop_ids=stop_ids)
             return
         if mode == "sample":
-            if sampler.plan()[0] == "full":  # a repetition penalty: the first draw from the whole row
+            if sampler.params.penalised:  # the first draw from the whole row, penalised on the host
                 logits = self._prefill(prompt_ids, all_rows=False, begin=begin)[-1]
                 token = self._timed_sampling(sampler, logits, list(prompt_ids))
             else:

@@ -75,6 +75,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def penalised(self) -> bool:
+        """A repetition penalty applies."""
+        return self.repeat_penalty != 1.0 and self.repeat_last_n > 0
+
 
 def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:
     """llama.cpp's rule: a recently seen token's logit is divided by penalty if > 0, else multiplied."""
@@ -131,7 +136,7 @@ class Sampler:
         """What the sampler needs from a step: ("greedy", 0) the argmax; ("top_k", k) the k best
         (id, logit) pairs; ("full", 0) every logit (a repetition penalty, or no top-k)."""
         p = self.params
-        if p.repeat_penalty != 1.0 and p.repeat_last_n:
+        if p.penalised:
             return ("full", 0)
         if p.greedy:
             return ("greedy", 0)

@@ -981,16 +981,16 @@ class _GpuStep:
             raise ValueError(f"sampling on the GPU needs temperature > 0 and 1 <= top_k <= {self.max_top_k}")
         if len(uniforms) < n_steps:
             raise ValueError(f"{n_steps} steps need {n_steps} uniforms, got {len(uniforms)}")
-        penalised = params.repeat_penalty != 1.0 and params.repeat_last_n > 0
         words = sample.settings(params.temperature, params.top_p, params.min_p, params.repeat_penalty,
-                                params.repeat_last_n if penalised else 0)
+                                params.repeat_last_n if params.penalised else 0)
         recent = [int(t) for t in recent][-sample.RING:]
-        if not recent or recent[-1] != int(token):
-            raise ValueError("recent ids must end with the token fed to the first step")
+        if not recent or recent[-1] != int(token) or len(recent) > pos0 + 1:
+            raise ValueError(f"recent ids must end with the token fed to the first step and number at most "
+                             f"pos0 + 1 = {pos0 + 1}")
         ring = np.zeros(sample.RING, np.uint32)
         first = pos0 - len(recent) + 1
         ring[np.arange(first, pos0 + 1) % sample.RING] = recent
-        prog = self._sample_program(params.top_k, penalised)
+        prog = self._sample_program(params.top_k, params.penalised)
         state, _ = self._sample_state()
         rt = self.backend.rt
         with rt.guard("starting the sampled decode loop"):
