@@ -748,7 +748,7 @@ class _Compiler:
         return step
 
 
-# The greedy decode loop puts this much device work (measured per step as it runs) into one
+# The decode loops (greedy, sampled) put this much device work (measured per step as it runs) into one
 # command buffer, at most LOOP_MAX_CHUNK steps: a fast device loses little to the host's
 # wake-ups between command buffers, a slow one computes little past a stop string.
 LOOP_CHUNK_S = 0.02
