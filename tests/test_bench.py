@@ -5,6 +5,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pytest
 from tiny_models import write_tiny_model
 
 from wgpu_llm import bench
@@ -77,11 +78,12 @@ def test_bench_gpu_host_time_and_dispatches(tmp_path, adapter):
         wall = 1 / stats["decode_tokens_per_s"]
         assert 0 < stats["decode_host_s_per_token"] <= wall
         assert stats["decode_dispatches_per_token"] == per_token
-        # top-k sampling waits for each token's candidates: host time is still part of the wall time
+        # sampled decoding: the draw on the GPU too, in the same loop
         stats = llm.generate(list(range(3, 19)), max_tokens=5, temperature=0.7, top_k=4, seed=0,
                              ignore_eos=True).stats
         assert 0 < stats["decode_host_s_per_token"] <= 1 / stats["decode_tokens_per_s"]
-        assert stats["decode_dispatches_per_token"] == llm._step(1, False).sampling_dispatches("top_k", 4)
+        assert stats["decode_dispatches_per_token"] == llm._step(1, False).sampling_dispatches("sample", 4)
+        sampled_per_token = llm._step(1, False).sampling_dispatches("sample", bench.SAMPLED["top_k"])
     cases = [bench.Case("decode_16", 16, 8, 2)]
     doc = bench.run_suite([str(model)], cases, ["wgpu-llm:gpu"], threads=1, timeout=300, log=lambda m: None)
     doc = json.loads(json.dumps(bench._clean_doc(doc)))
@@ -94,6 +96,15 @@ def test_bench_gpu_host_time_and_dispatches(tmp_path, adapter):
     bench.print_report(doc, Console(file=out, width=250))
     assert "host ms/tok" in out.getvalue() and "dispatches/tok" in out.getvalue()
     assert f"{per_token:.0f}" in out.getvalue()
+    # --sampled: the CLI's default sampler, on wgpu-llm's engines only
+    doc = bench.run_suite([str(model)], cases, ["wgpu-llm:gpu"], threads=1, timeout=300, log=lambda m: None,
+                          sampling=bench.SAMPLED)
+    (row,) = doc["rows"]
+    assert row["status"] == "ok", row["status"]
+    assert doc["settings"]["sampling"] == bench.SAMPLED
+    assert row["decode_dispatches_per_token"] == sampled_per_token
+    with pytest.raises(ValueError, match="wgpu-llm"):
+        bench.run_suite([str(model)], cases, ["llama.cpp:cpu"], sampling=bench.SAMPLED)
 
 
 def test_weight_bytes_and_prompt(tmp_path):

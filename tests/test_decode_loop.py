@@ -4,7 +4,7 @@
   (ids and values, in order, ties to the lower id), over one or several stages;
 - `LLM.generate` on the GPU backend gives the CPU backend's tokens, text, finish reason: greedy
   through the GPU loop (several steps per command buffer), seeded top-k sampling through the GPU
-  top-k (same seed, same tokens), and the full-logits fallbacks (repeat penalty, no top-k);
+  loop (same seed, same tokens), and the full-logits fallbacks (long penalty window, no top-k);
 - end of generation, stop strings, max_tokens and the context's end stop the loop where the
   CPU stops; steps queued past an early stop do not disturb the next generation;
 - a decode step's dispatch count: the step, plus one argmax or the top-k stages.
@@ -35,15 +35,14 @@ def pair(request, adapter, tmp_path_factory):
 
 class Spy:
     """Counts how decode steps ran: full-logits calls (a one-token step past the prompt), GPU loop
-    steps submitted, top-k loop steps."""
+    steps submitted (greedy or sampled)."""
 
     def __init__(self, monkeypatch, prompt_len: int = 0):
         from wgpu_llm.gpu import backend
 
         self.full_decode_calls = 0
         self.loop_steps = 0
-        self.top_k_loop_steps = 0
-        call, submit, topk = backend._GpuStep.__call__, backend._Chunk.submit, backend._TopKLoop.__call__
+        call, submit = backend._GpuStep.__call__, backend._Chunk.submit
 
         def counting_call(step, ids, pos0):
             self.full_decode_calls += step.n_tokens == 1 and pos0 >= prompt_len
@@ -53,13 +52,8 @@ class Spy:
             self.loop_steps += chunk.size
             return submit(chunk, rt)
 
-        def counting_topk(loop, token):
-            self.top_k_loop_steps += 1
-            return topk(loop, token)
-
         monkeypatch.setattr(backend._GpuStep, "__call__", counting_call)
         monkeypatch.setattr(backend._Chunk, "submit", counting_submit)
-        monkeypatch.setattr(backend._TopKLoop, "__call__", counting_topk)
 
 
 # ---- the top-k kernel ----
@@ -168,10 +162,11 @@ def test_seeded_top_k_sampling_matches_cpu(pair, monkeypatch):
     b = gpu.generate(PROMPT, max_tokens=20, temperature=20.0, top_k=20, top_p=1.0, min_p=0.0, seed=5, ignore_eos=True)
     assert a.tokens != b.tokens  # it does sample
     assert spy.full_decode_calls == 0
-    assert spy.top_k_loop_steps == 5 * 19
+    assert spy.loop_steps == 5 * 19
 
 
-@pytest.mark.parametrize("kw", [{"temperature": 0.8, "repeat_penalty": 1.3, "seed": 1},  # penalty: full logits
+@pytest.mark.parametrize("kw", [{"temperature": 0.8, "repeat_penalty": 1.3, "repeat_last_n": 300, "seed": 1},
+                                # a penalty window longer than the GPU keeps: full logits
                                 {"temperature": 1.0, "top_k": 0, "min_p": 0.0, "seed": 2},  # no top-k: full logits
                                 {"temperature": 0, "repeat_penalty": 1.3}])  # greedy with a penalty
 def test_full_logits_fallbacks_match_cpu(pair, monkeypatch, kw):
@@ -262,18 +257,6 @@ def test_greedy_loop_directly(pair, chunk):
         next(step.greedy_loop(5, 90, 10))
     with pytest.raises(ValueError, match="token ids"):
         next(step.greedy_loop(gpu.n_vocab, 3, 2))
-
-
-def test_top_k_loop_directly(pair):
-    gpu, cpu = pair
-    step, ref_step = gpu._step(1, False), cpu._step(1, False)
-    loop = step.top_k_loop(40, 3)
-    for pos, token in enumerate([5, 9, 2, 7], start=3):
-        ids, vals = loop(token)
-        ref = ref_step(np.array([token]), pos)[-1]
-        ref_ids, ref_vals = top_k_filter(np.arange(len(ref)), ref, 40)
-        assert ids.tolist() == ref_ids.tolist()
-        assert np.abs(vals - ref_vals).max() <= 1e-3 * np.abs(ref_vals).max()
 
 
 def test_sampler_finish_is_the_chain_after_top_k():

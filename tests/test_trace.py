@@ -78,7 +78,7 @@ def test_trace_report_on_both_backends(model_path, backend, sampling, tmp_path):
         assert "timestamp" in llm.trace.timer
         kernels = {op.kind for s in steps for op in s.ops if op.section == "sampling"}
         assert kernels == ({"argmax"} if sampling["temperature"] == 0 else
-                           {"top_k", "sampler"} if sampling["top_k"] else {"sampler"})
+                           {"top_k", "sample", "sampler"} if sampling["top_k"] else {"sampler"})
     path = tmp_path / "trace.json"
     llm.trace.write_json(path)
     events = json.loads(path.read_text())["traceEvents"]

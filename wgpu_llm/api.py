@@ -107,12 +107,15 @@ class LLM:
     computed. Off by default: the reused rows were computed in other chunks, so logits may differ
     from a fresh run in the last bits.
 
-    On a GPU backend, greedy decoding (temperature 0) and top-k sampling (0 < top_k <= 128) pick
-    tokens on the GPU: the greedy loop feeds each step the previous step's argmax from GPU memory
-    and submits steps ahead of the host (`decode_chunk` steps per command buffer; None: sized from
-    the measured step time), reading back 4 bytes a token; top-k reads back k (id, logit) pairs
-    and finishes top-p / min-p / temperature / the draw on the host with the same generator as the
-    CPU. A repetition penalty, or no top-k, reads the whole logits row (`gpu_sampling = False`
+    On a GPU backend, greedy decoding (temperature 0) and top-k sampling (0 < top_k <= 128, with a
+    repetition penalty over at most 256 recent ids) pick tokens on the GPU: the decode loops feed
+    each step the previous step's argmax, or the id the GPU drew (repetition penalty, top-k, top-p,
+    min-p, temperature, the draw with a uniform from the sampler's generator: same seed, same
+    tokens as the CPU but where f32 rounding flips a draw, see wgpu_llm.gpu.sample), from GPU
+    memory and submit steps ahead of the host (`decode_chunk` steps per command buffer; None: sized
+    from the measured step time), reading back 4 bytes a token. The first token comes from the
+    prompt's top k (or, with a penalty, its whole logits row) on the host. No top-k, a longer
+    penalty window, or greedy with a penalty read the whole logits row (`gpu_sampling = False`
     forces that everywhere).
 
     A GPU that fails in the middle of a generation or a `logits` call (a lost device, out of memory:
@@ -152,7 +155,7 @@ class LLM:
                                                          load=self._load)
         self._falls_back_to_cpu = backend == "auto"  # on a GPU failure in a call (see the class docstring)
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
-        self.decode_chunk: int | None = None  # steps per command buffer of the GPU greedy loop (None: adaptive)
+        self.decode_chunk: int | None = None  # steps per command buffer of the GPU decode loops (None: adaptive)
         self.cache_prompt = False  # reuse the cached K/V of the previous call's common prefix (see below)
         self._cached: list[int] = []  # tokens whose K/V the cache holds at positions 0..
         self.trace = None
@@ -340,13 +343,20 @@ class LLM:
         stats["finish_reason"] = "length"
 
     def _sampling_mode(self, sampler: Sampler, decode) -> tuple[str, int]:
-        """("greedy" | "top_k" | "full", k): where the sampler's choice is made for this backend."""
-        mode, k = sampler.plan()
+        """("greedy" | "sample" | "full", k): where the sampler's choice is made for this backend.
+        "sample": the whole chain on the GPU (a k the top-k kernel serves, and a repetition penalty,
+        if any, over at most `decode.max_repeat_last_n` recent ids); else "full" for the sampled
+        chains (every logit read back) -- top_k = 0 too: a top-k would only approximate it."""
+        p = sampler.params
         if not self.gpu_sampling or not hasattr(decode, "greedy_loop"):
             return "full", 0
-        if mode == "top_k" and not k <= min(getattr(decode, "max_top_k", 0), self.n_vocab - 1):
-            return "full", 0  # a k the GPU kernel does not serve, or no filtering at all
-        return mode, k
+        if sampler.plan() == ("greedy", 0):
+            return "greedy", 0
+        if p.greedy or not 0 < p.top_k <= min(decode.max_top_k, self.n_vocab - 1):
+            return "full", 0  # greedy with a penalty, a k the GPU kernel does not serve, or no filtering at all
+        if p.penalised and p.repeat_last_n > decode.max_repeat_last_n:
+            return "full", 0
+        return "sample", p.top_k
 
     def _generated(self, prompt_ids: list[int], max_tokens: int, sampler: Sampler, stop_ids=(),
                    stats: dict | None = None) -> Iterator[int]:
@@ -388,7 +398,7 @@ class LLM:
         position begin on), each next one from a decode step fed the previous one (at most
         max_tokens, no step past the context's end). Where the backend can, greedy and top-k
         choose on the GPU (see the class docstring); steps computed ahead of an early stop are
-        dropped unread (the greedy loop queues none past a stop_ids token)."""
+        dropped unread (the GPU loops queue none past a stop_ids token)."""
         pos = len(prompt_ids)
         if max_tokens <= 0:
             self._prefill(prompt_ids, all_rows=False, begin=begin)
@@ -405,17 +415,18 @@ class LLM:
                     trace.phase = "decode"
                 yield from decode.greedy_loop(token, pos, n_decode, chunk=self.decode_chunk, stop_ids=stop_ids)
             return
-        if mode == "top_k":
-            ids, cand = self._prefill(prompt_ids, False, lambda step, ids, p: step.top_k(ids, p, k), begin)
-            token = self._timed_sampling(sampler.finish, ids, cand)
-            loop = decode.top_k_loop(k, pos)
-            for _ in range(n_decode):
-                yield token
-                if trace is not None:
-                    trace.phase = "decode"
-                ids, cand = loop(token)
+        if mode == "sample":
+            if sampler.params.penalised:  # the first draw from the whole row, penalised on the host
+                logits = self._prefill(prompt_ids, all_rows=False, begin=begin)[-1]
+                token = self._timed_sampling(sampler, logits, list(prompt_ids))
+            else:
+                ids, cand = self._prefill(prompt_ids, False, lambda step, ids, p: step.top_k(ids, p, k), begin)
                 token = self._timed_sampling(sampler.finish, ids, cand)
             yield token
+            if n_decode > 0:
+                if trace is not None:
+                    trace.phase = "decode"
+                yield from self._gpu_draws(decode, sampler, [*prompt_ids, token], n_decode, stop_ids)
             return
         history = list(prompt_ids)
         logits = self._prefill(prompt_ids, all_rows=False, begin=begin)[-1]
@@ -428,6 +439,27 @@ class LLM:
             if trace is not None:
                 trace.phase = "decode"
             logits = decode(np.asarray([token], dtype=np.int32), pos + i)[-1]
+
+    def _gpu_draws(self, decode, sampler: Sampler, history: list[int], n_decode: int, stop_ids) -> Iterator[int]:
+        """The sampled GPU loop's ids after history (its last id fed to the first step). The loop
+        draws with uniforms taken from the sampler's generator up front; whatever ends the loop
+        (done, a stop id, closed early, a GPU failure), the generator is left as the host path
+        leaves it: one draw per id given (so a fallback to the CPU goes on with the same draws)."""
+        rng = sampler.rng
+        start = rng.bit_generator.state
+        uniforms = rng.random(n_decode)  # the same numbers as n_decode calls of rng.random()
+        given = 0
+        try:
+            for token in decode.sample_loop(history[-1], len(history) - 1, n_decode, sampler.params, uniforms,
+                                            history[-decode.max_repeat_last_n:], chunk=self.decode_chunk,
+                                            stop_ids=stop_ids):
+                given += 1
+                yield token
+        except NonFiniteLogits as e:
+            raise self.damaged(e) from None
+        finally:
+            rng.bit_generator.state = start
+            rng.random(given)
 
     def damaged(self, e: NonFiniteLogits) -> GGUFError:
         """Logits that are not finite come from the file's weights: the error names the file."""

@@ -1,7 +1,8 @@
 """Speed benchmarks: wgpu-llm side by side with llama.cpp and transformers on the same token ids.
 
 Every engine gets exactly the same prompt token ids (built once per model with our tokenizer from
-a fixed English text) and decodes greedily, ignoring end-of-generation tokens. Each (engine, model)
+a fixed English text) and decodes greedily, ignoring end-of-generation tokens (``--sampled``: the
+CLI's default sampler with a fixed seed instead, for wgpu-llm's engines only -- SAMPLED). Each (engine, model)
 pair runs in its own worker process (``python -m wgpu_llm.bench --worker JOB OUT``), so host memory
 is measured per engine and one engine's allocations never weigh on another's numbers.
 
@@ -54,6 +55,7 @@ DEFAULT_ENGINES = ("wgpu-llm", "llama.cpp", "transformers")
 ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp", "llama.cpp:cpu", "llama.cpp:gpu", "transformers")
 N_BATCH = 512  # prompt tokens per prefill step, for every engine that has the notion
 WARMUP_PROMPT = 512  # the warm-up run uses the first min(prompt, this) prompt tokens
+SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 0}  # --sampled: the CLI's defaults
 SCHEMA = 2  # 2: git_commit, git_dirty, command, environment, adapter and per-engine versions
 ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages) holding wgpu_llm
 # The code a measurement depends on: git_dirty looks at these paths, and a results file describes HEAD
@@ -194,8 +196,9 @@ class WgpuLLMEngine:
                             "type": getattr(info, "type", None), "software": getattr(info, "is_software", None),
                             "driver": raw.get("description") or None}
 
-    def run(self, ids: list[int], n_new: int) -> Measure:
-        out = self.llm.generate(list(ids), max_tokens=n_new, temperature=0.0, ignore_eos=True)
+    def run(self, ids: list[int], n_new: int, sampling: dict | None = None) -> Measure:
+        """Greedy decoding, or with sampling (generate's keywords: SAMPLED)."""
+        out = self.llm.generate(list(ids), max_tokens=n_new, ignore_eos=True, **(sampling or {"temperature": 0.0}))
         s = out.stats
         decode = s["decode_tokens_per_s"] if s["generated_tokens"] > 1 else None
         return Measure(s["ttft_s"], s["prefill_tokens_per_s"], decode, list(out.tokens),
@@ -465,8 +468,13 @@ def _worker(job_path: str, out_path: str) -> int:
             result["cases"][case["name"]] = entry
             try:
                 _reset_peak_rss()
-                engine.run(ids[:min(len(ids), WARMUP_PROMPT)], min(n_new, 2))
-                runs = [engine.run(ids, n_new) for _ in range(case["repeat"])]
+                sampling = case.get("sampling")
+
+                def run(ids, n_new):
+                    return engine.run(ids, n_new, sampling) if sampling else engine.run(ids, n_new)
+
+                run(ids[:min(len(ids), WARMUP_PROMPT)], min(n_new, 2))
+                runs = [run(ids, n_new) for _ in range(case["repeat"])]
                 entry["runs"] = [{k: v for k, v in asdict(m).items() if k != "tokens"} for m in runs]
                 entry["tokens"] = runs[0].tokens
                 entry["peak_host_mib"] = _peak_rss_mib()[0]
@@ -777,9 +785,12 @@ def expand_engines(names: list[str], backend: str, llama_cpp_gpu: bool | None = 
 
 
 def run_suite(models: list[str], cases: list[Case], engines: list[str], *, threads: int | None = None,
-              timeout: float | None = None, log=None, command: str | None = None) -> dict:
+              timeout: float | None = None, log=None, command: str | None = None, sampling: dict | None = None) -> dict:
     """Run every (engine, model) in a worker process; returns the result document (see README).
-    command: the command line that asked for this run (recorded as it is)."""
+    command: the command line that asked for this run (recorded as it is).
+    sampling: decode with these sampling keywords instead of greedily (wgpu-llm engines only)."""
+    if sampling and any(not e.startswith("wgpu-llm") for e in engines):
+        raise ValueError("sampled decoding is measured for wgpu-llm's engines only (pass --engines wgpu-llm)")
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     threads = threads or os.cpu_count() or 1
     machine = machine_info()
@@ -790,7 +801,7 @@ def run_suite(models: list[str], cases: list[Case], engines: list[str], *, threa
            "command": command, "environment": _environment(), "machine": machine,
            "settings": {"threads": threads, "n_batch": N_BATCH, "warmup_prompt_tokens": WARMUP_PROMPT,
                         "engines": engines, "cases": [asdict(c) for c in cases],
-                        "repeat": {c.name: c.repeat for c in cases}},
+                        "repeat": {c.name: c.repeat for c in cases}, "sampling": sampling or "greedy"},
            "load_average": {"before": _loadavg()}, "models": {}, "engines": {}, "rows": []}
     for spec in models:
         name, path = resolve_model(spec)
@@ -809,7 +820,7 @@ def run_suite(models: list[str], cases: list[Case], engines: list[str], *, threa
             log(f"[bench] {engine} on {name}: {', '.join(c.name for c in cases)} ...")
             t, load_before = time.perf_counter(), _loadavg()
             jobs = [{"name": c.name, "prompt_ids": prompts[c.name], "new_tokens": c.new_tokens,
-                     "repeat": c.repeat} for c in cases]
+                     "repeat": c.repeat, "sampling": sampling} for c in cases]
             result = _run_worker(engine, name, path, jobs, n_ctx, threads, timeout)
             entry = doc["engines"].setdefault(result.get("label", engine), {})
             for key in ("versions", "adapter"):  # the same for every model: kept once per engine
@@ -970,6 +981,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("cpu", "gpu", "all"), default="cpu",
                    help="what the 'wgpu-llm' engine runs on (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="small prompts and few tokens: a fast check")
+    p.add_argument("--sampled", action="store_true",
+                   help="decode with the CLI's default sampler (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, "
+                        "seed 0) instead of greedily; wgpu-llm's engines only")
     p.add_argument("--repeat", type=int, default=None,
                    help="timed runs per case (default: 3 for 128-token cases, 1 for 2048-token cases)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for every engine (default: all cores)")
@@ -992,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeat is not None and args.repeat < 1:
             raise ValueError("--repeat must be >= 1")
         doc = run_suite(_split(args.models), cases, engines, threads=args.threads, timeout=args.timeout,
-                        command=command_line(argv))
+                        command=command_line(argv), sampling=SAMPLED if args.sampled else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

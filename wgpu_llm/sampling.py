@@ -75,6 +75,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    @property
+    def penalised(self) -> bool:
+        """A repetition penalty applies."""
+        return self.repeat_penalty != 1.0 and self.repeat_last_n > 0
+
 
 def apply_repeat_penalty(logits: np.ndarray, recent: list[int], penalty: float) -> np.ndarray:
     """llama.cpp's rule: a recently seen token's logit is divided by penalty if > 0, else multiplied."""
@@ -131,7 +136,7 @@ class Sampler:
         """What the sampler needs from a step: ("greedy", 0) the argmax; ("top_k", k) the k best
         (id, logit) pairs; ("full", 0) every logit (a repetition penalty, or no top-k)."""
         p = self.params
-        if p.repeat_penalty != 1.0 and p.repeat_last_n:
+        if p.penalised:
             return ("full", 0)
         if p.greedy:
             return ("greedy", 0)
@@ -158,4 +163,14 @@ class Sampler:
         ids, cand = top_p_filter(ids, cand, p.top_p)
         ids, cand = min_p_filter(ids, cand, p.min_p)
         probs = softmax(cand.astype(np.float64) / p.temperature)
-        return int(ids[self.rng.choice(len(ids), p=probs)])
+        return int(ids[draw_index(probs, self.rng.random())])
+
+
+def draw_index(probs: np.ndarray, u: float) -> int:
+    """numpy's Generator.choice(len(probs), p=probs), given the uniform u it draws (rng.random()):
+    cdf = cumsum(p); cdf /= cdf[-1]; searchsorted(cdf, u, side='right'). The same generator
+    state gives the same index and leaves the same state; the GPU's draw (shaders/sample.wgsl)
+    takes u from the host the same way."""
+    cdf = np.cumsum(probs)
+    cdf /= cdf[-1]
+    return int(np.searchsorted(cdf, u, side="right"))

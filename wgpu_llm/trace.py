@@ -15,7 +15,7 @@ nothing of the model. The trace derives each op's section from the graph alone: 
 lookup; "attention" or "ffn" of layer N by the blk.N.* weights an op reads (attn_*, post_attention
 norm vs ffn_*, post_ffw norm), an op without weights belonging to the section of the newest op
 whose output it reads; the norm over output_norm; the output head (the op producing the graph's
-output); sampling (the GPU's argmax / top-k kernels and the host's sampler).
+output); sampling (the GPU's argmax / repeat_penalty / top-k / sample kernels and the host's sampler).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 ENV = "WGPU_LLM_TRACE"
 SECTIONS = ("embedding", "attention", "ffn", "final norm", "output head", "sampling", "other")
-_SAMPLING_KERNELS = ("argmax", "top_k")
+_SAMPLING_KERNELS = ("argmax", "top_k", "repeat_penalty", "sample")
 _OP_KINDS = ("embed", "rms_norm", "linear", "rope", "attention", "glu", "add", "scale", "copy")
 _BLK = re.compile(r"^blk\.(\d+)\.(.+?)(\.weight)?$")
 

@@ -21,8 +21,9 @@ What happens once, at compile:
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
 compute pass, one submit, and only the output is read back. With sampling on the GPU (argmax, or
-a top-k of the logits) only token ids or k candidates come back, and the greedy decode loop
-feeds each step the previous step's argmax from GPU memory, several steps per submit.
+a top-k of the logits) only token ids or k candidates come back, and the decode loops feed each
+step the previous step's argmax, or the id drawn on the GPU (gpu/sample.py), from GPU memory,
+several steps per submit.
 """
 
 from __future__ import annotations
@@ -747,7 +748,7 @@ class _Compiler:
         return step
 
 
-# The greedy decode loop puts this much device work (measured per step as it runs) into one
+# The decode loops (greedy, sampled) put this much device work (measured per step as it runs) into one
 # command buffer, at most LOOP_MAX_CHUNK steps: a fast device loses little to the host's
 # wake-ups between command buffers, a slow one computes little past a stop string.
 LOOP_CHUNK_S = 0.02
@@ -773,10 +774,11 @@ class _GpuStep:
     - `step.greedy_loop(token, pos0, n)` -> a decode loop: each step takes its token id from the
       previous step's argmax in GPU memory, steps are submitted ahead of the host, ids come back
       a few at a time;
-    - `step.top_k_loop(k, pos0)` -> a callable running one decode step per call, the next step
-      recorded while this one runs."""
+    - `step.sample_loop(token, pos0, n, params, uniforms, recent)` -> the same with each id drawn
+      on the GPU by the sampler chain (repetition penalty, top-k, top-p, min-p, temperature)."""
 
     max_top_k = 128  # the largest k `top_k` serves (sample.TOP_K_MAX)
+    max_repeat_last_n = 256  # the most recent ids the sampled loop's repetition penalty sees (sample.RING)
     batched = False  # compiled for rows of several sequences (see spans)
 
     def __init__(self, backend: GpuBackend, program: Program, kernels: list, head: _Head, ids_buffer, n_tokens: int,
@@ -791,6 +793,7 @@ class _GpuStep:
         self._captures = captures or {}  # name -> (buffer, rows, width): activations each run copies aside
         self._positions = None  # (pos, 1, 0, 0) per context position: the loops copy the step uniform from it
         self._loop_staging: list = []
+        self._sampling_buffers = None  # (state, drawn id) of the sampled loop, made on first use
 
     def _inputs(self, token_ids, pos0: int, base: int = 0) -> list:
         b, n = self.backend, self.n_tokens
@@ -867,9 +870,14 @@ class _GpuStep:
                                                    [(out, 0, 8 * k)])
         return self._programs[("top_k", k)]
 
-    def sampling_dispatches(self, kind: str, k: int = 0) -> int:
-        """Dispatches of one run of the step with its sampling kernels ("greedy" or "top_k")."""
-        return (self._greedy_program() if kind == "greedy" else self._top_k_program(k)).n_dispatches
+    def sampling_dispatches(self, kind: str, k: int = 0, penalised: bool = False) -> int:
+        """Dispatches of one run of the step with its sampling kernels: "greedy", "top_k" (the
+        top k read back) or "sample" (the sampled loop's step: [penalty,] top-k, draw)."""
+        if kind == "greedy":
+            return self._greedy_program().n_dispatches
+        if kind == "sample":
+            return self._sample_program(k, penalised).n_dispatches
+        return self._top_k_program(k).n_dispatches
 
     def greedy(self, token_ids: np.ndarray, pos0: int) -> np.ndarray:
         """Run the step; the index of the largest value of each output row (lowest on ties), int64."""
@@ -916,16 +924,104 @@ class _GpuStep:
         self._check_loop(token, pos0, n_steps)
         if n_steps <= 0:
             return
+        rt = self.backend.rt
+        with rt.guard("starting the decode loop"):
+            rt.queue.write_buffer(self.ids_buffer, 0, np.array([token], np.uint32))
+        yield from self._loop(self._greedy_program(), self.ids_buffer, pos0, n_steps, chunk, stop_ids,
+                              lambda t, pos: int(self.greedy(np.array([t]), pos)[0]), token)
+
+    def _sample_state(self):
+        """The sampling kernels' state buffer (sample.state_words) and the 4-byte slot of the id drawn."""
+        from . import sample
+
+        if self._sampling_buffers is None:
+            rt = self.backend.rt
+            self._sampling_buffers = (rt.storage(4 * sample.state_words(self.backend.n_ctx), "sampling state"),
+                                      rt.storage(4, "drawn id"))
+        return self._sampling_buffers
+
+    def _sample_program(self, k: int, penalised: bool) -> Program:
+        """The step, a repetition penalty on its last output row (if penalised), the top-k of that
+        row and a draw from it (sample.draw), written over the step's own token ids: a next run
+        reads the drawn id as its input. The output is the drawn id."""
+        from . import sample
+
+        key = ("sample", k, penalised)
+        if key not in self._programs:
+            h, be = self._head, self.backend
+            state, drawn = self._sample_state()
+            last = K.View(h.view.buffer, h.view.offset + (h.rows - 1) * h.view.stride, h.view.stride)
+            n = sample.scratch_bytes(be.cfg, h.width, k)
+            scratch = (be.rt.storage(n, "top-k scratch a"), be.rt.storage(n, "top-k scratch b"))
+            pairs = be.rt.storage(8 * k, f"top-{k}")
+            kernels = [sample.repeat_penalty(h.width, last, state, f"{h.name}: repeat_penalty")] if penalised else []
+            kernels += sample.top_k(be.cfg, h.width, k, last, scratch, pairs, label=f"{h.name}: top_k")
+            kernels.append(sample.draw(k, pairs, state, self.ids_buffer, drawn, label=f"{h.name}: sample"))
+            self._programs[key] = Program(be.rt, [*self._kernels, *kernels],
+                                          f"{self.program.label}, sampled from the top {k}", [(drawn, 0, 4)])
+        return self._programs[key]
+
+    def sample_loop(self, token: int, pos0: int, n_steps: int, params, uniforms, recent, chunk: int | None = None,
+                    stop_ids=()) -> Iterator[int]:
+        """Sampled decoding on the GPU, as greedy_loop but each step's id drawn on the GPU by
+        llama.cpp's chain (sampling.Sampler with params: a SamplingParams with 1 <= top_k <= 128,
+        temperature > 0, and repeat_last_n <= sample.RING where a penalty applies): repetition
+        penalty, top-k, top-p, min-p, temperature, then the draw of step i (at pos0 + i) with
+        uniforms[i] (rng.random() of the sampler's generator, drawn by the caller).
+        recent: the ids at the positions up to pos0 (the last one `token`), the repetition penalty's
+        history; the GPU appends each drawn id. Ids come back once per command buffer (see
+        greedy_loop); a candidate that is not finite raises sampling.NonFiniteLogits."""
+        from . import sample
+        from wgpu_llm.sampling import NonFiniteLogits
+
+        self._check_loop(token, pos0, n_steps)
+        if n_steps <= 0:
+            return
+        if not (params.temperature > 0 and 1 <= params.top_k <= self.max_top_k):
+            raise ValueError(f"sampling on the GPU needs temperature > 0 and 1 <= top_k <= {self.max_top_k}")
+        if len(uniforms) < n_steps:
+            raise ValueError(f"{n_steps} steps need {n_steps} uniforms, got {len(uniforms)}")
+        words = sample.settings(params.temperature, params.top_p, params.min_p, params.repeat_penalty,
+                                params.repeat_last_n if params.penalised else 0)
+        recent = [int(t) for t in recent][-sample.RING:]
+        if not recent or recent[-1] != int(token) or len(recent) > pos0 + 1:
+            raise ValueError(f"recent ids must end with the token fed to the first step and number at most "
+                             f"pos0 + 1 = {pos0 + 1}")
+        ring = np.zeros(sample.RING, np.uint32)
+        first = pos0 - len(recent) + 1
+        ring[np.arange(first, pos0 + 1) % sample.RING] = recent
+        prog = self._sample_program(params.top_k, params.penalised)
+        state, _ = self._sample_state()
+        rt = self.backend.rt
+        with rt.guard("starting the sampled decode loop"):
+            rt.queue.write_buffer(state, 0, np.concatenate([words, ring]))
+            rt.queue.write_buffer(state, 4 * (sample.HEAD + sample.RING + pos0),
+                                  np.asarray(uniforms[:n_steps], np.float32).view(np.uint32))
+            rt.queue.write_buffer(self.ids_buffer, 0, np.array([token], np.uint32))
+
+        def one_step(t: int, pos: int) -> int:
+            (data,) = self._run(prog, np.array([t]), pos)
+            return int(data.view(np.uint32)[0])
+
+        for t in self._loop(prog, self._sample_state()[1], pos0, n_steps, chunk, stop_ids, one_step, token):
+            if t == sample.NONE:
+                raise NonFiniteLogits("the model's logits are not finite (among the top-k candidates on the GPU)")
+            yield t
+
+    def _loop(self, prog: Program, result, pos0: int, n_steps: int, chunk: int | None, stop_ids, one_step,
+              token: int) -> Iterator[int]:
+        """n_steps runs of prog (a step feeding itself: its sampling kernel writes the next input)
+        at pos0, pos0+1, ..., each step's id read from the 4-byte `result` buffer; see greedy_loop.
+        Traced: one timed step at a time, one_step(token, pos) -> id."""
         stop = {int(t) for t in stop_ids}
         if self.backend.tracer is not None:  # traced: one timed step at a time
             for i in range(n_steps):
-                token = int(self.greedy(np.array([token]), pos0 + i)[0])
+                token = one_step(token, pos0 + i)
                 yield token
                 if token in stop:
                     return
             return
         rt = self.backend.rt
-        prog = self._greedy_program()
         positions = self._positions_buffer()
         if not self._loop_staging:
             u = rt.wgpu.BufferUsage
@@ -947,13 +1043,12 @@ class _GpuStep:
             for j in range(size):
                 enc.copy_buffer_to_buffer(positions, 16 * (next_pos + j), prog.step_buffer, 0, 16)
                 prog.record_pass(enc)
-                enc.copy_buffer_to_buffer(self.ids_buffer, 0, c.staging, 4 * j, 4)
+                enc.copy_buffer_to_buffer(result, 0, c.staging, 4 * j, 4)
             c.cb = enc.finish()
             next_pos, made = next_pos + size, made + 1
             return c
 
         with rt.guard("starting the decode loop"):
-            rt.queue.write_buffer(self.ids_buffer, 0, np.array([token], np.uint32))
             running = record()
             running.submit(rt)
         while running is not None:
@@ -976,11 +1071,6 @@ class _GpuStep:
                     return
             running = ahead
 
-    def top_k_loop(self, k: int, pos0: int) -> _TopKLoop:
-        """A callable loop(token) -> (columns, values) running the steps at pos0, pos0+1, ... in turn,
-        each fed the given token, returning the top k of its output (as `top_k`)."""
-        return _TopKLoop(self, k, pos0)
-
 
 @dataclass
 class _Chunk:
@@ -996,47 +1086,6 @@ class _Chunk:
         self.t_submit = time.perf_counter()
         rt.submit([self.cb], self.dispatches, steps=self.size)
         self.cb = None
-
-
-class _TopKLoop:
-    """Decode steps with a top-k read back per step (the host draws the next token); step N+1's
-    commands are recorded while step N runs, its token id written just before it is submitted."""
-
-    def __init__(self, step: _GpuStep, k: int, pos0: int):
-        self.step, self.k, self.pos = step, k, pos0
-        self._next = None  # (pos, command buffer) recorded ahead
-
-    def _record(self, prog: Program, pos: int):
-        rt = self.step.backend.rt
-        enc = rt.device.create_command_encoder()
-        enc.copy_buffer_to_buffer(self.step._positions_buffer(), 16 * pos, prog.step_buffer, 0, 16)
-        prog.record_pass(enc)
-        prog.record_outputs(enc)
-        return enc.finish()
-
-    def __call__(self, token: int) -> tuple[np.ndarray, np.ndarray]:
-        step, k, pos = self.step, self.k, self.pos
-        if step.backend.tracer is not None:  # traced: one timed step
-            out = step.top_k(np.array([token]), pos, k)
-            self.pos += 1
-            return out
-        step._check_loop(token, pos, 1)
-        rt = step.backend.rt
-        prog = step._top_k_program(k)
-        with rt.guard(f"running {prog.label}"):
-            cb = self._next[1] if self._next is not None and self._next[0] == pos else self._record(prog, pos)
-            self._next = None
-            rt.queue.write_buffer(step.ids_buffer, 0, np.array([token], np.uint32))
-            rt.submit([cb], prog.n_dispatches)
-            if pos + 1 < step.backend.n_ctx:
-                self._next = (pos + 1, self._record(prog, pos + 1))  # while step `pos` runs
-            rt.wait_map(prog.staging, prog.out_bytes)
-            try:
-                data = np.frombuffer(prog.staging.read_mapped(0, prog.out_bytes, copy=False), np.uint8).copy()
-            finally:
-                prog.staging.unmap()
-        self.pos += 1
-        return _pairs(data, k)
 
 
 def _pairs(data: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
