@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_gpu_kernels import REDUCE_TOL, Bufs, cfg, nmse, run_attention  # noqa: F401  (cfg is a fixture)
+from test_gpu_kernels import REDUCE_TOL, Bufs, _attention_case, cfg, nmse, run_attention  # noqa: F401  (cfg: a fixture)
 
 from cpu_fallback import ops
 from wgpu_llm.gpu import kernels as K
@@ -41,6 +41,19 @@ def run_split_case(rt, cfg, n, pos0, n_head, n_kv, hd, window, splits, softcap=0
     if in_place:  # k and v columns are inputs of other workgroups: untouched
         assert np.array_equal(got_y[:, n_head * hd:], qkv[:, n_head * hd:])
     return error
+
+
+def check_attention_variant(rt, cfg, variant: K.AttentionVariant, seed: int = 7) -> None:
+    """Run a decode-attention variant (tests/test_gpu_variants.py): the one-workgroup kernel, or the
+    split kernel with the variant's split count, 2 and MAX_SPLITS; a decode row and a windowed chunk."""
+    if variant.splits == 1:
+        rng = np.random.default_rng(seed)
+        _attention_case(rt, cfg, rng, 1, 300, 9, 3, 64, 0)
+        _attention_case(rt, cfg, rng, 7, 40, 4, 1, 256, 16)
+        return
+    for splits in sorted({variant.splits, 2, K.MAX_SPLITS}):
+        run_split_case(rt, cfg, 1, 700, 4, 1, 256, 0, splits, seed=seed)
+        run_split_case(rt, cfg, 7, 40, 9, 3, 64, 16, splits, seed=seed + 1)
 
 
 @pytest.mark.parametrize("n,pos0,n_head,n_kv,hd,window,splits", [

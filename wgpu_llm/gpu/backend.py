@@ -295,7 +295,7 @@ class _Compiler:
         self.slot_size: list[int] = []  # floats
         self.slot_refs: list[int] = []
         self.free_slots: list[int] = []
-        self.intents: list = []  # callables(resolve) -> Kernel, in execution order
+        self.intents: list = []  # callables(resolve) -> Kernel or [Kernel, ...], in execution order
         self.absorbed: dict[int, str] = {}  # op index -> how it was fused away
         self.temps: list[int] = []  # slots of copies made for the op being planned
         self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
@@ -642,10 +642,25 @@ class _Compiler:
             self.intents.append(make)
             return
 
+        label = f"{op.out}: attention layer {p['layer']}"
+        splits = K.attention_variant(self.cfg, self.be.n_ctx, p["window"]).splits
+        if splits > 1:  # flash-decoding: (row, head, split) workgroups, then a merge
+            part = self._new(K.split_part_floats(q.rows, p["n_head"], p["head_dim"], splits), 1)
+            self.slot_refs[part.slot] += 1
+            self.temps.append(part.slot)
+
+            def make_split(res):
+                return K.attention_split(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
+                                         p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
+                                         kc, vc, self._view(res, y), res(part.slot), splits, label,
+                                         softcap=p["softcap"])
+            self.intents.append(make_split)
+            return
+
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
-                               self._view(res, y), f"{op.out}: attention layer {p['layer']}", softcap=p["softcap"])
+                               self._view(res, y), label, softcap=p["softcap"])
         self.intents.append(make)
 
     def _op_glu(self, i, op):
@@ -729,7 +744,8 @@ class _Compiler:
         rt = self.be.rt
         buffers = rt.pool.assign([4 * s for s in self.slot_size], "activations")
         res = buffers.__getitem__
-        kernel_list = [make(res) for make in self.intents]
+        made = [make(res) for make in self.intents]
+        kernel_list = [k for m in made for k in (m if isinstance(m, list) else [m])]
         out = self.acts[self.g.output]
         width = self.g.widths[self.g.output]
         if out.stride == width:
