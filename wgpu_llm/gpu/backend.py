@@ -16,7 +16,8 @@ What happens once, at compile:
   (Gemma's post-norm, then the next pre-norm) runs in the same workgroup; a rope of an rms_norm
   (Gemma's q/k norms) runs inside the norm, q's and k's together when they are adjacent; two
   ropes over adjacent columns (q and k of a fused QKV) become one dispatch; the KV-cache store
-  happens inside the attention kernel. A llama decode step is 8 dispatches per layer;
+  happens inside the attention kernel. A llama decode step is 8 dispatches per layer (9 where
+  decode attention splits a long context over workgroups and merges them: kernels.attention_variant);
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
