@@ -1,15 +1,22 @@
-// Causal attention over the KV cache, one workgroup per (query row, head).
+// Causal attention over the KV cache, one workgroup per (query row, head, split).
 //
 // First the step's own keys and values go into the cache at positions pos0 + row (cache row
 // kv_base + position: a sequence's slot of a shared cache) (done by the
-// workgroups of the first head of each KV group). Keys and values of the step's positions are
+// workgroups of the first head of each KV group, split 0). Keys and values of the step's positions are
 // read from the k / v inputs themselves, not from the cache, so no workgroup waits on another.
-// Then an online softmax runs over the visible positions in chunks of WG: each thread scores one
+// Then an online softmax runs over the split's visible positions in chunks of WG: each thread scores one
 // position (q was scaled and put in shared memory), the chunk's max and sum are tree-reduced,
 // and each thread keeps DPT output columns, rescaled whenever the running max grows.
 // GQA: head h reads KV head h / group. window > 0: a query at p sees keys in (p - window, p].
 // softcap > 0: each score s becomes softcap * tanh(s / softcap) (Gemma 2's logit soft-capping).
 // q may share its buffer with y (in place): a workgroup reads its q slice before writing y there.
+//
+// Splits (flash-decoding): the visible positions of a row are cut into P.splits contiguous ranges
+// of max(WG, ceil(visible / splits)) keys; splits past the last visible key do nothing but say so.
+// Without SPLIT there is one split and the workgroup writes the normalised output to y. With
+// SPLIT it writes its running max m, its sum l and its unnormalised output o to part (HD + 2
+// floats per (row, head, split): m, l, o) and attention_merge.wgsl combines them; an empty
+// split writes m = NEG, l = 0, o = 0, which the merge skips by l, never by m.
 
 const WG: u32 = {{WG}};
 const HD: u32 = {{HD}};
@@ -49,18 +56,20 @@ fn score(p: u32, kvh: u32) -> f32 {
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) tid: u32) {
     let job = flat_id(wid, nwg);
-    if (job >= P.rows * P.n_head) {
+    if (job >= P.rows * P.n_head * P.splits) {
         return;
     }
-    let row = job / P.n_head;
-    let h = job % P.n_head;
+    let split = job % P.splits;
+    let rh = job / P.splits;  // row * n_head + head
+    let row = rh / P.n_head;
+    let h = rh % P.n_head;
     let kvh = h / P.group;
     kb = row_base(row);
     sp0 = span_pos0(row);
     r0 = span_row0(row);
 
     // the step's k and v rows of this KV head -> cache
-    if (h % P.group == 0u) {
+    if (h % P.group == 0u && split == 0u) {
         let dst = (kb + row_pos(row)) * P.kv_width + kvh * HD;
         let ks = P.k_off + row * P.k_stride + kvh * HD;
         let vs = P.v_off + row * P.v_stride + kvh * HD;
@@ -75,11 +84,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     workgroupBarrier();
 
-    let hi = row_pos(row);  // last visible position
-    var lo = 0u;
-    if (P.window > 0u && hi + 1u > P.window) {
-        lo = hi + 1u - P.window;
+    let last = row_pos(row);  // last visible position
+    var first = 0u;
+    if (P.window > 0u && last + 1u > P.window) {
+        first = last + 1u - P.window;
     }
+    // this split's positions lo..hi (none when lo > hi)
+    let per = max(WG, (last - first + P.splits) / P.splits);
+    let lo = first + split * per;
+    let hi = min(last, lo + per - 1u);
     var m = NEG;  // running max
     var l = 0.0;  // running sum of exp(score - m)
     var acc: array<f32, DPT>;
@@ -146,6 +159,19 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
         workgroupBarrier();
     }
+#if SPLIT
+    let pb = job * (HD + 2u);
+    if (tid == 0u) {
+        st_part(pb, m);
+        st_part(pb + 1u, l);
+    }
+    for (var i = 0u; i < DPT; i++) {
+        let d = tid + i * WG;
+        if (d < HD) {
+            st_part(pb + 2u + d, acc[i]);
+        }
+    }
+#else
     let yb = P.y_off + row * P.y_stride + h * HD;
     for (var i = 0u; i < DPT; i++) {
         let d = tid + i * WG;
@@ -153,4 +179,5 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             st_y(yb + d, acc[i] / l);
         }
     }
+#endif
 }

@@ -246,6 +246,29 @@ def test_gpu_batched_decode_rows_equal_one_step_each(arch, adapter, tmp_path):
 
 
 @pytest.mark.gpu
+def test_gpu_batched_decode_with_split_attention(adapter, tmp_path, monkeypatch):
+    """The batched step with decode attention split over the context (the GPU choices,
+    n_ctx 512: 2 splits of at least 64 keys): rows at positions on both sides of 64, at other cache
+    bases, against the numpy backend's batched step."""
+    from wgpu_llm.gpu import kernels as K
+
+    monkeypatch.setenv("WGPU_LLM_FORCE_HARDWARE_KERNELS", "1")
+    path = write_tiny_model(tmp_path / "llama.gguf", "llama", n_ctx=512)
+    gpu, cpu = LLM(str(path), backend="gpu", n_ctx=512), LLM(str(path), backend="cpu", n_ctx=512)
+    assert K.attention_variant(gpu.backend.cfg, 512, 0).splits == 2
+    prompts = [[(7 * i + j) % 50 + 3 for j in range(n)] for i, n in enumerate((3, 63, 64, 120))]
+    bases = [0, 128, 256, 384]
+    for llm in (gpu, cpu):
+        for ids, base in zip(prompts, bases):
+            llm._step(len(ids), False)(np.asarray(ids, np.int32), 0, base)
+    spans = [Span(len(ids), 1, base) for ids, base in zip(prompts, bases)]
+    tokens = np.array([7, 8, 9, 10], np.int32)
+    got = gpu._step(4, True, batched=True).spans(tokens, spans)
+    want = cpu._step(4, True, batched=True).spans(tokens, spans)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["llama", "gemma3"])
 def test_engine_on_the_gpu_equals_the_cpu(arch, adapter, tmp_path):
     """Slots at other cache bases through the GPU's attention kernels (decode and flash prefill)."""

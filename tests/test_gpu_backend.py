@@ -451,3 +451,24 @@ def test_list_adapters_describes_each():
     for info in list_adapters():
         assert info.backend and info.name and info.max_storage_binding > 0
         assert info.describe().startswith("wgpu ")
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_tiny_models_with_split_decode_attention(adapter, tmp_path, monkeypatch, arch):
+    """The GPU kernel choices (WGPU_LLM_FORCE_HARDWARE_KERNELS=1) with a context long enough for
+    decode attention to split (n_ctx 600: 3 splits): decode steps at positions 130..134 see keys
+    in all three splits (64, 64 and the rest), Gemma's sliding layers keep one workgroup per head;
+    the logits still match the numpy backend's."""
+    from wgpu_llm.gpu import kernels as K
+
+    monkeypatch.setenv("WGPU_LLM_FORCE_HARDWARE_KERNELS", "1")
+    shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    path = write_tiny_model(tmp_path / f"{arch}-split.gguf", arch, "F32", **shape)
+    errors, gpu, step = compare_backends(path, adapter, n_prefill=130, n_decode=5, n_ctx=600)
+    assert max(errors) <= NMSE_TOL, errors
+    assert K.attention_variant(gpu.cfg, 600, 0).splits == 3
+    labels = [k.label for k in step._kernels]
+    merges = sum(label.endswith("(merge)") for label in labels)
+    n_layer = GGUFFile(path).metadata[f"{arch}.block_count"]
+    assert merges == (1 if arch == "gemma3" else n_layer), labels  # Gemma: the one global layer

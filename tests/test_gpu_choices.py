@@ -2,6 +2,7 @@
 
 - WGPU_LLM_FORCE_HARDWARE_KERNELS=1 gives a software adapter the choices of a hardware GPU: the
   subgroup / shared mat-vec kinds, the hardware mat-mat tiles, the default flash-attention tiles,
+  decode attention split over long contexts,
   and a tuning cache file of its own; a bad value is refused naming the variable.
 - Every subgroup size a GPU may have (8 to 128) gives valid variants and shaders on both kinds of
   adapter (the kernels read the size at run time; test_gpu_quant runs the subgroup reduction
@@ -34,7 +35,8 @@ def choices(caps) -> dict:
     cfg = K.choose_config(caps)
     return {"matvec": {K.linear_variant(cfg, "Q4_1", r, c, n).kind for r, c, n in SHAPES},
             "tiles": [matmul.choose_tiles(caps, n) for n in (16, 32, 64, 512)],
-            "flash": attention.choose_flash_tiles(caps, 64)}
+            "flash": attention.choose_flash_tiles(caps, 64),
+            "decode attention": [K.attention_variant(cfg, n_ctx, 0).splits for n_ctx in (64, 2048)]}
 
 
 def test_forced_hardware_kernels_on_a_software_adapter(monkeypatch):
@@ -45,11 +47,13 @@ def test_forced_hardware_kernels_on_a_software_adapter(monkeypatch):
     assert software["matvec"] == {"row"}
     assert all(t.tm >= 16 for t in software["tiles"])  # the large register tiles
     assert software["flash"] == attention.SOFTWARE_TILES
+    assert software["decode attention"] == [1, 1]  # one workgroup per head
     monkeypatch.setenv(device.ENV_FORCE_HARDWARE, "1")
     forced = choices(lavapipe)
     assert forced["matvec"] == {"subgroup"}
     assert forced["tiles"] == [matmul._HARDWARE_TILES[b] for b in (16, 32, 64, 64)]
     assert forced["flash"] == attention.FlashTiles()
+    assert forced["decode attention"] == [1, 2048 // K.SPLIT_KEYS]  # split over long contexts
     assert forced == choices(dataclasses.replace(lavapipe, info=dataclasses.replace(lavapipe.info, is_software=False)))
     assert choices(h100) == choices(fake_caps())  # hardware adapters: nothing changes
     no_subgroups = fake_caps("Google", "SwiftShader Device (Subzero)", 0, software=True)

@@ -192,7 +192,8 @@ def run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel, n_ctx
                   softcap=0.0):
     """Run an attention kernel on q | k | v side by side in one buffer, as the fused QKV projection
     leaves them, with the cache rows from pos0 on NaN (the kernel must write the step's rows before
-    anyone could read them). make_kernel(scale, q, k, v, k_cache, v_cache, y) builds the kernel;
+    anyone could read them). make_kernel(scale, q, k, v, k_cache, v_cache, y) builds the kernel
+    (or the list of a split kernel's dispatches);
     softcap: the reference's score soft-capping (the kernel's is make_kernel's).
 
     Returns the output buffer (all its columns) and both caches as read back, the numpy reference
@@ -212,7 +213,8 @@ def run_attention(rt, rng, n, pos0, n_head, n_kv, hd, window, make_kernel, n_ctx
     scale = 1.0 / np.sqrt(hd)
     kernel = make_kernel(scale, K.View(bqkv, 0, stride), K.View(bqkv, n_head * hd, stride),
                          K.View(bqkv, n_head * hd + kvw, stride), bkc, bvc, K.View(by, 0, ystride))
-    got_y, got_kc, got_vc = b.run([kernel], pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
+    kernels = kernel if isinstance(kernel, list) else [kernel]  # a split kernel's passes
+    got_y, got_kc, got_vc = b.run(kernels, pos0=pos0, n_tokens=n, read=[by, bkc, bvc])
     kc[pos0:pos0 + n] = qkv[:, n_head * hd:n_head * hd + kvw]
     vc[pos0:pos0 + n] = qkv[:, n_head * hd + kvw:]
     # the reference's cache: one (positions, head_dim) block per KV head, positions before pos0 filled

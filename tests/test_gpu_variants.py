@@ -14,6 +14,7 @@ from test_gpu_flash_attention import run_case
 from test_gpu_kernels import cfg  # noqa: F401  (a fixture)
 from test_gpu_matmul import CASES as MATMUL_CASES
 from test_gpu_matmul import check as check_matmul
+from test_gpu_split_attention import check_attention_variant
 from test_gpu_quant import LINEAR_CASES, check_linear, gpu  # noqa: F401  (gpu is a fixture)
 from wgpu_llm.gpu import kernels as K
 from wgpu_llm.gpu import matmul, variants
@@ -35,7 +36,7 @@ def test_registry_holds_every_choice(monkeypatch):
                                                              (256, 1024), (16384, 32768, 65536))
                 if not (sw and sg > 16)]  # a CPU's SIMD lanes: 4 to 16
     wide = variants.Shapes(rows=(1, 31, 32, 33, 255, 256, 257, 1024, 4096, 262144), tokens=tuple(range(1, 601)),
-                           head_dims=tuple(range(4, 516, 4)))
+                           head_dims=tuple(range(4, 516, 4)), contexts=(1, 255, 256, 257, 512, 513, 4096, 1 << 20))
     found = variants.chosen(adapters, wide)
     for family in variants.FAMILIES:
         missing = set(found[family]) - set(REGISTRY[family])
@@ -50,6 +51,8 @@ def test_registry_follows_the_choosers():
     assert matmul.choose_tiles(lavapipe, 70).key in REGISTRY["mat-mat tiles"]
     assert variants.key(choose_flash_tiles(lavapipe, 64)) in REGISTRY["flash tiles"]
     assert "GPU, subgroups of 32" in REGISTRY["mat-vec"]["subgroup-wg64-r4"].adapters
+    assert REGISTRY["decode attention"]["one-workgroup"].adapters[0] == lavapipe.name
+    assert "GPU, subgroups of 32" in REGISTRY["decode attention"]["split-kv"].adapters
     for family in variants.FAMILIES:  # every adapter chooses something in every family
         named = {a for c in REGISTRY[family].values() for a in c.adapters}
         assert named == {a.name for a in variants.ADAPTERS}, family
@@ -76,3 +79,9 @@ def test_every_mat_mat_tiles(gpu, tiles):  # noqa: F811
 def test_every_flash_tiles(rt, cfg, tiles):  # noqa: F811
     run_case(rt, cfg, 33, 20, 4, 1, 256, 0, tiles=tiles, seed=4)
     run_case(rt, cfg, 70, 0, 9, 3, 64, 16, tiles=tiles, seed=5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", params("decode attention"))
+def test_every_decode_attention(rt, cfg, variant):  # noqa: F811
+    check_attention_variant(rt, cfg, variant)

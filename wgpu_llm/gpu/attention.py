@@ -1,7 +1,7 @@
 """Flash-attention style causal attention for prefill chunks (shaders/flash_attention.wgsl).
 
 `flash_attention` takes the same arguments as `kernels.attention` (the one-query-per-workgroup
-kernel that decode keeps) and has the same semantics: it stores the step's k, v rows into the
+kernel that decode keeps, or its split form kernels.attention_split) and has the same semantics: it stores the step's k, v rows into the
 caches at pos0.., then runs causal (optionally windowed) GQA attention over the cache. A
 workgroup takes a block of query slots of one KV head (all heads of a GQA group share the K / V
 tiles), walks the visible keys tile by tile with an online softmax and keeps its outputs in

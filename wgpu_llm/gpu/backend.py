@@ -16,7 +16,8 @@ What happens once, at compile:
   (Gemma's post-norm, then the next pre-norm) runs in the same workgroup; a rope of an rms_norm
   (Gemma's q/k norms) runs inside the norm, q's and k's together when they are adjacent; two
   ropes over adjacent columns (q and k of a fused QKV) become one dispatch; the KV-cache store
-  happens inside the attention kernel. A llama decode step is 8 dispatches per layer;
+  happens inside the attention kernel. A llama decode step is 8 dispatches per layer (9 where
+  decode attention splits a long context over workgroups and merges them: kernels.attention_variant);
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
@@ -296,7 +297,7 @@ class _Compiler:
         self.slot_size: list[int] = []  # floats
         self.slot_refs: list[int] = []
         self.free_slots: list[int] = []
-        self.intents: list = []  # callables(resolve) -> Kernel, in execution order
+        self.intents: list = []  # callables(resolve) -> Kernel or [Kernel, ...], in execution order
         self.absorbed: dict[int, str] = {}  # op index -> how it was fused away
         self.temps: list[int] = []  # slots of copies made for the op being planned
         self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
@@ -643,10 +644,25 @@ class _Compiler:
             self.intents.append(make)
             return
 
+        label = f"{op.out}: attention layer {p['layer']}"
+        splits = K.attention_variant(self.cfg, self.be.n_ctx, p["window"]).splits
+        if splits > 1:  # flash-decoding: (row, head, split) workgroups, then a merge
+            part = self._new(K.split_part_floats(q.rows, p["n_head"], p["head_dim"], splits), 1)
+            self.slot_refs[part.slot] += 1
+            self.temps.append(part.slot)
+
+            def make_split(res):
+                return K.attention_split(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
+                                         p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
+                                         kc, vc, self._view(res, y), res(part.slot), splits, label,
+                                         softcap=p["softcap"])
+            self.intents.append(make_split)
+            return
+
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
-                               self._view(res, y), f"{op.out}: attention layer {p['layer']}", softcap=p["softcap"])
+                               self._view(res, y), label, softcap=p["softcap"])
         self.intents.append(make)
 
     def _op_glu(self, i, op):
@@ -730,7 +746,8 @@ class _Compiler:
         rt = self.be.rt
         buffers = rt.pool.assign([4 * s for s in self.slot_size], "activations")
         res = buffers.__getitem__
-        kernel_list = [make(res) for make in self.intents]
+        made = [make(res) for make in self.intents]
+        kernel_list = [k for m in made for k in (m if isinstance(m, list) else [m])]
         out = self.acts[self.g.output]
         width = self.g.widths[self.g.output]
         if out.stride == width:

@@ -67,6 +67,7 @@ class KernelConfig:
     norm_wg: int = 64  # rms_norm over groups up to 256 columns
     norm_wg_wide: int = 256  # rms_norm over wider groups (whole rows)
     attn_wg: int = 64  # attention: positions per chunk = threads per workgroup
+    attn_split: bool = False  # decode attention may split the context over workgroups (attention_variant)
     elt_wg: int = 256  # elementwise kernels
     argmax_wg: int = 256
     max_per_dim: int = 65535
@@ -82,13 +83,15 @@ def choose_config(caps) -> KernelConfig:
     adapter (lavapipe, SwiftShader, WARP) runs a workgroup's invocations as the SIMD lanes of one
     CPU thread, makes loads from per-lane addresses loops over the lanes and pays a fixed cost
     per workgroup: there every invocation walks whole rows (linear_variant) -- unless
-    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 (device.software_kernels)."""
+    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 (device.software_kernels). Decode attention splits long
+    contexts over workgroups on a GPU only (attention_variant)."""
     from .device import software_kernels
 
+    software = software_kernels(caps.info)
     subgroup = caps.subgroup_size if caps.subgroups and caps.subgroup_size >= 4 else 0
     wide = 256 if caps.max_invocations >= 256 else 64
-    return KernelConfig(linear_subgroup=subgroup, linear_whole_rows=software_kernels(caps.info), norm_wg_wide=wide,
-                        elt_wg=wide, argmax_wg=wide, max_per_dim=caps.max_per_dim)
+    return KernelConfig(linear_subgroup=subgroup, linear_whole_rows=software, norm_wg_wide=wide,
+                        elt_wg=wide, argmax_wg=wide, max_per_dim=caps.max_per_dim, attn_split=not software)
 
 
 def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_tokens: int):
@@ -112,6 +115,46 @@ def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_to
         return LinearVariant("row", wg, 4 * wg, share, max(1, min(4, 128 // row_step_cols(type_name))))
     wg = cfg.linear_wg if n_tokens == 1 else cfg.linear_wg_tokens
     return LinearVariant("subgroup" if cfg.linear_subgroup else "shared", wg)
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    """How the one-query-per-workgroup attention (decode steps, batched steps, short chunks) runs:
+    splits = 1: one workgroup per (row, head) scans the row's whole visible context; splits > 1:
+    flash-decoding, each (row, head) over `splits` workgroups then a merge (attention_split)."""
+
+    splits: int = 1
+
+    @property
+    def key(self) -> str:
+        return "one-workgroup" if self.splits == 1 else "split-kv"
+
+
+SPLIT_KEYS = 256  # visible keys per split at the longest context a step can see
+MAX_SPLITS = 32
+
+
+def attention_variant(cfg: KernelConfig, n_ctx: int, window: int) -> AttentionVariant:
+    """The rule for splitting decode attention over the context: on a GPU (cfg.attn_split), a
+    step whose rows may see more than SPLIT_KEYS keys (n_ctx, or the window when smaller) gets one
+    split per SPLIT_KEYS of them, at most MAX_SPLITS: a decode step has only rows x heads
+    workgroups otherwise, too few to fill a GPU, each walking the whole context. Steps are compiled
+    once for every position, so the count comes from the longest visible context; at run time
+    each row's visible keys are shared evenly among the splits (at least attn_wg keys each) and
+    splits past them do nothing.
+    A software adapter keeps one workgroup per (row, head): there a decode step's heads already
+    spread over the few cores, and splitting adds a dispatch and work. Measured on lavapipe (2
+    shared cores, two runs), one attention dispatch of Gemma 3 270M's 4 heads of 256 dims over a
+    whole context of 64 / 512 / 2048 keys, CPU time: one workgroup per head 1.6-2.1 / 15 /
+    43-57 ms, 2 splits 1.8-2.2 / 9-16 / 52-58 ms, 8 splits 2.5-2.9 / 10-15 / 47-59 ms: no
+    consistent gain at long contexts, a loss at short ones.
+    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 takes the GPU rule there."""
+    if n_ctx < 1:
+        raise ValueError(f"attention_variant: n_ctx must be >= 1, got {n_ctx}")
+    if not cfg.attn_split:
+        return AttentionVariant(1)
+    visible = min(n_ctx, window) if window > 0 else n_ctx
+    return AttentionVariant(min(MAX_SPLITS, -(-visible // SPLIT_KEYS)))
 
 
 # ---- the dispatch description ----
@@ -320,18 +363,58 @@ def attention(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_di
               softcap: float = 0.0) -> Kernel:
     """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention;
     softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax."""
-    wg = cfg.attn_wg
-    params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", n_head // n_kv_head),
+    params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, 1)
+    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
+             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("y", y.buffer, write=True)]
+    return build("attention", label, params, roles, fold_grid(rows * n_head, cfg.max_per_dim),
+                 consts=_attention_consts(cfg, head_dim), uses_step=True)
+
+
+def attention_split(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
+                    window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, part, splits: int,
+                    label="attention", softcap: float = 0.0) -> list[Kernel]:
+    """`attention` as two dispatches (flash-decoding): (row, head, split) workgroups each over a
+    contiguous range of the row's visible keys, writing their max, sum and unnormalised output to
+    `part` (a buffer of at least split_part_floats(...) floats); then one workgroup per (row, head)
+    merging them into y. The first dispatch stores the step's k, v rows (it reads the step's own
+    keys from k, v, so no split waits for that store)."""
+    if splits < 1:
+        raise ValueError(f"{label}: splits must be >= 1, got {splits}")
+    if n_head % n_kv_head:
+        raise ValueError(f"{label}: n_head {n_head} is not a multiple of n_kv_head {n_kv_head}")
+    consts = _attention_consts(cfg, head_dim)
+    params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, splits)
+    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
+             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("part", part, write=True)]
+    partial = build("attention", f"{label} (splits)", params, roles,
+                    fold_grid(rows * n_head * splits, cfg.max_per_dim), flags={"SPLIT": True}, consts=consts,
+                    uses_step=True)
+    merge_params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("splits", "u32", splits),
+                    ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
+    merge = build("attention_merge", f"{label} (merge)", merge_params,
+                  [Role("part", part), Role("y", y.buffer, write=True)],
+                  fold_grid(rows * n_head, cfg.max_per_dim), consts={"WG": cfg.attn_wg, "HD": head_dim})
+    return [partial, merge]
+
+
+def split_part_floats(rows: int, n_head: int, head_dim: int, splits: int) -> int:
+    """Floats of attention_split's part buffer: m, l and head_dim outputs per (row, head, split)."""
+    return rows * n_head * splits * (head_dim + 2)
+
+
+def _attention_consts(cfg: KernelConfig, head_dim: int) -> dict:
+    return {"WG": cfg.attn_wg, "HD": head_dim, "DPT": -(-head_dim // cfg.attn_wg)}
+
+
+def _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q: View, k: View, v: View, y: View,
+                      splits: int) -> list:
+    return [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", n_head // n_kv_head),
               ("kv_width", "u32", n_kv_head * head_dim), ("window", "u32", window), ("scale", "f32", scale),
               ("softcap", "f32", softcap),
               ("q_off", "u32", q.offset), ("q_stride", "u32", q.stride),
               ("k_off", "u32", k.offset), ("k_stride", "u32", k.stride),
               ("v_off", "u32", v.offset), ("v_stride", "u32", v.stride),
-              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
-    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
-             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("y", y.buffer, write=True)]
-    return build("attention", label, params, roles, fold_grid(rows * n_head, cfg.max_per_dim),
-                 consts={"WG": wg, "HD": head_dim, "DPT": -(-head_dim // wg)}, uses_step=True)
+              ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride), ("splits", "u32", splits)]
 
 
 def glu(cfg: KernelConfig, rows: int, half: int, activation: str, x: View, y: View, label="glu") -> Kernel:

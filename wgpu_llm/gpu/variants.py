@@ -2,7 +2,8 @@
 
 The choices are made in a few places -- kernels.linear_variant (the mat-vec kind, workgroup,
 rows and tokens per pass), matmul.choose_tiles (the prefill mat-mat's tiles), attention.
-choose_flash_tiles (the flash-attention tiles) -- from what the adapter is: software or not
+choose_flash_tiles (the flash-attention tiles), kernels.attention_variant (decode attention in one
+workgroup per head or split over the context) -- from what the adapter is: software or not
 (WGPU_LLM_FORCE_HARDWARE_KERNELS=1 makes a software one choose like a GPU), its subgroup size
 and its limits. A test machine has one adapter, so most of those choices never run there by
 themselves. `chosen()` asks the choosers for every adapter in ADAPTERS (described, not real) and
@@ -22,7 +23,7 @@ from . import kernels as K
 from . import matmul, quant
 from .attention import FlashTiles, choose_flash_tiles
 
-FAMILIES = ("mat-vec", "mat-mat tiles", "flash tiles")
+FAMILIES = ("mat-vec", "mat-mat tiles", "flash tiles", "decode attention")
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,14 @@ ADAPTERS = (
 @dataclass(frozen=True)
 class Shapes:
     """The shapes the choices depend on: weight rows below and above the row kind's 8-rows
-    threshold, token counts on every side of the tile and mat-mat thresholds, head sizes."""
+    threshold, token counts on every side of the tile and mat-mat thresholds, head sizes, context
+    sizes on both sides of the split attention's threshold."""
 
     types: tuple[str, ...] = quant.SUPPORTED_TYPES
     rows: tuple[int, ...] = (32, 255, 256, 4096, 262144)
     tokens: tuple[int, ...] = (1, 2, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 512)
     head_dims: tuple[int, ...] = (32, 64, 80, 128, 256)
+    contexts: tuple[int, ...] = (64, 256, 257, 2048, 131072)
 
 
 SHAPES = Shapes()
@@ -73,7 +76,7 @@ SHAPES = Shapes()
 
 @dataclass
 class Choice:
-    variant: object  # a quant.LinearVariant, matmul.Tiles or attention.FlashTiles
+    variant: object  # a quant.LinearVariant, matmul.Tiles, attention.FlashTiles or kernels.AttentionVariant
     adapters: list[str]  # the names of the ADAPTERS that choose it
 
 
@@ -98,12 +101,14 @@ def chosen(adapters=ADAPTERS, shapes: Shapes = SHAPES) -> dict[str, dict[str, Ch
                 note("mat-mat tiles", matmul.choose_tiles(a, n), a)
         for head_dim in shapes.head_dims:
             note("flash tiles", choose_flash_tiles(a, head_dim), a)
+        for n_ctx in shapes.contexts:
+            note("decode attention", K.attention_variant(cfg, n_ctx, 0), a)
     return out
 
 
 def key(variant) -> str:
-    """The variant's name: LinearVariant and Tiles have their own (the tuning cache's keys);
-    flash-attention tiles: bq x bkv, threads, scores per thread, head dims per score chunk."""
+    """The variant's name: LinearVariant, Tiles and AttentionVariant have their own (LinearVariant's
+    and Tiles' are the tuning cache's keys); flash-attention tiles: bq x bkv, threads, scores per thread, head dims per score chunk."""
     if isinstance(variant, FlashTiles):
         return f"flash-{variant.bq}x{variant.bkv}-wg{variant.wg}-s{variant.sq}x{variant.sk}-dc{variant.dc}"
     return variant.key
