@@ -88,6 +88,9 @@ def test_a_long_run_is_split_into_submissions(adapter, monkeypatch):
     assert np.array_equal(split_logits, want_logits) and np.array_equal(logits, want_logits)
     assert tokens == want_tokens
 
+    monkeypatch.delenv(runtime.ENV_MAX_SUBMIT_S)
+    assert runtime.max_submit_seconds() == runtime.MAX_SUBMIT_S  # a hardware adapter's bound
+    assert runtime.max_submit_seconds(software=True) == float("inf")  # no GPU watchdog watches a CPU
     for bad in ("0", "-1", "inf", "soon"):
         monkeypatch.setenv(runtime.ENV_MAX_SUBMIT_S, bad)
         with pytest.raises(ValueError, match=f"WGPU_LLM_MAX_SUBMIT_S={bad!r}: expected a number of seconds > 0"):

@@ -43,16 +43,17 @@ from .device import AdapterInfo, adapter_info, binding_limit, request_device
 ENV_INJECT_FAULT = "WGPU_LLM_INJECT_GPU_FAULT"
 
 # An operating system resets a GPU whose command buffer runs for about 2 seconds (Windows' TDR):
-# a Program whose run took longer than this splits its later runs into command buffers submitted
-# one by one, sized from that measured time to about half of it each.
+# on a hardware adapter, a Program whose run took longer than this splits its later runs into
+# command buffers submitted one by one, sized from that measured time to about half of it each.
+# A software adapter runs on the host's threads, which no GPU watchdog watches: no bound there.
 MAX_SUBMIT_S = 0.5
-ENV_MAX_SUBMIT_S = "WGPU_LLM_MAX_SUBMIT_S"  # another bound (tests: a tiny one splits every step)
+ENV_MAX_SUBMIT_S = "WGPU_LLM_MAX_SUBMIT_S"  # another bound, on any adapter (tests: a tiny one splits every step)
 
 
-def max_submit_seconds() -> float:
+def max_submit_seconds(software: bool = False) -> float:
     value = os.environ.get(ENV_MAX_SUBMIT_S, "").strip()
     if not value:
-        return MAX_SUBMIT_S
+        return float("inf") if software else MAX_SUBMIT_S
     try:
         seconds = float(value)
     except ValueError:
@@ -150,9 +151,9 @@ class Runtime:
         _watch_wgpu_log()
         self.adapter = adapter
         self.faults = FaultInjection.from_env()
-        self.max_submit_s = max_submit_seconds()
         self.steps_submitted = 0  # model steps sent to the queue (what after_steps:N counts)
         self.info = adapter_info(adapter)
+        self.max_submit_s = max_submit_seconds(software=self.info.is_software)
         _WGPU_LOG.take()
         self.device = request_device(adapter)
         self.queue = self.device.queue
