@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from test_gpu_backend import GEMMA_SHAPE
@@ -257,6 +259,87 @@ def test_greedy_loop_directly(pair, chunk):
         next(step.greedy_loop(5, 90, 10))
     with pytest.raises(ValueError, match="token ids"):
         next(step.greedy_loop(gpu.n_vocab, 3, 2))
+
+
+@pytest.mark.parametrize("chunk_s,most_in_flight", [(10.0, 2), (1e-9, 1)])
+def test_loop_keeps_a_second_command_buffer_in_flight(pair, monkeypatch, chunk_s, most_in_flight):
+    """Steps no longer than LOOP_CHUNK_S: the next command buffer is submitted before the running
+    one's ids are waited for (two on the GPU), and the ids are still the CPU's, stops included;
+    longer steps: one at a time."""
+    from wgpu_llm.gpu import backend
+    from wgpu_llm.gpu.runtime import Runtime
+
+    gpu, cpu = pair
+    step, ref_step = gpu._step(1, False), cpu._step(1, False)
+    token, ref = 5, []
+    for pos in range(3, 3 + 17):
+        token = int(np.argmax(ref_step(np.array([token]), pos)[-1]))
+        ref.append(token)
+    monkeypatch.setattr(backend, "LOOP_CHUNK_S", chunk_s)
+    submitted, in_flight = [0], []
+    submit, wait_map = backend._Chunk.submit, Runtime.wait_map
+
+    def counting_submit(c, rt):
+        submitted[0] += 1
+        return submit(c, rt)
+
+    def counting_wait(rt, buf, nbytes, submission=None):
+        in_flight.append(submitted[0] - len(in_flight))  # submitted, minus those waited for before
+        return wait_map(rt, buf, nbytes, submission)
+
+    monkeypatch.setattr(backend._Chunk, "submit", counting_submit)
+    monkeypatch.setattr(Runtime, "wait_map", counting_wait)
+    assert list(step.greedy_loop(5, 3, 17, chunk=2)) == ref
+    assert max(in_flight) == most_in_flight
+    stop = ref[6]  # inside the fourth chunk of two steps, with the fifth already on the GPU
+    assert list(step.greedy_loop(5, 3, 17, chunk=2, stop_ids=[stop])) == ref[:ref.index(stop) + 1]
+    assert list(step.greedy_loop(5, 3, 17, chunk=3)) == ref  # the steps run past the stop changed nothing
+
+
+SPIN_WGSL = """
+@group(0) @binding(0) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64) fn main(@builtin(global_invocation_id) g: vec3<u32>) {
+    var x = out[g.x % 2u] + g.x;
+    for (var i = 0u; i < out[3] + 1000u; i++) { x = (x * x) ^ (x >> 3u) ^ i; }
+    if (x == 7u) { out[0] = x; }
+}"""
+
+
+def test_wait_map_waits_for_its_own_submission_only(rt):
+    """A decode loop's second command buffer must not delay the first one's ids: waiting for a
+    submission returns while a later, long one still runs (wgpu-py's map_sync would wait for it)."""
+    from wgpu_llm.gpu.runtime import _native_submission
+
+    if _native_submission() is None:
+        pytest.skip("not wgpu-native: no submission indices")
+    ffi, lib = _native_submission()
+    u = rt.wgpu.BufferUsage
+    data, staging = rt.upload(np.arange(4, dtype=np.uint32), "ids"), rt.buffer(16, u.MAP_READ | u.COPY_DST, "s")
+    enc = rt.device.create_command_encoder()
+    enc.copy_buffer_to_buffer(data, 0, staging, 0, 16)
+    first = rt.submit([enc.finish()], 0)
+    spin = rt.device.create_compute_pipeline(
+        layout="auto", compute={"module": rt.device.create_shader_module(code=SPIN_WGSL), "entry_point": "main"})
+    scratch = rt.storage(16, "scratch")
+    bind = rt.device.create_bind_group(layout=spin.get_bind_group_layout(0),
+                                       entries=[{"binding": 0, "resource": {"buffer": scratch}}])
+    enc = rt.device.create_command_encoder()
+    for _ in range(2):  # a second or two on a CPU adapter; the first submission is a 16-byte copy
+        cp = enc.begin_compute_pass()
+        cp.set_pipeline(spin)
+        cp.set_bind_group(0, bind)
+        cp.dispatch_workgroups(4096)
+        cp.end()
+    t0 = time.perf_counter()
+    second = rt.submit([enc.finish()], 2)
+    assert first is not None and second > first
+    rt.wait_map(staging, 16, first)
+    waited_first = time.perf_counter() - t0
+    assert staging.read_mapped(0, 16).cast("I").tolist() == [0, 1, 2, 3]
+    staging.unmap()
+    lib.wgpuDevicePoll(rt.device._internal, True, ffi.new("WGPUSubmissionIndex *", second))
+    waited_second = time.perf_counter() - t0
+    assert waited_first < waited_second / 4
 
 
 def test_sampler_finish_is_the_chain_after_top_k():

@@ -931,12 +931,13 @@ class _GpuStep:
 
         Steps go to the GPU `chunk` per command buffer (default: as many as LOOP_CHUNK_S of the
         measured step time holds, 1..LOOP_MAX_CHUNK), each step's id coming back as 4 bytes, once
-        per command buffer. The next command buffer is recorded while one runs and submitted as
-        soon as that one's ids are back, before they are yielded -- unless one of them is in
-        stop_ids, where the loop ends without queueing more. (One command buffer is on the GPU at a
-        time: wgpu-py's buffer mapping waits for all submitted work, so queueing two would only
-        delay the first one's ids.) Closing the generator early leaves the queued steps to finish:
-        they only write KV-cache rows past the last consumed position, which a later step rewrites
+        per command buffer. The next command buffer is recorded while one runs. Where a step takes
+        at most LOOP_CHUNK_S, it is submitted at once, so two are on the GPU while the host waits
+        for the first one's ids (the runtime waits for one submission, not the whole queue) and the
+        GPU never idles between them; slower steps submit it when the running one's ids are back
+        and none of them is in stop_ids (a stop would leave a whole slow step computed for
+        nothing). Closing the generator early, or a stop, leaves the queued steps to finish: they
+        only write KV-cache rows past the last consumed position, which a later step rewrites
         before it reads them (a step stores its own rows first and reads the cache below pos0)."""
         self._check_loop(token, pos0, n_steps)
         if n_steps <= 0:
@@ -1066,27 +1067,42 @@ class _GpuStep:
             return c
 
         with rt.guard("starting the decode loop"):
-            running = record()
-            running.submit(rt)
-        while running is not None:
+            first = record()
+            first.submit(rt)
+        in_flight = [first]  # submitted, ids not read yet, oldest first
+        ahead = None  # recorded, not submitted yet
+        last_done = 0.0
+        while in_flight:
             with rt.guard("running the decode loop"):
-                ahead = record() if next_pos < end else None  # while `running` runs
-                rt.wait_map(running.staging, 4 * running.size)
+                if ahead is None and next_pos < end:
+                    ahead = record()  # while in_flight[0] runs
+                # short steps: keep a second command buffer on the GPU while the host waits for the
+                # first one's ids, so the GPU does not idle between them; a stop among those ids
+                # leaves it computing steps nobody reads, at most ~LOOP_CHUNK_S of device time
+                if ahead is not None and len(in_flight) < 2 and per_step is not None and per_step <= LOOP_CHUNK_S:
+                    ahead.submit(rt)
+                    in_flight.append(ahead)
+                    ahead = None
+                running = in_flight.pop(0)
+                rt.wait_map(running.staging, 4 * running.size, running.submission)
                 try:
                     ids = np.frombuffer(running.staging.read_mapped(0, 4 * running.size, copy=False), np.uint32)
                     ids = ids.tolist()
                 finally:
                     running.staging.unmap()
-                per_step = (time.perf_counter() - running.t_submit) / running.size
-                if ahead is not None and stop.isdisjoint(ids):
+                done = time.perf_counter()
+                per_step = (done - max(running.t_submit, last_done)) / running.size  # device time, roughly
+                last_done = done
+                if not stop.isdisjoint(ids):
+                    ahead = None
+                elif ahead is not None and not in_flight:
                     ahead.submit(rt)
-                else:
+                    in_flight.append(ahead)
                     ahead = None
             for t in ids:
                 yield t
                 if t in stop:
                     return
-            running = ahead
 
 
 @dataclass
@@ -1098,10 +1114,11 @@ class _Chunk:
     dispatches: int  # compute dispatches in the command buffer
     cb: object = None  # the command buffer until it is submitted
     t_submit: float = 0.0
+    submission: int | None = None  # the runtime's index of the submission (Runtime.wait_map)
 
     def submit(self, rt: Runtime) -> None:
         self.t_submit = time.perf_counter()
-        rt.submit([self.cb], self.dispatches, steps=self.size)
+        self.submission = rt.submit([self.cb], self.dispatches, steps=self.size)
         self.cb = None
 
 

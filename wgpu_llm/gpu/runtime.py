@@ -245,22 +245,44 @@ class Runtime:
         self.bytes_uploaded += data.nbytes
         return buf
 
-    def submit(self, command_buffers: list, dispatches: int, steps: int = 1) -> None:
+    def submit(self, command_buffers: list, dispatches: int, steps: int = 1) -> int | None:
         """Submit command buffers holding `steps` model steps of `dispatches` compute dispatches in
-        all (both counted), inside the caller's guard, which raises what the submission reports."""
+        all (both counted), inside the caller's guard, which raises what the submission reports.
+        Returns the submission's index for wait_map (None where wgpu-native's is not available)."""
         limit = self.faults.after_steps
         if limit is not None and self.steps_submitted + steps > limit:
             _WGPU_LOG.add(f"The WGPU device was lost ({self.faults.note} after {limit} steps)")
-            return
-        self.queue.submit(command_buffers)
+            return None
         self.steps_submitted += steps
         self.dispatches += dispatches
+        native = _native_submission()
+        if native is None:
+            self.queue.submit(command_buffers)
+            return None
+        ffi, lib = native
+        handles = ffi.new("WGPUCommandBuffer[]", [cb._internal for cb in command_buffers])
+        return int(lib.wgpuQueueSubmitForIndex(self.queue._internal, len(command_buffers), handles))
 
-    def wait_map(self, buf, nbytes: int) -> None:
+    def wait_map(self, buf, nbytes: int, submission: int | None = None) -> None:
         """Map the first nbytes of a MAP_READ buffer, blocking until the device has written them:
-        where a step's results are waited for, timed into wait_s (so the rest is host time)."""
+        where a step's results are waited for, timed into wait_s (so the rest is host time).
+
+        submission: the index `submit` returned for the work that writes the buffer. Then only that
+        work is waited for, not what was submitted after it (wgpu-py's map_sync waits for the whole
+        queue), so a decode loop can keep a second command buffer running meanwhile."""
         t0 = time.perf_counter()
-        buf.map_sync(self.wgpu.MapMode.READ, 0, nbytes)
+        native = _native_submission()
+        if submission is None or native is None:
+            buf.map_sync(self.wgpu.MapMode.READ, 0, nbytes)
+        else:
+            ffi, lib = native
+            device = self.device._internal
+            lib.wgpuDevicePoll(device, True, ffi.new("WGPUSubmissionIndex *", submission))
+            # READ_NOSYNC: no empty submission first (wgpu-py's guard for buffers that no submitted
+            # work wrote; this one was written by the work just waited for)
+            promise = buf.map_async("READ_NOSYNC", 0, nbytes)
+            lib.wgpuDevicePoll(device, False, ffi.NULL)  # runs the map callback: the work is done
+            promise.sync_wait()
         self.wait_s += time.perf_counter() - t0
 
     def read(self, buf, nbytes: int | None = None, offset: int = 0) -> np.ndarray:
@@ -606,6 +628,19 @@ def _native_functions():
 
         return (lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup,
                 lib.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
+    except (ImportError, AttributeError):
+        return None
+
+
+@functools.cache
+def _native_submission():
+    """(ffi, lib) of wgpu-native, whose submissions have indices a poll can wait for one by one;
+    None on another wgpu backend."""
+    try:
+        from wgpu.backends.wgpu_native._ffi import ffi, lib
+
+        lib.wgpuQueueSubmitForIndex, lib.wgpuDevicePoll  # noqa: B018 -- both must exist
+        return ffi, lib
     except (ImportError, AttributeError):
         return None
 
