@@ -221,6 +221,13 @@ fn hsum(v: vec4<f32>) -> f32 {
 fn q4_lo(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 0u, 15u)); }
 fn q4_hi(w: u32) -> vec4<f32> { return vec4<f32>(byte_bits(w, 4u, 15u)); }
 
+// weights 4j .. 4j + 3 (nibble shift 0) or 16 + 4j .. (shift 4) of a 32-weight block whose 5th
+// bits are qh (Q5_0, Q5_1)
+fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
+    let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
+    return vec4<f32>(byte_bits(w, shift, 15u) | (hb << vec4<u32>(4u)));
+}
+
 //! row_float
 // F32 / F16 / BF16: a block is one 8-column unit, read by dequant_unit
 const BLOCK: u32 = 8u;
@@ -305,12 +312,6 @@ fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
 }
 
 //! row_Q5_0
-// weights 4j .. 4j + 3 (nibble shift 0) or 16 + 4j .. (shift 4) of a block with 5th bits qh
-fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
-    let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
-    return vec4<f32>(byte_bits(w, shift, 15u) | (hb << vec4<u32>(4u)));
-}
-
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
     let i = row * (5u * (prm().cols / 32u)) + 10u * b + 5u * j;
     let qh = plane0[i];  // bit i: the 5th bit of weight i
@@ -340,11 +341,6 @@ fn n_blocks(cols: u32) -> u32 { return cols / 32u; }
 fn load_head(row: u32, b: u32) -> Head {
     let i = row * (6u * (prm().cols / 32u)) + 6u * b;
     return Head(unpack2x16float(plane0[i]), plane0[i + 1u]);
-}
-
-fn q5_quad(w: u32, shift: u32, qh: u32, j: u32) -> vec4<f32> {
-    let hb = (vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + vec4<u32>(4u * j + 4u * shift))) & vec4<u32>(1u);
-    return vec4<f32>(byte_bits(w, shift, 15u) | (hb << vec4<u32>(4u)));
 }
 
 fn sub_weights(row: u32, b: u32, j: u32, h: Head) -> array<vec4<f32>, 8> {
