@@ -194,7 +194,9 @@ if echo " $real " | grep " smollm2-135m " >/dev/null; then
     model=smollm2-135m
 else
     model="$work/smollm2-135m-shaped.gguf"
-    stage synthetic-model 90 "$PY" benchmarks/synthetic_model.py smollm2-135m "$model" || model=""
+    # its log is kept only when it fails: the results directory holds at most 8 files
+    stage synthetic-model 90 "$PY" benchmarks/synthetic_model.py smollm2-135m "$model" && rm -f "$out/synthetic-model.log" \
+        || model=""
 fi
 engines="wgpu-llm"
 llama=$("$PY" - <<'EOF' 2>/dev/null
@@ -221,6 +223,9 @@ if [ -n "$model" ]; then
         --backend gpu --engines "$engines" --cases "$cases" "${quick[@]}" --timeout $((limit - 30)) \
         --json "$out/bench.json" --no-png
     grep -E 'prefill tok/s|^│ (wgpu-llm|llama)' "$out/bench.log" | head -n 20 | tee -a "$summary"
+    # the host's cost of a decode step by phase (record, finish, submit, read) on this GPU's host
+    stage host-time 90 "$PY" benchmarks/host_time.py --models "$model" --json "$out/host-time.json"
+    tail -n 3 "$out/host-time.log" | head -n 2 | tee -a "$summary"
 fi
 
 note "done in $(($(date +%s) - start)) s (budget ${budget} s); results in $out"

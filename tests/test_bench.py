@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +178,21 @@ def test_llama_cpp_rows_and_command(monkeypatch):
     assert bench.command_line(["--models", "a b.gguf"]) == "python benchmarks/run.py --models 'a b.gguf'"
     monkeypatch.setattr("sys.argv", ["/usr/bin/wgpu-llm", "bench"])
     assert bench.command_line(["--quick"]) == "wgpu-llm bench --quick"
+
+
+@pytest.mark.gpu
+def test_host_time_breakdown(tmp_path, adapter):
+    """benchmarks/host_time.py times each phase of a decode step and stamps its results file."""
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    out = tmp_path / "host.json"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, str(root / "benchmarks" / "host_time.py"), "--models", str(model),
+                           "--steps", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    (row,) = doc["rows"]
+    assert row["model"] == "tiny" and row["dispatches"] > 10
+    phases = [row[f"{p}_ms"] for p in ("record", "finish", "submit", "wait", "read")]
+    assert all(t > 0 for t in phases)
+    assert row["host_ms"] == pytest.approx(sum(phases) - row["wait_ms"])
+    assert doc["git_commit"] and doc["adapter"]["name"] and "host_ms" in proc.stdout

@@ -1,0 +1,107 @@
+"""Where a GPU decode step's host time goes: the greedy decode step of each model recorded, finished,
+submitted and read back one at a time, each phase timed on the host, with the GPU idle before each
+step (so the host does not share the CPU with a software adapter's work).
+
+    python benchmarks/host_time.py [--models gemma3-270m,smollm2-135m|PATH.gguf] [--steps 16] [--json FILE]
+
+Phases, per step (median over --steps steps, after 2 warm-up steps):
+  record   Python + wgpu-native calls that put the step's dispatches into a command encoder
+           (Program.record_pass: ~3 C calls per dispatch) and the copies around them
+  finish   wgpu-native's encoding of the recorded pass (validation, resource tracking, barriers)
+  submit   the queue submission
+  wait     the device computing the step (not host time: what `wgpu-llm bench` leaves out)
+  read     mapping the 4-byte id and reading it back, after the device is done
+`host` is record + finish + submit + read: the host's cost of a step that runs alone in a command
+buffer. The decode loop records the next step while one runs and, on devices with short steps, puts
+several steps in a command buffer, which amortises submit and read but not record and finish.
+Prints a table; writes JSON stamped like benchmarks/run.py's results (commit, machine, adapter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wgpu_llm import LLM, bench  # noqa: E402
+
+PHASES = ("record", "finish", "submit", "wait", "read")
+
+
+def time_steps(llm: LLM, n_steps: int) -> tuple[dict[str, float], int]:
+    """Median seconds per phase of one greedy decode step, and the step's dispatch count."""
+    step = llm._step(1, False)
+    prog, rt = step._greedy_program(), step.backend.rt
+    positions = step._positions_buffer()
+    u = rt.wgpu.BufferUsage
+    staging = rt.buffer(4, u.MAP_READ | u.COPY_DST, "host time ids")
+    rt.queue.write_buffer(step.ids_buffer, 0, np.array([1], np.uint32))
+    times: dict[str, list[float]] = {p: [] for p in PHASES}
+    for i in range(n_steps + 2):
+        t0 = time.perf_counter()
+        enc = rt.device.create_command_encoder()
+        enc.copy_buffer_to_buffer(positions, 16 * (i + 1), prog.step_buffer, 0, 16)
+        prog.record_pass(enc)
+        enc.copy_buffer_to_buffer(step.ids_buffer, 0, staging, 0, 4)
+        t1 = time.perf_counter()
+        command_buffer = enc.finish()
+        t2 = time.perf_counter()
+        submission = rt.submit([command_buffer], prog.n_dispatches)
+        t3 = time.perf_counter()
+        rt.device._poll_wait()  # the device done: what follows is the read's own cost
+        t4 = time.perf_counter()
+        rt.wait_map(staging, 4, submission)
+        int(np.frombuffer(staging.read_mapped(0, 4, copy=False), np.uint32)[0])
+        staging.unmap()
+        t5 = time.perf_counter()
+        if i >= 2:
+            for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                times[phase].append(seconds)
+    return {p: statistics.median(v) for p, v in times.items()}, prog.n_dispatches
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="gemma3-270m,smollm2-135m", help="comma-separated known names or GGUF paths")
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--json", default=None, help="results file (default: benchmarks/results/host-time-<adapter>-<date>.json)")
+    args = p.parse_args(argv)
+    rows, adapter = [], None
+    for spec in args.models.split(","):
+        name, path = bench.resolve_model(spec)
+        llm = LLM(path, backend="gpu", n_ctx=256)
+        info = llm.backend.rt.info
+        adapter = {"name": info.name, "type": info.type, "software": info.is_software}
+        phases, dispatches = time_steps(llm, args.steps)
+        host = sum(v for k, v in phases.items() if k != "wait")
+        rows.append({"model": name, "dispatches": dispatches, **{f"{k}_ms": v * 1e3 for k, v in phases.items()},
+                     "host_ms": host * 1e3, "record_finish_us_per_dispatch": (phases["record"] + phases["finish"])
+                     / dispatches * 1e6})
+        llm.close()
+    cols = ["model", "dispatches", *[f"{k}_ms" for k in PHASES], "host_ms", "record_finish_us_per_dispatch"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(r[c] if isinstance(r[c], str) else (str(r[c]) if isinstance(r[c], int) else f"{r[c]:.3f}")
+                         for c in cols))
+    stamp = datetime.now(timezone.utc)
+    out = Path(args.json or ROOT / "benchmarks" / "results" / f"host-time-{bench._slug(adapter['name'])}-{stamp:%Y-%m-%d}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"schema": bench.SCHEMA, "date": stamp.isoformat(timespec="seconds"),
+           "command": "python benchmarks/host_time.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           **bench.git_provenance(ROOT), "machine": bench.machine_info(), "adapter": adapter, "rows": rows}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
