@@ -290,6 +290,30 @@ def test_gpu_estimate_follows_the_kv_type(tiny, adapter):
     assert memory.gpu_estimate(llm.file, graphs, 64, llm.n_batch).kv_cache == 2 * held
 
 
+@gpu
+def test_gpu_binding_check_counts_halves(tiny, adapter):
+    """One layer's cache is one storage binding: 256 x 32 halves are 16 KiB, half of f32's."""
+    import dataclasses
+
+    from wgpu_llm.gguf_file import GGUFFile
+    from wgpu_llm.gpu.backend import GpuBackend
+    from wgpu_llm.gpu.runtime import GpuError
+
+    def backend(kv_type, max_binding):
+        be = GpuBackend(GGUFFile(tiny["llama"]), 256, adapter, kv_type=kv_type)
+        be.rt.caps = dataclasses.replace(be.rt.caps, max_binding=max_binding)
+        return be
+
+    k, v = backend("f16", 16384).kv_cache(0, 32)
+    assert k.size == v.size == 16384
+    with pytest.raises(GpuError, match=r"layer 0: a KV cache of 256 x 32 halves \(16384 bytes\) exceeds"):
+        backend("f16", 16380).kv_cache(0, 32)
+    with pytest.raises(GpuError, match=r"256 x 32 floats \(32768 bytes\)"):
+        backend("f32", 16384).kv_cache(0, 32)
+    with pytest.raises(ValueError, match="kv_type 'f8' is not one of f32, f16"):
+        GpuBackend(GGUFFile(tiny["llama"]), 256, adapter, kv_type="f8")
+
+
 # ---- LLM(kv_cache=...), the "auto" rule, the CLI flag ----
 def test_llm_kv_cache_on_the_cpu(tiny):
     assert LLM(tiny["llama"], backend="cpu", n_ctx=32).backend.kv_type == "f32"  # auto: f32 on the CPU

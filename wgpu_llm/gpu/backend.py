@@ -278,8 +278,8 @@ class GpuBackend:
         if layer not in self.k_cache:
             nbytes = self.n_ctx * width * KV_BYTES[self.kv_type]
             if nbytes > self.rt.caps.max_binding:
-                raise GpuError(f"layer {layer}: a KV cache of {self.n_ctx} x {width} {self.kv_type} values "
-                               f"({nbytes} bytes) exceeds "
+                unit = "floats" if self.kv_type == "f32" else "halves"
+                raise GpuError(f"layer {layer}: a KV cache of {self.n_ctx} x {width} {unit} ({nbytes} bytes) exceeds "
                                f"the device's storage binding limit of {self.rt.caps.max_binding} bytes; "
                                f"use a smaller n_ctx")
             self.k_cache[layer] = self.rt.storage(nbytes, f"k cache {layer}")
