@@ -4,6 +4,7 @@ Weights are dequantized once at load with gguf-py's dequantizers; the weights of
 `linear` (QKV, gate+up) are concatenated into one matrix so the step does one matmul for them.
 The KV cache is preallocated for the whole context: (n_kv_head, n_ctx, head_dim) per layer; a step's
 spans (wgpu_llm.graph.Span) say which rows belong to which sequence and where its cache starts.
+kv_type="f16" holds it in float16 (half the memory; ops.attention reads it back as float32).
 
 weights_dtype="float16" keeps the matrices (not the norm and bias vectors) in float16: half the
 weight memory, for models whose float32 weights do not fit. Each linear op converts its weight to
@@ -25,7 +26,7 @@ import time
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
-from wgpu_llm.memory import WEIGHTS_DTYPES
+from wgpu_llm.memory import KV_BYTES, WEIGHTS_DTYPES
 
 from . import ops
 
@@ -34,19 +35,25 @@ class CpuBackend:
     name = "cpu"
     tracer = None  # a wgpu_llm.trace.Trace while tracing: each op's closure is then timed
 
-    def __init__(self, gguf_file, n_ctx: int, weights_dtype: str = "float32"):
+    def __init__(self, gguf_file, n_ctx: int, weights_dtype: str = "float32", kv_type: str = "f32"):
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
+        if kv_type not in KV_BYTES:
+            raise ValueError(f"kv_type {kv_type!r} is not one of {', '.join(KV_BYTES)}")
         self.gf = gguf_file
         self.n_ctx = n_ctx
         self.weights_dtype = weights_dtype
+        self.kv_type = kv_type
         self.weights: dict[tuple[str, ...], np.ndarray] = {}  # (names...) -> float32 (or float16) matrix
         self.k_cache: dict[int, np.ndarray] = {}  # layer -> (n_kv_head, n_ctx, head_dim)
         self.v_cache: dict[int, np.ndarray] = {}
         self._rope_tables: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
     def describe(self) -> str:
-        return "numpy (CPU)" if self.weights_dtype == "float32" else "numpy (CPU, float16 weights)"
+        notes = [] if self.weights_dtype == "float32" else ["float16 weights"]
+        if self.kv_type != "f32":
+            notes.append(f"KV cache {self.kv_type}")
+        return f"numpy (CPU, {', '.join(notes)})" if notes else "numpy (CPU)"
 
     # ---- load ----
     def _weight(self, names: tuple[str, ...]) -> np.ndarray:
@@ -76,8 +83,9 @@ class CpuBackend:
         self.gf.release_pages()
         for layer, (n_kv, head_dim) in graph.kv_layers().items():
             if layer not in self.k_cache:  # one (positions, head_dim) block per KV head: GEMM-friendly
-                self.k_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
-                self.v_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), np.float32)
+                dtype = np.float16 if self.kv_type == "f16" else np.float32
+                self.k_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), dtype)
+                self.v_cache[layer] = np.zeros((n_kv, self.n_ctx, head_dim), dtype)
 
     def rope_table(self, n_rot: int, base: float, freq_scale: float, factors: tuple[str, ...] = (),
                    attn_factor: float = 1.0):

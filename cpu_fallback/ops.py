@@ -177,7 +177,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, 
     attention of q (n, n_head*head_dim), row r at position pos0 + r, over the cache.
 
     k_cache, v_cache: (n_kv_head, n_ctx, head_dim), one (positions, head_dim) block per KV head
-    (GEMM-friendly), positions 0..pos0-1 already filled. GQA: query head h reads KV head
+    (GEMM-friendly), positions 0..pos0-1 already filled; float32, or float16 (an f16 cache: k and v
+    are rounded to nearest even as they are stored, the keys and values read back as float32, so
+    the step's own rows count as stored, like a later step's view of them). GQA: query head h reads KV head
     h // (n_head / n_kv_head). window > 0: a query at position p sees keys in (p - window, p].
     softcap > 0: each scaled score s becomes softcap * tanh(s / softcap) before the mask and softmax.
     Returns (n, n_head*head_dim).
@@ -194,14 +196,16 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, 
     out = _out(out, n, q.shape[1])
     k_t = k_cache[:, :total].transpose(0, 2, 1)  # (kv, head_dim, total)
     if n > 16:  # a contiguous copy makes the score products about 2x faster; worth it past decode
-        k_t = np.ascontiguousarray(k_t)
+        k_t = np.ascontiguousarray(k_t, dtype=np.float32)
+    else:
+        k_t = k_t.astype(np.float32, copy=False)  # a view of a float32 cache, a copy of a float16 one
     for b0 in range(0, n, ATTENTION_QUERY_BLOCK):
         b1 = min(n, b0 + ATTENTION_QUERY_BLOCK)
         lo = max(0, pos0 + b0 - window + 1) if window > 0 else 0  # keys before lo: outside every window
         hi = pos0 + b1
         # positions relative to key lo: the masks only compare query and key positions
-        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_cache[:, lo:hi], pos0 + b0 - lo, n_head, scale, window,
-                         softcap, out[b0:b1])
+        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_cache[:, lo:hi].astype(np.float32, copy=False),
+                         pos0 + b0 - lo, n_head, scale, window, softcap, out[b0:b1])
     return out
 
 

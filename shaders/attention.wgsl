@@ -3,7 +3,8 @@
 // First the step's own keys and values go into the cache at positions pos0 + row (cache row
 // kv_base + position: a sequence's slot of a shared cache) (done by the
 // workgroups of the first head of each KV group, split 0). Keys and values of the step's positions are
-// read from the k / v inputs themselves, not from the cache, so no workgroup waits on another.
+// read from the k / v inputs themselves, not from the cache, so no workgroup waits on another
+// (rounded as the cache stores them: kv_round; the cache's element type is shaders/kv_cache.wgsl's).
 // Then an online softmax runs over the split's visible positions in chunks of WG: each thread scores one
 // position (q was scaled and put in shared memory), the chunk's max and sum are tree-reduced,
 // and each thread keeps DPT output columns, rescaled whenever the running max grows.
@@ -37,13 +38,15 @@ fn score(p: u32, kvh: u32) -> f32 {
     var s = 0.0;
     if (p < sp0) {
         let base = (kb + p) * P.kv_width + kvh * HD;
-        for (var d = 0u; d < HD; d++) {
-            s += q_sh[d] * ld_kc(base + d);
+        for (var d = 0u; d < HD; d += 2u) {
+            let kp = kc_pair(base + d);
+            s += q_sh[d] * kp.x;
+            s += q_sh[d + 1u] * kp.y;
         }
     } else {
         let base = P.k_off + (r0 + p - sp0) * P.k_stride + kvh * HD;
         for (var d = 0u; d < HD; d++) {
-            s += q_sh[d] * ld_k(base + d);
+            s += q_sh[d] * kv_round(ld_k(base + d));
         }
     }
     if (P.softcap > 0.0) {  // tanh's argument clamped: tanh(+-10) is +-1 in f32, and no overflow
@@ -68,14 +71,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     sp0 = span_pos0(row);
     r0 = span_row0(row);
 
-    // the step's k and v rows of this KV head -> cache
+    // the step's k and v rows of this KV head -> cache, two elements per invocation (HD is even)
     if (h % P.group == 0u && split == 0u) {
         let dst = (kb + row_pos(row)) * P.kv_width + kvh * HD;
         let ks = P.k_off + row * P.k_stride + kvh * HD;
         let vs = P.v_off + row * P.v_stride + kvh * HD;
-        for (var d = tid; d < HD; d += WG) {
-            st_kc(dst + d, ld_k(ks + d));
-            st_vc(dst + d, ld_v(vs + d));
+        for (var d = 2u * tid; d < HD; d += 2u * WG) {
+            store_kv(dst + d, vec2<f32>(ld_k(ks + d), ld_k(ks + d + 1u)), vec2<f32>(ld_v(vs + d), ld_v(vs + d + 1u)));
         }
     }
     let qb = P.q_off + row * P.q_stride + h * HD;
@@ -144,7 +146,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 for (var i = 0u; i < DPT; i++) {
                     let d = tid + i * WG;
                     if (d < HD) {
-                        acc[i] += pw * ld_vc(vb + d);
+                        acc[i] += pw * vc_at(vb + d);
                     }
                 }
             } else {
@@ -152,7 +154,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 for (var i = 0u; i < DPT; i++) {
                     let d = tid + i * WG;
                     if (d < HD) {
-                        acc[i] += pw * ld_v(vb + d);
+                        acc[i] += pw * kv_round(ld_v(vb + d));
                     }
                 }
             }

@@ -17,7 +17,8 @@
 //   3. O = O * alpha + P V: the values are staged VK keys at a time (they reuse the space of
 //      step 1), each thread keeps OQ slots x 4 * OD4 dims of O in registers.
 // Keys / values of the step's own positions are read from the k / v inputs, not from the cache,
-// so no workgroup waits for another's cache write. y may share q's buffer (in place): a slot's
+// so no workgroup waits for another's cache write (rounded as the cache stores them: kv_round; the
+// cache's element type is shaders/kv_cache.wgsl's). y may share q's buffer (in place): a slot's
 // q is read only by the workgroup that writes that slot's y, and y is written last.
 
 const HD4: u32 = {{HD4}};  // head_dim / 4 (vec4s per head)
@@ -55,19 +56,19 @@ fn ld4_q(i: u32) -> vec4<f32> {
 fn key4(kp: u32, kvh: u32, d: u32) -> vec4<f32> {
     if (kp < S.pos0) {
         let i = (S.kv_base + kp) * P.kv_width + kvh * 4u * HD4 + d;
-        return vec4<f32>(ld_kc(i), ld_kc(i + 1u), ld_kc(i + 2u), ld_kc(i + 3u));
+        return vec4<f32>(kc_pair(i), kc_pair(i + 2u));
     }
     let i = P.k_off + (kp - S.pos0) * P.k_stride + kvh * 4u * HD4 + d;
-    return vec4<f32>(ld_k(i), ld_k(i + 1u), ld_k(i + 2u), ld_k(i + 3u));
+    return kv_round4(vec4<f32>(ld_k(i), ld_k(i + 1u), ld_k(i + 2u), ld_k(i + 3u)));
 }
 
 fn value4(kp: u32, kvh: u32, d: u32) -> vec4<f32> {
     if (kp < S.pos0) {
         let i = (S.kv_base + kp) * P.kv_width + kvh * 4u * HD4 + d;
-        return vec4<f32>(ld_vc(i), ld_vc(i + 1u), ld_vc(i + 2u), ld_vc(i + 3u));
+        return vec4<f32>(vc_pair(i), vc_pair(i + 2u));
     }
     let i = P.v_off + (kp - S.pos0) * P.v_stride + kvh * 4u * HD4 + d;
-    return vec4<f32>(ld_v(i), ld_v(i + 1u), ld_v(i + 2u), ld_v(i + 3u));
+    return kv_round4(vec4<f32>(ld_v(i), ld_v(i + 1u), ld_v(i + 2u), ld_v(i + 3u)));
 }
 
 @compute @workgroup_size(WG)
@@ -87,15 +88,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row_last = (min(f0 + BQ, slots) - 1u) / P.group;
     let hd = 4u * HD4;
 
-    // the step's k and v rows of this KV head -> cache: rows whose first slot is in this block
+    // the step's k and v rows of this KV head -> cache: rows whose first slot is in this block,
+    // two elements per invocation
     let row_own = (f0 + P.group - 1u) / P.group;
     let row_end = (min(f0 + BQ, slots) + P.group - 1u) / P.group;
-    for (var i = tid; i < (row_end - row_own) * hd; i += WG) {
-        let row = row_own + i / hd;
-        let d = i % hd;
+    let hd2 = hd / 2u;
+    for (var i = tid; i < (row_end - row_own) * hd2; i += WG) {
+        let row = row_own + i / hd2;
+        let d = 2u * (i % hd2);
         let dst = (S.kv_base + S.pos0 + row) * P.kv_width + kvh * hd + d;
-        st_kc(dst, ld_k(P.k_off + row * P.k_stride + kvh * hd + d));
-        st_vc(dst, ld_v(P.v_off + row * P.v_stride + kvh * hd + d));
+        let ks = P.k_off + row * P.k_stride + kvh * hd + d;
+        let vs = P.v_off + row * P.v_stride + kvh * hd + d;
+        store_kv(dst, vec2<f32>(ld_k(ks), ld_k(ks + 1u)), vec2<f32>(ld_v(vs), ld_v(vs + 1u)));
     }
 
     for (var i = tid; i < BQ; i += WG) {

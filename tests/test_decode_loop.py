@@ -28,11 +28,11 @@ PROMPT = "the cat sat on the mat"
 
 @pytest.fixture(scope="module", params=["llama", "gemma3"])
 def pair(request, adapter, tmp_path_factory):
-    """(gpu LLM, cpu LLM) on one tiny model."""
+    """(gpu LLM, cpu LLM) on one tiny model, both with an f32 KV cache on any adapter."""
     arch = request.param
     path = write_tiny_model(tmp_path_factory.mktemp("m") / f"{arch}.gguf", arch, "Q8_0", n_ctx=96,
                             **(GEMMA_SHAPE if arch == "gemma3" else {}))
-    return LLM(path, backend="gpu", n_batch=8), LLM(path, backend="cpu", n_batch=8)
+    return LLM(path, backend="gpu", n_batch=8, kv_cache="f32"), LLM(path, backend="cpu", n_batch=8)
 
 
 class Spy:

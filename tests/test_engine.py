@@ -226,7 +226,7 @@ def test_openai_shaped_library_calls(llm):
 def test_gpu_batched_decode_rows_equal_one_step_each(arch, adapter, tmp_path):
     """The GPU's batched step: rows of sequences at other positions and cache bases (the row table)."""
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, n_ctx=512)
-    gpu = LLM(str(path), backend="gpu", n_ctx=256)
+    gpu = LLM(str(path), backend="gpu", n_ctx=256, kv_cache="f32")  # as the CPU's
     prompts = [gpu.tokenize(t) for t in ["the cat", "hello there the", "a", "in the beginning was the"]]
     bases = [0, 64, 128, 192]
     for ids, base in zip(prompts, bases):
@@ -254,7 +254,8 @@ def test_gpu_batched_decode_with_split_attention(adapter, tmp_path, monkeypatch)
 
     monkeypatch.setenv("WGPU_LLM_FORCE_HARDWARE_KERNELS", "1")
     path = write_tiny_model(tmp_path / "llama.gguf", "llama", n_ctx=512)
-    gpu, cpu = LLM(str(path), backend="gpu", n_ctx=512), LLM(str(path), backend="cpu", n_ctx=512)
+    gpu = LLM(str(path), backend="gpu", n_ctx=512, kv_cache="f32")  # the CPU's cache type, not the forced auto's
+    cpu = LLM(str(path), backend="cpu", n_ctx=512)
     assert K.attention_variant(gpu.backend.cfg, 512, 0).splits == 2
     prompts = [[(7 * i + j) % 50 + 3 for j in range(n)] for i, n in enumerate((3, 63, 64, 120))]
     bases = [0, 128, 256, 384]
@@ -274,7 +275,7 @@ def test_engine_on_the_gpu_equals_the_cpu(arch, adapter, tmp_path):
     """Slots at other cache bases through the GPU's attention kernels (decode and flash prefill)."""
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, n_ctx=512)
     cpu = LLM(str(path), backend="cpu", n_ctx=256)
-    gpu = LLM(str(path), backend="gpu", n_ctx=256)
+    gpu = LLM(str(path), backend="gpu", n_ctx=256, kv_cache="f32")  # as the CPU's
     prompts = [cpu.tokenize(t) for t in ["the cat sat on the mat", "hello there the", "in the beginning was"]]
     want = [cpu.generate(p, 10, temperature=0, ignore_eos=True).tokens for p in prompts]
     engine = Engine(gpu, n_slots=3)

@@ -33,13 +33,15 @@ def nmse(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.sum((got.astype(np.float64) - ref) ** 2) / np.sum(ref.astype(np.float64) ** 2))
 
 
-def compare_backends(path, adapter, n_prefill: int, n_decode: int, n_ctx: int = 64, seed: int = 1):
-    """GPU vs CPU: all-position logits of a prefill, then decode steps fed with the CPU's greedy token."""
+def compare_backends(path, adapter, n_prefill: int, n_decode: int, n_ctx: int = 64, seed: int = 1,
+                     kv_type: str = "f32"):
+    """GPU vs CPU: all-position logits of a prefill, then decode steps fed with the CPU's greedy
+    token; kv_type: both backends' KV cache type."""
     from wgpu_llm.gpu.backend import GpuBackend
 
     gf = GGUFFile(path)
     arch = architecture(gf)
-    cpu, gpu = CpuBackend(gf, n_ctx), GpuBackend(gf, n_ctx, adapter)
+    cpu, gpu = CpuBackend(gf, n_ctx, kv_type=kv_type), GpuBackend(gf, n_ctx, adapter, kv_type=kv_type)
     full, last = arch.build_graph(gf, all_logits=True), arch.build_graph(gf, all_logits=False)
     n_vocab = gf.tensor("token_embd.weight").shape[0]
     ids = np.random.default_rng(seed).integers(0, n_vocab, n_prefill)

@@ -12,6 +12,8 @@ reproduces on every prompt, see test_real_models.py).
   twenty: on a software adapter Gemma 3 decodes about 2 tokens/s, and the teacher-forced sweep
   already checks the greedy token after every prefix of every prompt.
 - Gemma 3 past its sliding window (900 tokens), as on the numpy backend.
+The LLMs hold an f32 KV cache whatever the adapter (the f16 cache a hardware GPU gets by default
+is held to f32's logits in test_kv_cache_f16.py), so these check the kernels against f32 truth.
 """
 
 import pytest
@@ -24,7 +26,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.gpu]
 
 @pytest.fixture(scope="module", params=MODELS)
 def model(request, adapter):  # adapter: skips where there is none
-    return LLM(request.param, backend="gpu", n_ctx=512), load_golden(request.param)
+    return LLM(request.param, backend="gpu", n_ctx=512, kv_cache="f32"), load_golden(request.param)
 
 
 def golden_continuation(case, eog) -> list[int]:
@@ -71,4 +73,4 @@ def test_greedy_decode_loop(model, prompts):
 
 
 def test_long_context_past_the_sliding_window(adapter):
-    check_long_context(LLM("gemma3-270m", backend="gpu", n_ctx=1024))
+    check_long_context(LLM("gemma3-270m", backend="gpu", n_ctx=1024, kv_cache="f32"))

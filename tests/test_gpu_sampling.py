@@ -183,7 +183,7 @@ def pair(request, adapter, tmp_path_factory):
     arch = request.param
     path = write_tiny_model(tmp_path_factory.mktemp("m") / f"{arch}.gguf", arch, "Q8_0", n_ctx=96,
                             **(GEMMA_SHAPE if arch == "gemma3" else {}))
-    return LLM(path, backend="gpu", n_batch=8), LLM(path, backend="cpu", n_batch=8)
+    return LLM(path, backend="gpu", n_batch=8, kv_cache="f32"), LLM(path, backend="cpu", n_batch=8)
 
 
 def host_loop(cpu: LLM, token: int, pos0: int, n: int, params: SamplingParams, uniforms, history) -> list[int]:

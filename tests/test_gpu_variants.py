@@ -15,6 +15,7 @@ from test_gpu_kernels import cfg  # noqa: F401  (a fixture)
 from test_gpu_matmul import CASES as MATMUL_CASES
 from test_gpu_matmul import check as check_matmul
 from test_gpu_split_attention import check_attention_variant
+from test_kv_cache_f16 import check_f16_attention_variant, check_f16_flash
 from test_gpu_quant import LINEAR_CASES, check_linear, gpu  # noqa: F401  (gpu is a fixture)
 from wgpu_llm.gpu import kernels as K
 from wgpu_llm.gpu import matmul, variants
@@ -53,6 +54,9 @@ def test_registry_follows_the_choosers():
     assert "GPU, subgroups of 32" in REGISTRY["mat-vec"]["subgroup-wg64-r4"].adapters
     assert REGISTRY["decode attention"]["one-workgroup"].adapters[0] == lavapipe.name
     assert "GPU, subgroups of 32" in REGISTRY["decode attention"]["split-kv"].adapters
+    assert "GPU, subgroups of 32" in REGISTRY["decode attention"]["split-kv-f16-cache"].adapters
+    assert lavapipe.name in REGISTRY["decode attention"]["one-workgroup-f16-cache"].adapters  # asked for
+    assert set(REGISTRY["kv cache"]) == {"kv-cache-f32", "kv-cache-f16"}
     for family in variants.FAMILIES:  # every adapter chooses something in every family
         named = {a for c in REGISTRY[family].values() for a in c.adapters}
         assert named == {a.name for a in variants.ADAPTERS}, family
@@ -84,4 +88,17 @@ def test_every_flash_tiles(rt, cfg, tiles):  # noqa: F811
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", params("decode attention"))
 def test_every_decode_attention(rt, cfg, variant):  # noqa: F811
-    check_attention_variant(rt, cfg, variant)
+    if variant.kv_type == "f16":
+        check_f16_attention_variant(rt, cfg, variant)
+    else:
+        check_attention_variant(rt, cfg, variant)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", params("kv cache"))
+def test_every_kv_cache(rt, cfg, cache):  # noqa: F811
+    """The prefill kernel over each cache type (decode attention's variants carry theirs)."""
+    if cache.kv_type == "f16":
+        check_f16_flash(rt, cfg)
+    else:
+        run_case(rt, cfg, 33, 20, 4, 1, 256, 0, seed=8)

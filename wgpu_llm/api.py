@@ -15,7 +15,7 @@ import numpy as np
 
 from . import models, zoo
 from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
-from .backends import GpuError, one_line, open_backend
+from .backends import GpuError, check_kv_cache, one_line, open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFError, GGUFFile
 from .graph import Graph
@@ -97,6 +97,10 @@ class LLM:
         default: the environment variable WGPU_LLM_TRACE. Off, nothing is timed.
     weights_dtype: the numpy backend's weight matrices, "float32" or "float16" (half the memory;
         slower; logits within 1e-5 NMSE of float32 on smollm2-135m: see the README's "Memory").
+    kv_cache: the KV cache's element type, "f16" (half its memory and reads; the logits' accuracy
+        against f32 is measured in the README's "Memory"), "f32", or "auto": f16 on a hardware GPU
+        with the shader-f16 feature, f32 on a software adapter and on the CPU. Either backend takes
+        either type; `self.backend.kv_type` and `describe()` say which one it has.
 
     Before loading, the model's memory needs are checked (wgpu_llm.memory): a model that will not
     fit raises wgpu_llm.memory.InsufficientMemory (a MemoryError) saying what is needed, what is
@@ -132,8 +136,9 @@ class LLM:
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
                  n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None,
-                 weights_dtype: str = "float32"):
+                 weights_dtype: str = "float32", kv_cache: str = "auto"):
         check_open(model, backend, n_ctx, n_batch, adapter, trace)  # before anything is read or built
+        check_kv_cache(kv_cache)
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self._exclusive = Exclusive()
@@ -148,11 +153,12 @@ class LLM:
         self.n_ctx = model.n_ctx
         self.n_batch = n_batch
         self.weights_dtype = weights_dtype
+        self.kv_cache = kv_cache  # as asked for: a CPU that takes over from the GPU resolves "auto" again
         self._steps: OrderedDict[tuple[int, bool, bool], object] = OrderedDict()  # least recently used first
         # the weights are loaded and the decode step built now (open_backend's `load`), not in the first request
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
                                                          list(self._graphs.values()), n_batch, weights_dtype,
-                                                         load=self._load)
+                                                         load=self._load, kv_cache=kv_cache)
         self._falls_back_to_cpu = backend == "auto"  # on a GPU failure in a call (see the class docstring)
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU decode loops (None: adaptive)
@@ -232,7 +238,7 @@ class LLM:
             raise error
         try:
             backend, _ = open_backend("cpu", self.file, self.n_ctx, None, list(self._graphs.values()), self.n_batch,
-                                      self.weights_dtype, load=self._load)
+                                      self.weights_dtype, load=self._load, kv_cache=self.kv_cache)
         except InsufficientMemory:  # the CPU cannot take over: the GPU's failure is the one to report
             raise error from None
         print(f"wgpu-llm: the GPU failed, continuing on the CPU: {one_line(error)}", file=sys.stderr)

@@ -9,6 +9,10 @@ falls back from a GPU it does not fit to the CPU if it fits there. "auto" falls 
 when the GPU fails while the model loads (a device that cannot be opened, a GPU error creating
 buffers or pipelines, a lost device), saying so in one line on stderr; "gpu" raises the error
 (gpu.GpuError naming what was being done).
+
+The KV cache type: "f32", "f16" (half the cache's memory; logits within the README's stated bound
+of f32's) on either backend, or "auto": f16 on a hardware GPU adapter with the shader-f16 feature
+(gpu.kernels.auto_kv_type), f32 on a software adapter and on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import sys
 from . import memory
 
 BACKENDS = ("auto", "gpu", "cpu")
+KV_CACHES = ("auto", "f16", "f32")  # LLM(kv_cache=...), --kv-cache
 
 
 class BackendUnavailable(RuntimeError):
@@ -36,21 +41,24 @@ def one_line(error: BaseException) -> str:
 
 
 def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, graphs=(),
-                 n_batch: int = 512, weights_dtype: str = "float32", load=None):
+                 n_batch: int = 512, weights_dtype: str = "float32", load=None, kv_cache: str = "auto"):
     """Returns (backend, reason): the backend instance and one line saying what was chosen and why.
     graphs: the graphs the backend will run, for the memory check (none given: no check);
     weights_dtype: the numpy backend's ("float32" or "float16");
+    kv_cache: "auto", "f16" or "f32" (the module docstring; the backend's `kv_type` says what it got);
     load: load(backend) loads the model onto the chosen backend (uploads weights, compiles a
     step); GPU failures in it count as the GPU failing to load (see the module docstring)."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
+    check_kv_cache(kv_cache)
 
     def cpu(reason: str):
         from cpu_fallback.backend import CpuBackend
 
+        kv_type = "f32" if kv_cache == "auto" else kv_cache
         if graphs:
-            memory.check_cpu(gguf_file.path, gguf_file, graphs, n_ctx, n_batch, weights_dtype)
-        backend = CpuBackend(gguf_file, n_ctx, weights_dtype)
+            memory.check_cpu(gguf_file.path, gguf_file, graphs, n_ctx, n_batch, weights_dtype, kv_type=kv_type)
+        backend = CpuBackend(gguf_file, n_ctx, weights_dtype, kv_type)
         if load is not None:
             load(backend)
         return backend, reason
@@ -70,6 +78,7 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
     try:
         from .gpu import device
         from .gpu.backend import GpuBackend
+        from .gpu.kernels import auto_kv_type
     except ImportError as e:  # wgpu missing or broken
         if name == "gpu":
             raise BackendUnavailable(f"the gpu backend cannot be loaded: {e}") from e
@@ -80,15 +89,17 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
         if name == "gpu":
             raise BackendUnavailable(str(e)) from None
         return cpu(f"cpu: {e}")
+    info = device.adapter_info(chosen)
+    kv_type = auto_kv_type(info) if kv_cache == "auto" else kv_cache
     if graphs:
         try:
-            memory.check_gpu(gguf_file.path, gguf_file, graphs, n_ctx, n_batch, device.adapter_info(chosen))
+            memory.check_gpu(gguf_file.path, gguf_file, graphs, n_ctx, n_batch, info, kv_type=kv_type)
         except memory.InsufficientMemory as e:
             if name == "gpu":
                 raise
             return fall_back("the model does not fit the GPU", e)
     try:
-        backend = _load_gpu(GpuBackend, gguf_file, n_ctx, chosen, load)
+        backend = _load_gpu(GpuBackend, gguf_file, n_ctx, chosen, load, kv_type)
     except (device.GpuUnavailable, GpuError) as e:
         if name == "gpu":
             raise
@@ -96,13 +107,19 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
     return backend, f"gpu: {why}"
 
 
-def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load):
+def check_kv_cache(kv_cache) -> None:
+    """A ValueError naming a KV cache choice that is not one of KV_CACHES."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache {kv_cache!r} is not one of {', '.join(KV_CACHES)}")
+
+
+def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load, kv_type: str = "f32"):
     """Open the GPU backend and load the model onto it; a wgpu error that escaped the runtime's
     guards becomes a GpuError too."""
     import wgpu
 
     try:
-        backend = backend_class(gguf_file, n_ctx, adapter=adapter)
+        backend = backend_class(gguf_file, n_ctx, adapter=adapter, kv_type=kv_type)
         if load is not None:
             load(backend)
     except (wgpu.GPUError, wgpu.GPUPipelineError) as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .arguments import check_text
-from .backends import BACKENDS
+from .backends import BACKENDS, KV_CACHES
 from .ctrl_c import CtrlC
 from .sampling import InvalidSamplingParam, SamplingParams
 
@@ -39,9 +39,11 @@ def _open(model, backend, n_ctx, adapter, trace=None):
     from . import LLM
 
     model = _model_arg(model)
-    weights = CPU_WEIGHTS[click.get_current_context().meta.get("cpu_weights", "f32")]
+    meta = click.get_current_context().meta
+    weights = CPU_WEIGHTS[meta.get("cpu_weights", "f32")]
     try:
-        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace, weights_dtype=weights)
+        llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace, weights_dtype=weights,
+                  kv_cache=meta.get("kv_cache", "auto"))
     except (ValueError, RuntimeError, OSError, MemoryError) as e:
         _fail(str(e))
     click.echo(f"backend: {llm.backend_reason}", err=True)
@@ -135,6 +137,12 @@ cpu_weights_option = click.option(
     callback=lambda ctx, _, v: ctx.meta.__setitem__("cpu_weights", v),
     help="weight matrices of the numpy backend: f16 takes half the memory, runs slower")
 
+kv_cache_option = click.option(
+    "--kv-cache", type=click.Choice(KV_CACHES), default="auto", show_default=True, expose_value=False,
+    callback=lambda ctx, _, v: ctx.meta.__setitem__("kv_cache", v),
+    help="KV cache values: f16 takes half the memory (logits close to f32's, see the README); "
+         "auto: f16 on a hardware GPU with shader-f16, else f32")
+
 _sampling_options = [
     click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=128, show_default=True,
                  help="tokens to generate"),
@@ -151,6 +159,7 @@ _sampling_options = [
     click.option("--ctx-size", "n_ctx", type=click.IntRange(min=1), default=None,
                  help="context size (default: min(4096, model's))"),
     cpu_weights_option,
+    kv_cache_option,
 ]
 
 
@@ -310,6 +319,7 @@ def _check_chat_template(model) -> None:
               help="require 'Authorization: Bearer KEY' (also env WGPU_LLM_API_KEY)")
 @click.option("--alias", default=None, help="model name in /v1/models and responses (default: the file name)")
 @cpu_weights_option
+@kv_cache_option
 def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...)."""
     try:
@@ -322,8 +332,9 @@ def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
 
     if n_ctx is not None and n_ctx < 2 * n_slots:
         raise click.BadParameter(f"{n_ctx} gives {n_slots} slots less than 2 positions each", param_hint="'--ctx-size'")
-    weights = CPU_WEIGHTS[click.get_current_context().meta["cpu_weights"]]
-    service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias, weights)
+    meta = click.get_current_context().meta
+    service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias,
+                      CPU_WEIGHTS[meta["cpu_weights"]], meta["kv_cache"])
     click.echo(f"wgpu-llm serve: loading the model; listening on http://{host}:{port} (/health answers 503 "
                f"until it is ready)", err=True)
     sys.exit(run_server(service, host, port))

@@ -6,14 +6,16 @@ activation widths) for a given context size, per backend:
 
 - numpy ("cpu"): every weight the graph reads as the backend stores it (float32, or float16 for
   matrices with weights_dtype="float16"; a fused matrix is the same bytes as its parts), the KV
-  cache (2 x n_kv_head x n_ctx x head_dim float32 per layer), and a bound on one prefill step's
-  activations, the attention scores of one query block and the rope tables.
+  cache (2 x n_kv_head x n_ctx x head_dim values per layer, 4 bytes each, 2 for an f16 cache:
+  KV_BYTES), and a bound on one prefill step's activations, the attention scores of one query
+  block and the rope tables.
 - wgpu ("gpu"): matrices as the GPU backend uploads them (quantized types stay quantized, types
   without a GPU kernel become F32, see gpu.quant.device_type; rows padded to 8 columns), vectors in
-  float32, the KV cache in float32 and a bound on the step buffers. WebGPU does not expose how much
-  memory a device has: what can be checked is that no buffer exceeds the adapter's limits (the KV
-  cache of one layer is one storage binding) and, on a software adapter (lavapipe, SwiftShader,
-  WARP), whose "device memory" is host memory, the total against the host's available memory.
+  float32, the KV cache (f32 or f16 values, as on the CPU) and a bound on the step buffers. WebGPU
+  does not expose how much memory a device has: what can be checked is that no buffer exceeds the
+  adapter's limits (the KV cache of one layer is one storage binding) and, on a software adapter
+  (lavapipe, SwiftShader, WARP), whose "device memory" is host memory, the total against the
+  host's available memory.
 
 The refusal is `InsufficientMemory`, a MemoryError: it names the model file, what is needed (with
 the breakdown) and what is available, and the options. WGPU_LLM_IGNORE_MEMORY_CHECK=1 skips it.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 IGNORE_ENV = "WGPU_LLM_IGNORE_MEMORY_CHECK"
 WEIGHTS_DTYPES = ("float32", "float16")  # the numpy backend's weight matrices
+KV_BYTES = {"f32": 4, "f16": 2}  # bytes per KV cache element of each cache type (both backends)
 GiB = 1 << 30
 # activation buffers live at once in one step: the CPU backend reuses a buffer once its activation
 # has been read for the last time, so a step holds the residual, the normed input, a fused QKV or
@@ -117,11 +120,11 @@ def _weight_sets(graphs) -> dict[tuple[str, ...], str]:
     return sets
 
 
-def _kv_bytes(graphs, n_ctx: int) -> int:
+def _kv_bytes(graphs, n_ctx: int, kv_type: str) -> int:
     layers = {}
     for graph in graphs:
         layers.update(graph.kv_layers())
-    return sum(2 * n_kv * n_ctx * head_dim * 4 for n_kv, head_dim in layers.values())
+    return sum(2 * n_kv * n_ctx * head_dim * KV_BYTES[kv_type] for n_kv, head_dim in layers.values())
 
 
 def _activation_bound(gf, graphs, n_ctx: int, n_batch: int) -> int:
@@ -146,16 +149,17 @@ def _activation_bound(gf, graphs, n_ctx: int, n_batch: int) -> int:
     return total
 
 
-def cpu_estimate(gf, graphs, n_ctx: int, n_batch: int, weights_dtype: str = "float32") -> Estimate:
+def cpu_estimate(gf, graphs, n_ctx: int, n_batch: int, weights_dtype: str = "float32",
+                 kv_type: str = "f32") -> Estimate:
     """What CpuBackend will hold: weights exactly as it stores them (see cpu_fallback.backend),
-    the KV cache exactly, activations bounded."""
+    the KV cache exactly (kv_type "f32" or "f16"), activations bounded."""
     half = weights_dtype == "float16"
     weights = 0
     for names in _weight_sets(graphs):
         infos = [gf.tensor(n) for n in names]
         matrix = any(len(i.shape) > 1 for i in infos)  # the backend's float16 rule
         weights += sum(i.n_elements for i in infos) * (2 if half and matrix else 4)
-    return Estimate("cpu", weights, _kv_bytes(graphs, n_ctx), _activation_bound(gf, graphs, n_ctx, n_batch),
+    return Estimate("cpu", weights, _kv_bytes(graphs, n_ctx, kv_type), _activation_bound(gf, graphs, n_ctx, n_batch),
                     "as float16 matrices" if half else "as float32")
 
 
@@ -173,19 +177,19 @@ def _gpu_matrix_bytes(gf, names: tuple[str, ...]) -> int:
     return total
 
 
-def gpu_estimate(gf, graphs, n_ctx: int, n_batch: int) -> Estimate:
+def gpu_estimate(gf, graphs, n_ctx: int, n_batch: int, kv_type: str = "f32") -> Estimate:
     """What GpuBackend will allocate: weights as it uploads them (quantized matrices as stored,
     Q4_0/Q5_0 stacked with Q8_0 widened by at most quant.MAX_WIDENING_BYTES each), the KV cache
-    exactly, step buffers bounded as for the CPU plus the same again for per-step parameters and
-    the second graph's pool slots."""
+    exactly (kv_type "f32" or "f16"), step buffers bounded as for the CPU plus the same again for
+    per-step parameters and the second graph's pool slots."""
     weights = 0
     for names, kind in _weight_sets(graphs).items():
         if kind in MATRIX_OPS:
             weights += _gpu_matrix_bytes(gf, names)
         else:
             weights += sum(gf.tensor(n).n_elements for n in names) * 4
-    return Estimate("gpu", weights, _kv_bytes(graphs, n_ctx), 2 * _activation_bound(gf, graphs, n_ctx, n_batch),
-                    "as on the GPU")
+    return Estimate("gpu", weights, _kv_bytes(graphs, n_ctx, kv_type),
+                    2 * _activation_bound(gf, graphs, n_ctx, n_batch), "as on the GPU")
 
 
 def _options(n_ctx: int, fits_f16: bool | None, other: str) -> str:
@@ -198,25 +202,25 @@ def _options(n_ctx: int, fits_f16: bool | None, other: str) -> str:
 
 
 def check_cpu(path, gf, graphs, n_ctx: int, n_batch: int, weights_dtype: str = "float32",
-              available=None) -> Estimate:
+              available=None, kv_type: str = "f32") -> Estimate:
     """The CPU estimate; raises InsufficientMemory when it exceeds the host's available memory."""
-    est = cpu_estimate(gf, graphs, n_ctx, n_batch, weights_dtype)
+    est = cpu_estimate(gf, graphs, n_ctx, n_batch, weights_dtype, kv_type)
     free = (available or available_host_memory)()
     if free is None or est.total <= free or ignored():
         return est
     fits_f16 = None
     if weights_dtype == "float32":
-        fits_f16 = cpu_estimate(gf, graphs, n_ctx, n_batch, "float16").total <= free
+        fits_f16 = cpu_estimate(gf, graphs, n_ctx, n_batch, "float16", kv_type).total <= free
     raise InsufficientMemory(
         f"{os.path.basename(str(path))}: the cpu backend needs {est.describe()}, but the host has "
         f"{describe_bytes(free)} available; {_options(n_ctx, fits_f16, 'gpu')}")
 
 
-def check_gpu(path, gf, graphs, n_ctx: int, n_batch: int, info, available=None) -> Estimate:
+def check_gpu(path, gf, graphs, n_ctx: int, n_batch: int, info, available=None, kv_type: str = "f32") -> Estimate:
     """The GPU estimate against the adapter `info` (a gpu.device.AdapterInfo): one layer's KV cache
     is one storage binding; on a software adapter the total must fit the host's available memory.
     Raises InsufficientMemory."""
-    est = gpu_estimate(gf, graphs, n_ctx, n_batch)
+    est = gpu_estimate(gf, graphs, n_ctx, n_batch, kv_type)
     if ignored():
         return est
     name = os.path.basename(str(path))
@@ -225,10 +229,12 @@ def check_gpu(path, gf, graphs, n_ctx: int, n_batch: int, info, available=None) 
         layers.update(graph.kv_layers())
     widest = max((n_kv * head_dim for n_kv, head_dim in layers.values()), default=0)
     limit = min(info.max_storage_binding, info.max_buffer)
-    if n_ctx * widest * 4 > limit:
+    one_layer = n_ctx * widest * KV_BYTES[kv_type]
+    if one_layer > limit:
         raise InsufficientMemory(
             f"{name}: the gpu backend needs {est.describe()}, with one layer's K (and V) cache of "
-            f"{describe_bytes(n_ctx * widest * 4)} in one buffer, but {info.name} binds at most {describe_bytes(limit)} per buffer; "
+            f"{describe_bytes(one_layer)} in one buffer, but {info.name} binds at most {describe_bytes(limit)} "
+            f"per buffer; "
             f"{_options(n_ctx, None, 'cpu')}")
     if info.is_software:
         free = (available or available_host_memory)()

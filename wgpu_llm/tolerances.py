@@ -19,6 +19,19 @@ logits that cancel -- and set most of the values:
                      softmax's exp, which WGSL only asks to be accurate to 3 + 2|x| ulp
                      (measured <= 3.6e-12, gemma3's decode steps)
 
+The f16 KV cache (kv_type "f16"; tests/test_kv_cache_f16.py):
+  KV_F16_KERNEL_TOL 3e-11  GPU attention over packed halves vs ops.attention over the halves the
+                     kernel stored (each checked to lie next to its value: WGSL lets pack2x16float
+                     round either way), so the same math as ATTN_TOL's in another order (measured
+                     <= 4.7e-13 on lavapipe, whose every stored half is numpy's nearest even; a
+                     kernel that does not round the step's own keys to f16 measures ~2e-8)
+  KV_F16_LOGITS_TOL 4e-5   the numpy backend's logits with an f16 cache vs an f32 one, at every
+                     position of a 67/68-token prompt and 16 tokens of f32's greedy continuation
+                     (measured max 3.6e-6 on smollm2-135m, 1.0e-7 on gemma3-270m)
+  KV_F16_NEAR_TIE   1e-2   the greedy continuations may part only where f32's top two logits are
+                     this close (measured: smollm2-135m parts at its 8th token, " life" vs
+                     " culture", a gap of 1e-4; gemma3-270m's 16 tokens are equal)
+
 `wgpu-llm verify` (wgpu_llm/verify.py) holds each op of a real model to OP_TOLERANCE of its kind;
 ops one fused GPU kernel runs together, to the largest tolerance among their kinds.
 """
@@ -30,6 +43,9 @@ ROPE_TOL = 1e-13
 NORM_TOL = 3e-12
 DOT_TOL = 1e-11
 ATTN_TOL = 3e-11
+KV_F16_KERNEL_TOL = ATTN_TOL
+KV_F16_LOGITS_TOL = 4e-5
+KV_F16_NEAR_TIE = 1e-2
 
 OP_TOLERANCE = {
     "embed": ELTWISE_TOL, "slice": ELTWISE_TOL, "last_row": ELTWISE_TOL, "add": ELTWISE_TOL,

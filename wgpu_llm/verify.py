@@ -206,7 +206,7 @@ def verify(model=None, prompt: str = DEFAULT_PROMPT, decode_steps: int = DEFAULT
     tokens = ids + [chunk[0] for s, chunk in zip(steps, feeds) if s.kind == "decode"]
 
     # the reference: from the prompt, then replayed on the GPU's activations (one KV cache, rewritten)
-    cpu = CpuBackend(llm.file, llm.n_ctx)
+    cpu = CpuBackend(llm.file, llm.n_ctx, kv_type=gpu.kv_type)  # the same cache rounding as the GPU's
     cpu_steps = {n: cpu.compile(graph, n, capture="all") for n in gpu_steps}
     log("numpy: the same steps from the prompt")
     e2e_acts, cpu_next = [], []

@@ -93,11 +93,12 @@ def supported(head_dim: int) -> bool:
 def flash_attention(cfg: K.KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
                     window: int, q: K.View, k: K.View, v: K.View, k_cache, v_cache, y: K.View,
                     label: str = "flash attention", tiles: FlashTiles = FlashTiles(),
-                    softcap: float = 0.0) -> K.Kernel:
+                    softcap: float = 0.0, kv_type: str = "f32") -> K.Kernel:
     """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention
-    of the step's `rows` queries; arguments as kernels.attention."""
+    of the step's `rows` queries; arguments as kernels.attention (kv_type: the caches' element type)."""
     if n_head % n_kv_head:
         raise ValueError(f"n_head {n_head} is not a multiple of n_kv_head {n_kv_head}")
+    K.check_kv_type(kv_type, head_dim, label)
     consts = tiles.layout(head_dim)
     group = n_head // n_kv_head
     params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("group", "u32", group),
@@ -108,10 +109,10 @@ def flash_attention(cfg: K.KernelConfig, rows: int, n_head: int, n_kv_head: int,
               ("v_off", "u32", v.offset), ("v_stride", "u32", v.stride),
               ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     roles = [K.Role("q", q.buffer), K.Role("k", k.buffer), K.Role("v", v.buffer),
-             K.Role("kc", k_cache, write=True), K.Role("vc", v_cache, write=True), K.Role("y", y.buffer, write=True)]
+             *K.kv_cache_roles(k_cache, v_cache, kv_type), K.Role("y", y.buffer, write=True)]
     n_blocks = -(-rows * group // tiles.bq)
     return K.build("flash_attention", label, params, roles, K.fold_grid(n_blocks * n_kv_head, cfg.max_per_dim),
-                   consts=consts, uses_step=True)
+                   flags={"KV_F16": kv_type == "f16"}, consts=consts, uses_step=True)
 
 
 __all__ = ["FlashTiles", "choose_flash_tiles", "flash_attention", "supported"]

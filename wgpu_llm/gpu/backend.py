@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
+from wgpu_llm.memory import KV_BYTES
 
 from . import attention as flash
 from . import kernels as K
@@ -106,8 +107,14 @@ class _Piece:
 class GpuBackend:
     name = "gpu"
 
-    def __init__(self, gguf_file, n_ctx: int, adapter=None):
+    def __init__(self, gguf_file, n_ctx: int, adapter=None, kv_type: str = "f32"):
+        """kv_type: the KV cache's element type, "f32" or "f16" (halves packed two to a u32 word and
+        read back into f32 math: half the cache's memory and reads, on any adapter; see
+        shaders/kv_cache.wgsl and the README's accuracy figures)."""
         from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
+
+        if kv_type not in K.KV_TYPES:
+            raise ValueError(f"kv_type {kv_type!r} is not one of {', '.join(K.KV_TYPES)}")
 
         t0 = time.perf_counter()
         if adapter is None:
@@ -117,13 +124,14 @@ class GpuBackend:
             adapter = getattr(adapter, "adapter", None) or adapter  # an AdapterInfo from list_adapters()
         self.gf = gguf_file
         self.n_ctx = n_ctx
+        self.kv_type = kv_type
         self.rt = Runtime(adapter)
         self.cfg = K.choose_config(self.rt.caps)
         self.linear_choice = LinearChoice.for_runtime(self.rt, self.cfg)  # tuned winners if cached, else heuristic
         self._matrices: dict[tuple[str, ...], list[_Piece]] = {}  # GGUF names (stacked) -> row pieces
         self._vectors: dict[tuple[str, ...], object] = {}  # GGUF names -> float32 buffer
         self._rope: dict[tuple, object] = {}  # (n_rot, base, freq_scale) -> float32 buffer
-        self.k_cache: dict[int, object] = {}  # layer -> (n_ctx, n_kv_head * head_dim) float32 buffer
+        self.k_cache: dict[int, object] = {}  # layer -> (n_ctx, n_kv_head * head_dim) buffer of kv_type
         self.v_cache: dict[int, object] = {}
         self.weight_bytes = 0  # bytes of weights on the device
         self.f32_fallback: dict[str, list[str]] = {}  # GGUF type without a GPU kernel -> tensors held as F32
@@ -131,8 +139,11 @@ class GpuBackend:
         self.tracer = None  # a wgpu_llm.trace.Trace while tracing: steps then run timed, op by op
 
     def describe(self) -> str:
-        """The adapter, and the weight types held as float32 because no GPU kernel reads them."""
+        """The adapter, the KV cache type when it is not f32, and the weight types held as float32
+        because no GPU kernel reads them."""
         text = self.rt.info.describe()
+        if self.kv_type != "f32":
+            text += f"; KV cache {self.kv_type}"
         if self.f32_fallback:
             text += "; no GPU kernel for " + ", ".join(
                 f"{t} ({len(names)} tensors)" for t, names in sorted(self.f32_fallback.items())) + ": held as F32"
@@ -265,9 +276,10 @@ class GpuBackend:
 
     def kv_cache(self, layer: int, width: int):
         if layer not in self.k_cache:
-            nbytes = self.n_ctx * width * 4
+            nbytes = self.n_ctx * width * KV_BYTES[self.kv_type]
             if nbytes > self.rt.caps.max_binding:
-                raise GpuError(f"layer {layer}: a KV cache of {self.n_ctx} x {width} floats ({nbytes} bytes) exceeds "
+                unit = "floats" if self.kv_type == "f32" else "halves"
+                raise GpuError(f"layer {layer}: a KV cache of {self.n_ctx} x {width} {unit} ({nbytes} bytes) exceeds "
                                f"the device's storage binding limit of {self.rt.caps.max_binding} bytes; "
                                f"use a smaller n_ctx")
             self.k_cache[layer] = self.rt.storage(nbytes, f"k cache {layer}")
@@ -640,7 +652,7 @@ class _Compiler:
                                              p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
                                              kc, vc, self._view(res, y),
                                              f"{op.out}: flash attention layer {p['layer']}", tiles,
-                                             softcap=p["softcap"])
+                                             softcap=p["softcap"], kv_type=self.be.kv_type)
             self.intents.append(make)
             return
 
@@ -655,14 +667,14 @@ class _Compiler:
                 return K.attention_split(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
                                          p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
                                          kc, vc, self._view(res, y), res(part.slot), splits, label,
-                                         softcap=p["softcap"])
+                                         softcap=p["softcap"], kv_type=self.be.kv_type)
             self.intents.append(make_split)
             return
 
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
-                               self._view(res, y), label, softcap=p["softcap"])
+                               self._view(res, y), label, softcap=p["softcap"], kv_type=self.be.kv_type)
         self.intents.append(make)
 
     def _op_glu(self, i, op):

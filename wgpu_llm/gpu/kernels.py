@@ -117,24 +117,49 @@ def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_to
     return LinearVariant("subgroup" if cfg.linear_subgroup else "shared", wg)
 
 
+KV_TYPES = ("f32", "f16")  # the KV cache's element type (GpuBackend's kv_type)
+
+
+def check_kv_type(kv_type: str, head_dim: int, label: str) -> None:
+    """The attention kernels store the cache two elements at a time (a u32 word of two halves)."""
+    if kv_type not in KV_TYPES:
+        raise ValueError(f"{label}: kv_type {kv_type!r} is not one of {', '.join(KV_TYPES)}")
+    if head_dim % 2:
+        raise ValueError(f"{label}: head_dim {head_dim} is odd; the attention kernels need an even head size")
+
+
+def auto_kv_type(info) -> str:
+    """The KV cache type "auto" means on a GPU adapter (a device.AdapterInfo or anything with
+    is_software and shader_f16): f16 on a hardware GPU with the shader-f16 feature -- the mark of
+    native half-precision support, where halving the cache's reads pays -- else f32. A software
+    adapter keeps f32 unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1 (device.software_kernels), the
+    rule of the other kernel choices. The f16 cache itself needs no feature (kv_cache.wgsl)."""
+    from .device import software_kernels
+
+    return "f16" if getattr(info, "shader_f16", False) and not software_kernels(info) else "f32"
+
+
 @dataclass(frozen=True)
 class AttentionVariant:
     """How the one-query-per-workgroup attention (decode steps, batched steps, short chunks) runs:
     splits = 1: one workgroup per (row, head) scans the row's whole visible context; splits > 1:
-    flash-decoding, each (row, head) over `splits` workgroups then a merge (attention_split)."""
+    flash-decoding, each (row, head) over `splits` workgroups then a merge (attention_split);
+    kv_type: the cache's element type (shaders/kv_cache.wgsl)."""
 
     splits: int = 1
+    kv_type: str = "f32"
 
     @property
     def key(self) -> str:
-        return "one-workgroup" if self.splits == 1 else "split-kv"
+        kind = "one-workgroup" if self.splits == 1 else "split-kv"
+        return kind if self.kv_type == "f32" else f"{kind}-{self.kv_type}-cache"
 
 
 SPLIT_KEYS = 256  # visible keys per split at the longest context a step can see
 MAX_SPLITS = 32
 
 
-def attention_variant(cfg: KernelConfig, n_ctx: int, window: int) -> AttentionVariant:
+def attention_variant(cfg: KernelConfig, n_ctx: int, window: int, kv_type: str = "f32") -> AttentionVariant:
     """The rule for splitting decode attention over the context: on a GPU (cfg.attn_split), a
     step whose rows may see more than SPLIT_KEYS keys (n_ctx, or the window when smaller) gets one
     split per SPLIT_KEYS of them, at most MAX_SPLITS: a decode step has only rows x heads
@@ -148,13 +173,13 @@ def attention_variant(cfg: KernelConfig, n_ctx: int, window: int) -> AttentionVa
     whole context of 64 / 512 / 2048 keys, CPU time: one workgroup per head 1.6-2.1 / 15 /
     43-57 ms, 2 splits 1.8-2.2 / 9-16 / 52-58 ms, 8 splits 2.5-2.9 / 10-15 / 47-59 ms: no
     consistent gain at long contexts, a loss at short ones.
-    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 takes the GPU rule there."""
+    WGPU_LLM_FORCE_HARDWARE_KERNELS=1 takes the GPU rule there. kv_type is the backend's, carried along."""
     if n_ctx < 1:
         raise ValueError(f"attention_variant: n_ctx must be >= 1, got {n_ctx}")
     if not cfg.attn_split:
-        return AttentionVariant(1)
+        return AttentionVariant(1, kv_type)
     visible = min(n_ctx, window) if window > 0 else n_ctx
-    return AttentionVariant(min(MAX_SPLITS, -(-visible // SPLIT_KEYS)))
+    return AttentionVariant(min(MAX_SPLITS, -(-visible // SPLIT_KEYS)), kv_type)
 
 
 # ---- the dispatch description ----
@@ -293,6 +318,8 @@ def build(family: str, label: str, params: list, roles: list[Role], grid, *, fla
     body = specialise(_shader_text(family), flags or {}, consts or {})
     if "sincos(" in body:  # the shared accurate sin/cos (shaders/sincos.wgsl)
         body = _shader_text("sincos") + "\n" + body
+    if "kv_round" in body:  # the KV cache's accessors, f32 or packed f16 (shaders/kv_cache.wgsl)
+        body = specialise(_shader_text("kv_cache"), flags or {}, {}) + "\n" + body
     source = "\n".join(header) + "\n\n" + body
     return Kernel(label, source, entry, pbytes, uses_step, buffers, tuple(grid), True)
 
@@ -360,19 +387,27 @@ def rope(cfg: KernelConfig, rows: int, width: int, head_dim: int, n_rot: int, ne
 
 def attention(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
               window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, label="attention",
-              softcap: float = 0.0) -> Kernel:
+              softcap: float = 0.0, kv_type: str = "f32") -> Kernel:
     """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention;
-    softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax."""
+    softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax;
+    kv_type "f16": the caches hold halves, two to a u32 (kv_cache_roles)."""
+    check_kv_type(kv_type, head_dim, label)
     params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, 1)
-    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
-             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("y", y.buffer, write=True)]
+    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer), *kv_cache_roles(k_cache, v_cache, kv_type),
+             Role("y", y.buffer, write=True)]
     return build("attention", label, params, roles, fold_grid(rows * n_head, cfg.max_per_dim),
-                 consts=_attention_consts(cfg, head_dim), uses_step=True)
+                 flags={"KV_F16": kv_type == "f16"}, consts=_attention_consts(cfg, head_dim), uses_step=True)
+
+
+def kv_cache_roles(k_cache, v_cache, kv_type: str) -> list[Role]:
+    """The caches as the attention kernels bind them: f32 elements, or u32 words of two halves."""
+    elem = "u32" if kv_type == "f16" else "f32"
+    return [Role("kc", k_cache, write=True, elem=elem), Role("vc", v_cache, write=True, elem=elem)]
 
 
 def attention_split(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
                     window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, part, splits: int,
-                    label="attention", softcap: float = 0.0) -> list[Kernel]:
+                    label="attention", softcap: float = 0.0, kv_type: str = "f32") -> list[Kernel]:
     """`attention` as two dispatches (flash-decoding): (row, head, split) workgroups each over a
     contiguous range of the row's visible keys, writing their max, sum and unnormalised output to
     `part` (a buffer of at least split_part_floats(...) floats); then one workgroup per (row, head)
@@ -382,13 +417,14 @@ def attention_split(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, h
         raise ValueError(f"{label}: splits must be >= 1, got {splits}")
     if n_head % n_kv_head:
         raise ValueError(f"{label}: n_head {n_head} is not a multiple of n_kv_head {n_kv_head}")
+    check_kv_type(kv_type, head_dim, label)
     consts = _attention_consts(cfg, head_dim)
     params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, splits)
-    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer),
-             Role("kc", k_cache, write=True), Role("vc", v_cache, write=True), Role("part", part, write=True)]
+    roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer), *kv_cache_roles(k_cache, v_cache, kv_type),
+             Role("part", part, write=True)]
     partial = build("attention", f"{label} (splits)", params, roles,
-                    fold_grid(rows * n_head * splits, cfg.max_per_dim), flags={"SPLIT": True}, consts=consts,
-                    uses_step=True)
+                    fold_grid(rows * n_head * splits, cfg.max_per_dim),
+                    flags={"SPLIT": True, "KV_F16": kv_type == "f16"}, consts=consts, uses_step=True)
     merge_params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("splits", "u32", splits),
                     ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     merge = build("attention_merge", f"{label} (merge)", merge_params,

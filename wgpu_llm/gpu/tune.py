@@ -131,7 +131,7 @@ def kernel_choices(caps, type_name: str = "Q4_K", rows: int = 2048, cols: int = 
                    ) -> dict[str, str]:
     """What this device runs without tuning (`heuristic`), for `wgpu-llm devices`: the mat-vec
     variant of a decode step, the mat-mat tiles of prefill steps of 16, 32 and 64+ tokens, the
-    flash-attention tiles of a head size."""
+    flash-attention tiles of a head size, the KV cache type `--kv-cache auto` gives."""
     from .attention import choose_flash_tiles
 
     out = {"mat-vec (1 token)": heuristic(caps, LinearCase(type_name, rows, cols, 1)).key}
@@ -140,6 +140,7 @@ def kernel_choices(caps, type_name: str = "Q4_K", rows: int = 2048, cols: int = 
         out[f"mat-mat ({n}{'+' if n == 64 else ''} tokens)"] = heuristic(caps, case).key if case.tiled else "mat-vec"
     t = choose_flash_tiles(caps, head_dim)
     out[f"flash attention (head {head_dim})"] = f"{t.bq}x{t.bkv} wg{t.wg} {t.sq}x{t.sk}"
+    out["KV cache (auto)"] = K.auto_kv_type(caps.info)
     return out
 
 

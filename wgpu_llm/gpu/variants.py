@@ -3,7 +3,9 @@
 The choices are made in a few places -- kernels.linear_variant (the mat-vec kind, workgroup,
 rows and tokens per pass), matmul.choose_tiles (the prefill mat-mat's tiles), attention.
 choose_flash_tiles (the flash-attention tiles), kernels.attention_variant (decode attention in one
-workgroup per head or split over the context) -- from what the adapter is: software or not
+workgroup per head or split over the context, over an f32 or f16 cache), the KV cache type
+(kernels.auto_kv_type for "auto"; "f16" / "f32" asked for on any adapter) -- from what the adapter
+is: software or not
 (WGPU_LLM_FORCE_HARDWARE_KERNELS=1 makes a software one choose like a GPU), its subgroup size
 and its limits. A test machine has one adapter, so most of those choices never run there by
 themselves. `chosen()` asks the choosers for every adapter in ADAPTERS (described, not real) and
@@ -23,7 +25,8 @@ from . import kernels as K
 from . import matmul, quant
 from .attention import FlashTiles, choose_flash_tiles
 
-FAMILIES = ("mat-vec", "mat-mat tiles", "flash tiles", "decode attention")
+FAMILIES = ("mat-vec", "mat-mat tiles", "flash tiles", "decode attention", "kv cache")
+KV_CHOICES = ("auto", *K.KV_TYPES)  # what LLM(kv_cache=...) may ask for
 
 
 @dataclass(frozen=True)
@@ -36,14 +39,26 @@ class Adapter:
     max_invocations: int = 256
     max_workgroup_storage: int = 16384
     max_per_dim: int = 65535
+    shader_f16: bool = True
 
     @property
     def subgroups(self) -> bool:
         return self.subgroup_size > 0
 
     @property
-    def info(self):  # device.software_kernels reads is_software
-        return SimpleNamespace(is_software=self.software)
+    def info(self):  # device.software_kernels reads is_software, kernels.auto_kv_type shader_f16 too
+        return SimpleNamespace(is_software=self.software, shader_f16=self.shader_f16)
+
+
+@dataclass(frozen=True)
+class KvCache:
+    """A KV cache element type, as attention.wgsl and flash_attention.wgsl read and write it."""
+
+    kv_type: str
+
+    @property
+    def key(self) -> str:
+        return f"kv-cache-{self.kv_type}"
 
 
 ADAPTERS = (
@@ -55,6 +70,7 @@ ADAPTERS = (
     Adapter("GPU, subgroups of 32", False, 32, 1024, 49152),
     Adapter("GPU, subgroups of 64", False, 64, 1024, 65536),
     Adapter("GPU, no subgroups, WebGPU's default limits", False, 0, 256, 16384),
+    Adapter("GPU, subgroups of 32, no shader-f16", False, 32, 1024, 49152, shader_f16=False),
 )
 
 
@@ -76,7 +92,7 @@ SHAPES = Shapes()
 
 @dataclass
 class Choice:
-    variant: object  # a quant.LinearVariant, matmul.Tiles, attention.FlashTiles or kernels.AttentionVariant
+    variant: object  # a quant.LinearVariant, matmul.Tiles, attention.FlashTiles, kernels.AttentionVariant or KvCache
     adapters: list[str]  # the names of the ADAPTERS that choose it
 
 
@@ -101,8 +117,11 @@ def chosen(adapters=ADAPTERS, shapes: Shapes = SHAPES) -> dict[str, dict[str, Ch
                 note("mat-mat tiles", matmul.choose_tiles(a, n), a)
         for head_dim in shapes.head_dims:
             note("flash tiles", choose_flash_tiles(a, head_dim), a)
-        for n_ctx in shapes.contexts:
-            note("decode attention", K.attention_variant(cfg, n_ctx, 0), a)
+        for choice in KV_CHOICES:
+            kv_type = K.auto_kv_type(a.info) if choice == "auto" else choice
+            note("kv cache", KvCache(kv_type), a)
+            for n_ctx in shapes.contexts:
+                note("decode attention", K.attention_variant(cfg, n_ctx, 0, kv_type), a)
     return out
 
 
@@ -114,4 +133,4 @@ def key(variant) -> str:
     return variant.key
 
 
-__all__ = ["ADAPTERS", "Adapter", "Choice", "FAMILIES", "SHAPES", "Shapes", "chosen", "key"]
+__all__ = ["ADAPTERS", "Adapter", "Choice", "FAMILIES", "KvCache", "SHAPES", "Shapes", "chosen", "key"]
