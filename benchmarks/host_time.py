@@ -59,9 +59,7 @@ def time_steps(llm: LLM, n_steps: int) -> tuple[dict[str, float], int]:
         t3 = time.perf_counter()
         rt.device._poll_wait()  # the device done: what follows is the read's own cost
         t4 = time.perf_counter()
-        rt.wait_map(staging, 4, submission)
-        int(np.frombuffer(staging.read_mapped(0, 4, copy=False), np.uint32)[0])
-        staging.unmap()
+        rt.read_back(staging, 4, submission)
         t5 = time.perf_counter()
         if i >= 2:
             for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):

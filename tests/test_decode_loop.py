@@ -277,7 +277,7 @@ def test_loop_keeps_a_second_command_buffer_in_flight(pair, monkeypatch, chunk_s
         ref.append(token)
     monkeypatch.setattr(backend, "LOOP_CHUNK_S", chunk_s)
     submitted, in_flight = [0], []
-    submit, wait_map = backend._Chunk.submit, Runtime.wait_map
+    submit, read_back = backend._Chunk.submit, Runtime.read_back
 
     def counting_submit(c, rt):
         submitted[0] += 1
@@ -285,10 +285,10 @@ def test_loop_keeps_a_second_command_buffer_in_flight(pair, monkeypatch, chunk_s
 
     def counting_wait(rt, buf, nbytes, submission=None):
         in_flight.append(submitted[0] - len(in_flight))  # submitted, minus those waited for before
-        return wait_map(rt, buf, nbytes, submission)
+        return read_back(rt, buf, nbytes, submission)
 
     monkeypatch.setattr(backend._Chunk, "submit", counting_submit)
-    monkeypatch.setattr(Runtime, "wait_map", counting_wait)
+    monkeypatch.setattr(Runtime, "read_back", counting_wait)
     assert list(step.greedy_loop(5, 3, 17, chunk=2)) == ref
     assert max(in_flight) == most_in_flight
     stop = ref[6]  # inside the fourth chunk of two steps, with the fifth already on the GPU
@@ -305,7 +305,7 @@ SPIN_WGSL = """
 }"""
 
 
-def test_wait_map_waits_for_its_own_submission_only(rt):
+def test_read_back_waits_for_its_own_submission_only(rt):
     """A decode loop's second command buffer must not delay the first one's ids: waiting for a
     submission returns while a later, long one still runs (wgpu-py's map_sync would wait for it)."""
     from wgpu_llm.gpu.runtime import _native_submission
@@ -333,10 +333,9 @@ def test_wait_map_waits_for_its_own_submission_only(rt):
     t0 = time.perf_counter()
     second = rt.submit([enc.finish()], 2)
     assert first is not None and second > first
-    rt.wait_map(staging, 16, first)
+    ids = rt.read_back(staging, 16, first)
     waited_first = time.perf_counter() - t0
-    assert staging.read_mapped(0, 16).cast("I").tolist() == [0, 1, 2, 3]
-    staging.unmap()
+    assert ids.view(np.uint32).tolist() == [0, 1, 2, 3]
     lib.wgpuDevicePoll(rt.device._internal, True, ffi.new("WGPUSubmissionIndex *", second))
     waited_second = time.perf_counter() - t0
     assert waited_first < waited_second / 4

@@ -1096,12 +1096,7 @@ class _GpuStep:
                     in_flight.append(ahead)
                     ahead = None
                 running = in_flight.pop(0)
-                rt.wait_map(running.staging, 4 * running.size, running.submission)
-                try:
-                    ids = np.frombuffer(running.staging.read_mapped(0, 4 * running.size, copy=False), np.uint32)
-                    ids = ids.tolist()
-                finally:
-                    running.staging.unmap()
+                ids = rt.read_back(running.staging, 4 * running.size, running.submission).view(np.uint32).tolist()
                 done = time.perf_counter()
                 per_step = (done - max(running.t_submit, last_done)) / running.size  # device time, roughly
                 last_done = done
@@ -1126,7 +1121,7 @@ class _Chunk:
     dispatches: int  # compute dispatches in the command buffer
     cb: object = None  # the command buffer until it is submitted
     t_submit: float = 0.0
-    submission: int | None = None  # the runtime's index of the submission (Runtime.wait_map)
+    submission: int | None = None  # the runtime's index of the submission (Runtime.read_back)
 
     def submit(self, rt: Runtime) -> None:
         self.t_submit = time.perf_counter()

@@ -178,9 +178,12 @@ class Runtime:
         self.allocated_bytes = 0  # every buffer created on the device so far
         self._live = weakref.WeakSet()  # every buffer not yet garbage-collected: close() destroys them
         self.bytes_uploaded = 0
-        self.wait_s = 0.0  # seconds the host has been blocked waiting for the device's results (wait_map)
+        self.wait_s = 0.0  # seconds the host has been blocked waiting for the device's results (read_back)
         self.dispatches = 0  # compute dispatches submitted to the queue so far (submit)
         self.pool = BufferPool(self)
+        self._map_lock = threading.Lock()  # read_back's one map callback and its status
+        self._map_status = [None]
+        self._map_callback_info, self._map_callback = _map_callback(self._map_status)
         if subgroups:
             self.caps = Caps(**{**self.caps.__dict__, "subgroup_size": self._probe_subgroup_size()})
 
@@ -248,7 +251,7 @@ class Runtime:
     def submit(self, command_buffers: list, dispatches: int, steps: int = 1) -> int | None:
         """Submit command buffers holding `steps` model steps of `dispatches` compute dispatches in
         all (both counted), inside the caller's guard, which raises what the submission reports.
-        Returns the submission's index for wait_map (None where wgpu-native's is not available)."""
+        Returns the submission's index for read_back (None where wgpu-native's is not available)."""
         limit = self.faults.after_steps
         if limit is not None and self.steps_submitted + steps > limit:
             _WGPU_LOG.add(f"The WGPU device was lost ({self.faults.note} after {limit} steps)")
@@ -263,27 +266,45 @@ class Runtime:
         handles = ffi.new("WGPUCommandBuffer[]", [cb._internal for cb in command_buffers])
         return int(lib.wgpuQueueSubmitForIndex(self.queue._internal, len(command_buffers), handles))
 
-    def wait_map(self, buf, nbytes: int, submission: int | None = None) -> None:
-        """Map the first nbytes of a MAP_READ buffer, blocking until the device has written them:
-        where a step's results are waited for, timed into wait_s (so the rest is host time).
+    def read_back(self, buf, nbytes: int, submission: int | None = None) -> np.ndarray:
+        """The first nbytes of a MAP_READ buffer (a uint8 copy), blocking until the device has
+        written them: where a step's results are waited for, the wait timed into wait_s (so the
+        rest is host time). Inside the caller's guard.
 
         submission: the index `submit` returned for the work that writes the buffer. Then only that
         work is waited for, not what was submitted after it (wgpu-py's map_sync waits for the whole
-        queue), so a decode loop can keep a second command buffer running meanwhile."""
-        t0 = time.perf_counter()
+        queue), so a decode loop can keep a second command buffer running meanwhile. The map itself
+        calls wgpu-native directly: wgpu-py's map_async makes a callback and wakes its poll thread
+        on every call, ~0.5 ms of host time per read on a 2-core host, ~0.02 ms this way."""
         native = _native_submission()
-        if submission is None or native is None:
+        t0 = time.perf_counter()
+        if native is None:
             buf.map_sync(self.wgpu.MapMode.READ, 0, nbytes)
-        else:
-            ffi, lib = native
-            device = self.device._internal
-            lib.wgpuDevicePoll(device, True, ffi.new("WGPUSubmissionIndex *", submission))
-            # READ_NOSYNC: no empty submission first (wgpu-py's guard for buffers that no submitted
-            # work wrote; this one was written by the work just waited for)
-            promise = buf.map_async("READ_NOSYNC", 0, nbytes)
-            lib.wgpuDevicePoll(device, False, ffi.NULL)  # runs the map callback: the work is done
-            promise.sync_wait()
-        self.wait_s += time.perf_counter() - t0
+            self.wait_s += time.perf_counter() - t0
+            try:
+                return np.frombuffer(buf.read_mapped(0, nbytes, copy=False), np.uint8).copy()
+            finally:
+                buf.unmap()
+        ffi, lib = native
+        device = self.device._internal
+        with self._map_lock:
+            index = ffi.NULL if submission is None else ffi.new("WGPUSubmissionIndex *", submission)
+            lib.wgpuDevicePoll(device, True, index)
+            self.wait_s += time.perf_counter() - t0
+            self._map_status[0] = None
+            lib.wgpuBufferMapAsync(buf._internal, lib.WGPUMapMode_Read, 0, nbytes, self._map_callback_info[0])
+            lib.wgpuDevicePoll(device, False, ffi.NULL)  # the work is done: this poll maps the buffer
+            if self._map_status[0] is None:  # not yet (another submission in the way): wait for the queue
+                lib.wgpuDevicePoll(device, True, ffi.NULL)
+            if self._map_status[0] != lib.WGPUMapAsyncStatus_Success:
+                raise GpuError(f"mapping {buf.label or 'a buffer'} for reading failed (status {self._map_status[0]})")
+            try:
+                data = lib.wgpuBufferGetConstMappedRange(buf._internal, 0, nbytes)
+                if data == ffi.NULL:
+                    raise GpuError(f"{buf.label or 'a buffer'}: no mapped range of {nbytes} bytes")
+                return np.frombuffer(ffi.buffer(data, nbytes), np.uint8).copy()
+            finally:
+                lib.wgpuBufferUnmap(buf._internal)
 
     def read(self, buf, nbytes: int | None = None, offset: int = 0) -> np.ndarray:
         """Copy a buffer back to the host (slow path for tests; steps use their own staging)."""
@@ -504,18 +525,14 @@ class Program:
             else:
                 enc = self._submit_parts()
             self.record_outputs(enc)
-            rt.submit([enc.finish()], self.n_dispatches)  # (a timed run submits them one by one before)
+            submission = rt.submit([enc.finish()], self.n_dispatches)  # (a timed run submits them one by one before)
             if timed and self._ts is not None:
                 self.last_times = self._read_timestamps()
             if not self.out_bytes:
                 return []
-            rt.wait_map(self.staging, self.out_bytes)
+            data = rt.read_back(self.staging, self.out_bytes, submission)
             if not timed:
                 self._size_parts(time.perf_counter() - t0)
-            try:
-                data = np.frombuffer(self.staging.read_mapped(0, self.out_bytes, copy=False), np.uint8).copy()
-            finally:
-                self.staging.unmap()
         out, at = [], 0
         for _, _, n in self.outputs:
             out.append(data[at:at + n])
@@ -643,6 +660,24 @@ def _native_submission():
         return ffi, lib
     except (ImportError, AttributeError):
         return None
+
+
+def _map_callback(status: list) -> tuple:
+    """wgpu-native's map callback info for Runtime.read_back, and the callback it points to (both
+    to be kept alive by the runtime), made once: the callback writes its status into status[0].
+    (None, None) on another wgpu backend."""
+    native = _native_submission()
+    if native is None:
+        return None, None
+    ffi, lib = native
+
+    @ffi.callback("void(WGPUMapAsyncStatus, WGPUStringView, void *, void *)")
+    def on_mapped(result, _message, _userdata1, _userdata2):
+        status[0] = result
+
+    info = ffi.new("WGPUBufferMapCallbackInfo *", {"mode": lib.WGPUCallbackMode_AllowProcessEvents,
+                                                   "callback": on_mapped})
+    return info, on_mapped
 
 
 def _native_calls(calls: list) -> list | None:
