@@ -244,14 +244,19 @@ def test_abandoned_stream_leaves_no_trace(pair):
 
 
 # ---- the step's own loops ----
+def cpu_greedy_ids(cpu, token: int, pos0: int, n: int) -> list[int]:
+    """n greedy ids of the CPU's one-token step fed `token` at pos0, then each id it produced."""
+    step, ids = cpu._step(1, False), []
+    for pos in range(pos0, pos0 + n):
+        token = int(np.argmax(step(np.array([token]), pos)[-1]))
+        ids.append(token)
+    return ids
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 8, None])
 def test_greedy_loop_directly(pair, chunk):
     gpu, cpu = pair
-    step, ref_step = gpu._step(1, False), cpu._step(1, False)
-    token, ref = 5, []
-    for pos in range(3, 3 + 17):
-        token = int(np.argmax(ref_step(np.array([token]), pos)[-1]))
-        ref.append(token)
+    step, ref = gpu._step(1, False), cpu_greedy_ids(cpu, 5, 3, 17)
     assert list(step.greedy_loop(5, 3, 17, chunk=chunk)) == ref
     stop = ref[6]
     assert list(step.greedy_loop(5, 3, 17, chunk=chunk, stop_ids=[stop])) == ref[:ref.index(stop) + 1]
@@ -270,11 +275,7 @@ def test_loop_keeps_a_second_command_buffer_in_flight(pair, monkeypatch, chunk_s
     from wgpu_llm.gpu.runtime import Runtime
 
     gpu, cpu = pair
-    step, ref_step = gpu._step(1, False), cpu._step(1, False)
-    token, ref = 5, []
-    for pos in range(3, 3 + 17):
-        token = int(np.argmax(ref_step(np.array([token]), pos)[-1]))
-        ref.append(token)
+    step, ref = gpu._step(1, False), cpu_greedy_ids(cpu, 5, 3, 17)
     monkeypatch.setattr(backend, "LOOP_CHUNK_S", chunk_s)
     submitted, in_flight = [0], []
     submit, read_back = backend._Chunk.submit, Runtime.read_back
