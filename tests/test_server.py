@@ -234,28 +234,37 @@ def _generated_total(server) -> float:
             if line.startswith("wgpu_llm_generated_tokens_total")][0]
 
 
-def test_a_disconnected_client_frees_its_slot(server):
+def test_a_disconnected_client_frees_its_slot(tmp_path):
     """4 long streams are dropped after their first chunk: they stop generating, and the next 4
-    requests get the slots."""
-    before = _generated_total(server)
-    long = {"model": "m", "prompt": "a", "max_tokens": 120, "stream": True, "ignore_eos": True, "temperature": 0}
-    for _ in range(4):
-        with server.http.stream("POST", "/v1/completions", json=long) as r:
-            next(r.iter_lines())  # the first chunk came; now hang up
-    time.sleep(0.5)
-    dropped = _generated_total(server) - before
-    assert dropped < 4 * 120 / 2, dropped  # 480 if they had run to the end
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(server.client.completions.create(
-        model="m", prompt="a", max_tokens=4, temperature=0, extra_body={"ignore_eos": True})))
-               for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(results) == 4
-    metrics = server.http.get("/metrics").text
-    assert "wgpu_llm_slots_busy 0.0" in metrics and "wgpu_llm_queue_length 0.0" in metrics
+    requests get the slots. The slots are long (2000 tokens) because noticing a hang-up takes some
+    tens of milliseconds, in which the tiny model generates tens of tokens."""
+    model = write_tiny_model(tmp_path / "long.gguf", "llama", n_ctx=8192)
+    server = Server(model, "--parallel", "4", "--ctx-size", "8192", "--backend", "cpu")
+    try:
+        before = _generated_total(server)
+        long = {"model": "m", "prompt": "a", "max_tokens": 2000, "stream": True, "ignore_eos": True,
+                "temperature": 0}
+        for _ in range(4):
+            with server.http.stream("POST", "/v1/completions", json=long) as r:
+                next(r.iter_lines())  # the first chunk came; now hang up
+        time.sleep(0.5)
+        dropped = _generated_total(server) - before
+        assert dropped < 4 * 2000 / 4, dropped  # 8000 if they had run to the end
+        time.sleep(0.5)
+        assert _generated_total(server) - before == dropped  # nothing runs on
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(server.client.completions.create(
+            model="m", prompt="a", max_tokens=4, temperature=0, extra_body={"ignore_eos": True})))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert len(results) == 4
+        metrics = server.http.get("/metrics").text
+        assert "wgpu_llm_slots_busy 0.0" in metrics and "wgpu_llm_queue_length 0.0" in metrics
+    finally:
+        assert server.stop() == 0, "".join(server.log)
 
 
 def test_sigterm_ends_streams_cleanly_and_exits_0(tiny):
