@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
-from wgpu_llm.memory import KV_BYTES, WEIGHTS_DTYPES
+from wgpu_llm.memory import KV_BYTES, WEIGHTS_DTYPES, check_kv_type
 
 from . import ops
 
@@ -38,8 +38,7 @@ class CpuBackend:
     def __init__(self, gguf_file, n_ctx: int, weights_dtype: str = "float32", kv_type: str = "f32"):
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
-        if kv_type not in KV_BYTES:
-            raise ValueError(f"kv_type {kv_type!r} is not one of {', '.join(KV_BYTES)}")
+        check_kv_type(kv_type)
         self.gf = gguf_file
         self.n_ctx = n_ctx
         self.weights_dtype = weights_dtype

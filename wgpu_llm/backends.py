@@ -22,7 +22,7 @@ import sys
 from . import memory
 
 BACKENDS = ("auto", "gpu", "cpu")
-KV_CACHES = ("auto", "f16", "f32")  # LLM(kv_cache=...), --kv-cache
+KV_CACHES = ("auto", *memory.KV_BYTES)  # LLM(kv_cache=...), --kv-cache
 
 
 class BackendUnavailable(RuntimeError):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 IGNORE_ENV = "WGPU_LLM_IGNORE_MEMORY_CHECK"
 WEIGHTS_DTYPES = ("float32", "float16")  # the numpy backend's weight matrices
-KV_BYTES = {"f32": 4, "f16": 2}  # bytes per KV cache element of each cache type (both backends)
+KV_BYTES = {"f32": 4, "f16": 2}  # the KV cache types (both backends) and their bytes per element
 GiB = 1 << 30
 # activation buffers live at once in one step: the CPU backend reuses a buffer once its activation
 # has been read for the last time, so a step holds the residual, the normed input, a fused QKV or
@@ -58,6 +58,13 @@ class Estimate:
         return (f"{describe_bytes(self.total)} (weights {describe_bytes(self.weights)} {self.weights_as}, KV cache "
                 f"{describe_bytes(self.kv_cache)}, activations up to {describe_bytes(self.activations)})")
 
+
+
+def check_kv_type(kv_type, label: str = "") -> None:
+    """A ValueError naming a KV cache type that is not one of KV_BYTES (label: what asked for it)."""
+    if kv_type not in KV_BYTES:
+        where = f"{label}: " if label else ""
+        raise ValueError(f"{where}kv_type {kv_type!r} is not one of {', '.join(KV_BYTES)}")
 
 def describe_bytes(n: int) -> str:
     """A size for messages: "16 bytes", "3.5 KiB", "12.0 MiB", "1.50 GiB"."""

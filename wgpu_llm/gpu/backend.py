@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from wgpu_llm.graph import Graph, Op, Span, capture_names, check_spans
-from wgpu_llm.memory import KV_BYTES
+from wgpu_llm.memory import KV_BYTES, check_kv_type
 
 from . import attention as flash
 from . import kernels as K
@@ -113,8 +113,7 @@ class GpuBackend:
         shaders/kv_cache.wgsl and the README's accuracy figures)."""
         from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
 
-        if kv_type not in K.KV_TYPES:
-            raise ValueError(f"kv_type {kv_type!r} is not one of {', '.join(K.KV_TYPES)}")
+        check_kv_type(kv_type)
 
         t0 = time.perf_counter()
         if adapter is None:

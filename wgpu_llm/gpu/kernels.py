@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wgpu_llm.memory import check_kv_type as check_kv_type_name
+
 
 def _shader_dir() -> Path:
     """wgpu_llm/shaders in an installed wheel, shaders/ at the top of a source tree."""
@@ -117,13 +119,9 @@ def linear_variant(cfg: KernelConfig, type_name: str, rows: int, cols: int, n_to
     return LinearVariant("subgroup" if cfg.linear_subgroup else "shared", wg)
 
 
-KV_TYPES = ("f32", "f16")  # the KV cache's element type (GpuBackend's kv_type)
-
-
 def check_kv_type(kv_type: str, head_dim: int, label: str) -> None:
     """The attention kernels store the cache two elements at a time (a u32 word of two halves)."""
-    if kv_type not in KV_TYPES:
-        raise ValueError(f"{label}: kv_type {kv_type!r} is not one of {', '.join(KV_TYPES)}")
+    check_kv_type_name(kv_type, label)
     if head_dim % 2:
         raise ValueError(f"{label}: head_dim {head_dim} is odd; the attention kernels need an even head size")
 

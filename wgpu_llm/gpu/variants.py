@@ -21,12 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
+from wgpu_llm.backends import KV_CACHES
+
 from . import kernels as K
 from . import matmul, quant
 from .attention import FlashTiles, choose_flash_tiles
 
 FAMILIES = ("mat-vec", "mat-mat tiles", "flash tiles", "decode attention", "kv cache")
-KV_CHOICES = ("auto", *K.KV_TYPES)  # what LLM(kv_cache=...) may ask for
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def chosen(adapters=ADAPTERS, shapes: Shapes = SHAPES) -> dict[str, dict[str, Ch
                 note("mat-mat tiles", matmul.choose_tiles(a, n), a)
         for head_dim in shapes.head_dims:
             note("flash tiles", choose_flash_tiles(a, head_dim), a)
-        for choice in KV_CHOICES:
+        for choice in KV_CACHES:
             kv_type = K.auto_kv_type(a.info) if choice == "auto" else choice
             note("kv cache", KvCache(kv_type), a)
             for n_ctx in shapes.contexts:
