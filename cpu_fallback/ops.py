@@ -194,7 +194,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, 
     k_cache[:, pos0:total] = k.reshape(n, n_kv_head, head_dim).transpose(1, 0, 2)
     v_cache[:, pos0:total] = v.reshape(n, n_kv_head, head_dim).transpose(1, 0, 2)
     out = _out(out, n, q.shape[1])
-    k_t = k_cache[:, :total].transpose(0, 2, 1)  # (kv, head_dim, total)
+    first = max(0, pos0 - window + 1) if window > 0 else 0  # keys before it: outside every window
+    k_t = k_cache[:, first:total].transpose(0, 2, 1)  # (kv, head_dim, keys first .. total - 1)
     if n > 16:  # a contiguous copy makes the score products about 2x faster; worth it past decode
         k_t = np.ascontiguousarray(k_t, dtype=np.float32)
     else:
@@ -204,7 +205,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, k_cache: np.ndarray, 
         lo = max(0, pos0 + b0 - window + 1) if window > 0 else 0  # keys before lo: outside every window
         hi = pos0 + b1
         # positions relative to key lo: the masks only compare query and key positions
-        _attention_block(q[b0:b1], k_t[:, :, lo:hi], v_cache[:, lo:hi].astype(np.float32, copy=False),
+        _attention_block(q[b0:b1], k_t[:, :, lo - first:hi - first], v_cache[:, lo:hi].astype(np.float32, copy=False),
                          pos0 + b0 - lo, n_head, scale, window, softcap, out[b0:b1])
     return out
 
