@@ -237,7 +237,9 @@ def test_tiny_tuning_run(rt, cache_dir):
         assert res.timer == ("cpu" if rt.caps.info.is_software else "timestamp" if rt.info.timestamp_query else "wall")
         assert all(len(res.samples[k]) == (2 if k in res.dropped else 3) for k in keys)
         assert all(t > 0 and np.isfinite(t) for ts in res.samples.values() for t in ts)
-        assert res.median(res.winner) <= min(res.median(k) for k in keys)
+        # the lowest median of those timed every round (a dropped one's two samples may since have
+        # become lower than the others' three)
+        assert res.median(res.winner) == min(res.median(k) for k in keys if k not in res.dropped)
     assert len(seen) >= 2 * sum(len(r.samples) for r in results)
     assert tune.read_cache(tune.cache_path(rt.info)) == {r.case: r.winner for r in results}
     assert (rt.n_pipelines, rt.allocated_bytes) == (pipelines, allocated)  # the runtime's own state is untouched
@@ -321,7 +323,9 @@ def test_tiny_mat_mat_tuning_run(rt, cache_dir, monkeypatch):
     keys = [t.key for t in CHEAP_TILES]
     assert sorted(res.samples) == sorted(keys) and res.winner in keys
     assert all(t > 0 and np.isfinite(t) for ts in res.samples.values() for t in ts)
-    assert res.median(res.winner) <= min(res.median(k) for k in keys)
+    # the lowest median of those timed every round (a dropped one's two samples may since have
+    # become lower than the others' three)
+    assert res.median(res.winner) == min(res.median(k) for k in keys if k not in res.dropped)
     assert tune.read_cache(tune.cache_path(rt.info)) == {case: res.winner}
 
 
