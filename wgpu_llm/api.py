@@ -254,6 +254,8 @@ class LLM:
             raise error from None
         print(f"wgpu-llm: the GPU failed, continuing on the CPU: {one_line(error)}", file=sys.stderr)
         self.backend, self.backend_reason = backend, f"cpu: the GPU failed ({one_line(error)})"
+        if self.activations != "f32":
+            self.backend_reason += "; activations f32 (f16 is a GPU option)"
         self.backend.tracer = self.trace
         self._cached = []
 

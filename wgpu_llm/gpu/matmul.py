@@ -9,6 +9,9 @@ section of the type, put in front of the kernel.
 `prefill_path` is the one place that decides which kernels a step of n tokens uses (env
 `WGPU_LLM_PREFILL`: `auto` (default), `tiled`, or `matvec` to force the per-token-group mat-vec and
 the one-query-per-workgroup attention, e.g. to compare); `choose_tiles` picks the tile shape.
+
+Tiles.f16 (GpuBackend(activations="f16"), needs shader-f16) stages the tiles in f16 and runs the
+inner loop's dot products in f16 into f32 sums; this kernel is the only one with an f16 form.
 """
 
 from __future__ import annotations
