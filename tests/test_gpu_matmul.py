@@ -18,6 +18,7 @@ import struct
 import numpy as np
 import pytest
 from test_gpu_quant import (  # noqa: F401  (gpu is a fixture)
+    POISON,
     block_cols,
     check_product,
     gpu,
@@ -175,3 +176,118 @@ def test_tiny_model_tiled_prefill(adapter, tmp_path, monkeypatch, arch, qtype):
     labels = prefill.program.labels
     assert any("matmul" in s for s in labels) and any("flash attention" in s for s in labels)
     assert not any(": linear " in s or ": attention " in s for s in labels), labels
+
+
+# ---- f16 staged tiles (Tiles.f16, GpuBackend(activations="f16")) ----
+
+F16_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_K")
+
+
+def moderate_tensor(type_name: str, rows: int, cols: int, rng, f16_scale: float = 1.0) -> np.ndarray:
+    """GGUF bytes of a random tensor whose weights lie in a model's range (|w| well inside f16's),
+    unlike random_tensor's extreme block scales, which the f16 staging would overflow; F16 ones
+    ~ f16_scale N(0, 1))."""
+    from test_gpu_quant import F16_FIELDS, QUANTIZABLE, random_tensor
+
+    if type_name == "F16":
+        return (rng.standard_normal(rows * cols) * f16_scale).astype(np.float16).view(np.uint8)
+    if type_name == "F32" or type_name in QUANTIZABLE:
+        return random_tensor(type_name, rows, cols, rng, "quantize")
+    raw = random_tensor(type_name, rows, cols, rng).copy()
+    block_bytes = quant_block_bytes(type_name)
+    blocks = raw.reshape(-1, block_bytes)
+    for offset in F16_FIELDS[type_name]:  # block scales ~0.01: weights up to ~10
+        blocks[:, offset:offset + 2] = (rng.uniform(0.002, 0.01, len(blocks))
+                                        ).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw
+
+
+def quant_block_bytes(type_name: str) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]][1]
+
+
+def check_f16(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, tiles, seed=0,
+              cols=None, x_scale=3.0, f32_tol=None, f16_scale=1.0) -> tuple[float, float]:
+    """The mat-mat with f16 staged tiles vs its numpy twin (x and the dequantized weights rounded
+    to float16, products summed in float64), within MATMUL_F16_KERNEL_TOL; and vs the f32 kernel
+    (tiles.with_f16(False), same inputs) within MATMUL_F16_TOL (or f32_tol). The twin saturates x
+    to f16's range as the kernel does (x_scale: x ~ x_scale N(0, 1)). NaN x padding, poisoned y and the
+    untouched columns as in check_product. Returns (NMSE vs the twin, NMSE vs f32)."""
+    from test_gpu_quant import reference
+
+    from wgpu_llm.tolerances import MATMUL_F16_KERNEL_TOL, MATMUL_F16_TOL
+
+    tiles = tiles.with_f16()
+    if cols is None:
+        cols = 277 if type_name in ("F32", "F16") else block_cols(type_name, 2 if block_cols(type_name, 1) == 256
+                                                                     else 7)
+    rng = np.random.default_rng(seed)
+    raw = moderate_tensor(type_name, rows, cols, rng, f16_scale)
+    w = quant.pack(type_name, raw, rows, cols)
+    weights = reference(type_name, raw, rows, cols)
+    x_stride = cols + x_pad
+    x = np.full((n_tokens, x_stride), np.nan, np.float32)
+    x[:, :cols] = rng.standard_normal((n_tokens, cols)) * x_scale
+    y_stride = y_offset + rows + y_extra
+    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
+    region = (slice(None), slice(y_offset, y_offset + rows))
+    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
+    if accumulate:
+        y[region] = before
+
+    def run(t):
+        out = run_matmul(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1).copy(), y_stride, y_offset, accumulate, t)
+        return out.reshape(n_tokens, y_stride)
+    got, got32 = run(tiles), run(tiles.with_f16(False))
+    half = np.float16
+    staged = np.clip(x[:, :cols], -65504.0, 65504.0).astype(half).astype(np.float64)
+    twin = (staged @ weights.astype(half).astype(np.float64).T
+            + (before if accumulate else 0.0))
+    label = f"{type_name} {tiles} rows {rows} tokens {n_tokens} cols {cols}"
+    assert np.isfinite(got[region]).all(), label
+    e_twin, e_f32 = nmse(got[region], twin), nmse(got[region], got32[region])
+    assert e_twin <= MATMUL_F16_KERNEL_TOL, f"{label}: NMSE vs the f16 twin {e_twin:.3g}"
+    assert e_f32 <= (MATMUL_F16_TOL if f32_tol is None else f32_tol), f"{label}: NMSE vs the f32 kernel {e_f32:.3g}"
+    outside = np.ones(y.shape, bool)
+    outside[region] = False
+    assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
+    return e_twin, e_f32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", F16_TYPES)
+def test_matmul_f16_every_type(gpu, type_name):
+    """Partial token and row tiles, NaN x padding, y_offset and accumulate (CASES), padded columns
+    (the float types' 277), over the small tiles and one with subgroup sharing where there is any."""
+    if "shader-f16" not in gpu.device.features:
+        pytest.skip("this adapter has no shader-f16")
+    tiles = [SMALL] + ([matmul.Tiles(16, 64, 32, 16, 8, gpu.subgroup_size)] if gpu.subgroup_size in (4, 8, 16) else [])
+    for t in tiles:
+        for case in CASES:
+            check_f16(gpu, type_name, *case, tiles=t, seed=5)
+
+
+@pytest.mark.gpu
+def test_matmul_f16_saturates_large_activations(gpu):
+    """x beyond f16's range (|x| up to ~4e5; weights ~1e-3 so that no f16 product or dot overflows)
+    is staged as +-65504, as the twin does: finite results, and far from the f32 kernel's."""
+    if "shader-f16" not in gpu.device.features:
+        pytest.skip("this adapter has no shader-f16")
+    e_twin, e_f32 = check_f16(gpu, "F16", 37, 33, 0, 0, 0, 0, SMALL, seed=6, x_scale=1e5, f32_tol=1.0, f16_scale=1e-3)
+    assert e_f32 > 1e-3  # the saturation shows
+
+
+def test_tiles_f16_key_and_sizes():
+    t = matmul.Tiles(64, 128, 32, 32, 8, 8)
+    h = t.with_f16()
+    assert h != t and h.key == "tiles-64x128x32-32x8-sg8-f16" and str(h) == "64x128x32/32x8/sg8/f16"
+    assert matmul.Tiles.from_key(h.key) == h and matmul.Tiles.from_key(t.key) == t
+    assert h.shared_bytes * 2 == t.shared_bytes and h.needs_f16 and not t.needs_f16
+    assert matmul.matmul_shader("Q4_0", h).startswith("enable f16;") and "vec4<f16>" in matmul.matmul_shader("Q4_0", h)
+    f32_source = matmul.matmul_shader("Q4_0", t)
+    assert "enable f16" not in f32_source and "array<vec4<f16>" not in f32_source
+    info = type("Info", (), {"is_software": True})
+    caps = type("Caps", (), {"info": info, "max_workgroup_storage": 32768, "max_invocations": 1024})
+    assert matmul.choose_tiles(caps, 70, f16=True) == matmul.choose_tiles(caps, 70).with_f16()

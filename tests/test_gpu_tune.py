@@ -149,6 +149,19 @@ def test_choice_keeps_mat_vec_and_mat_mat_winners_apart():
     assert choice.sources == {"tuned": 4, "heuristic": 2}
 
 
+def test_f16_tiles_need_shader_f16():
+    """A cached f16 tile winner (key "...-f16") is used only on a device with shader-f16."""
+    import dataclasses
+
+    caps = fake_caps()
+    f16 = Tiles(32, 32, 16, 4, 4, f16=True)
+    tuned = {LinearCase("Q4_K", 640, 2048, 128): f16.key}
+    assert LinearChoice(caps, K.choose_config(caps), tuned).tiles("Q4_K", 640, 2048, 128) == f16
+    no_f16 = dataclasses.replace(caps, shader_f16=False)
+    choice = LinearChoice(no_f16, K.choose_config(no_f16), tuned)
+    assert choice.tiles("Q4_K", 640, 2048, 128) == matmul.choose_tiles(no_f16, 128)  # the heuristic's f32 tiles
+
+
 # ---- the cache (no GPU) ----
 def test_cache_path_per_adapter_identity(cache_dir):
     a = tune.cache_path(fake_caps().info)

@@ -14,6 +14,7 @@ from test_gpu_flash_attention import run_case
 from test_gpu_kernels import cfg  # noqa: F401  (a fixture)
 from test_gpu_matmul import CASES as MATMUL_CASES
 from test_gpu_matmul import check as check_matmul
+from test_gpu_matmul import check_f16 as check_matmul_f16
 from test_gpu_split_attention import check_attention_variant
 from test_kv_cache_f16 import check_f16_attention_variant, check_f16_flash
 from test_gpu_quant import LINEAR_CASES, check_linear, gpu  # noqa: F401  (gpu is a fixture)
@@ -50,6 +51,12 @@ def test_registry_follows_the_choosers():
     assert K.linear_variant(K.choose_config(lavapipe), "Q4_K", 4096, 1024, 1).key in REGISTRY["mat-vec"]
     assert lavapipe.name in REGISTRY["mat-vec"]["row-wg8-r64-b8"].adapters
     assert matmul.choose_tiles(lavapipe, 70).key in REGISTRY["mat-mat tiles"]
+    assert lavapipe.name in REGISTRY["mat-mat tiles"][matmul.choose_tiles(lavapipe, 70, f16=True).key].adapters
+    no_f16 = next(a for a in variants.ADAPTERS if not a.shader_f16)  # activations="f16" gets f32 tiles there
+    assert not any(no_f16.name in c.adapters for c in REGISTRY["mat-mat tiles"].values() if c.variant.f16)
+    f16_tiles = {k for k, c in REGISTRY["mat-mat tiles"].items() if c.variant.f16}
+    assert f16_tiles == {k + "-f16" for k, c in REGISTRY["mat-mat tiles"].items()
+                         if not c.variant.f16 and any(a != no_f16.name for a in c.adapters)}
     assert variants.key(choose_flash_tiles(lavapipe, 64)) in REGISTRY["flash tiles"]
     assert "GPU, subgroups of 32" in REGISTRY["mat-vec"]["subgroup-wg64-r4"].adapters
     assert REGISTRY["decode attention"]["one-workgroup"].adapters[0] == lavapipe.name
@@ -75,6 +82,11 @@ def test_every_mat_vec_variant(gpu, variant):  # noqa: F811
 @pytest.mark.gpu
 @pytest.mark.parametrize("tiles", params("mat-mat tiles"))
 def test_every_mat_mat_tiles(gpu, tiles):  # noqa: F811
+    if tiles.f16:  # against the numpy twin of f16 staging, and the f32 kernel (weights of a model's range)
+        if "shader-f16" not in gpu.device.features:
+            pytest.skip("this adapter has no shader-f16")
+        check_matmul_f16(gpu, "Q4_K", *MATMUL_CASES[2], tiles=tiles, seed=3)
+        return
     check_matmul(gpu, "Q4_K", *MATMUL_CASES[2], tiles=tiles, seed=3)  # 70 tokens: several token tiles
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import models, zoo
 from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
-from .backends import GpuError, check_kv_cache, one_line, open_backend
+from .backends import GpuError, check_activations, check_kv_cache, one_line, open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFError, GGUFFile
 from .graph import Graph
@@ -101,6 +101,14 @@ class LLM:
         against f32 is measured in the README's "Memory"), "f32", or "auto": f16 on a hardware GPU
         with the shader-f16 feature, f32 on a software adapter and on the CPU. Either backend takes
         either type; `self.backend.kv_type` and `describe()` say which one it has.
+    activations: "f32" (default) or "f16", a GPU option: the prefill mat-mat (steps of many tokens,
+        gpu/matmul.py) stages its activation and dequantized weight tiles in f16 and multiplies in
+        f16, accumulating in f32 (half its workgroup memory, f16 arithmetic), on an adapter with
+        the shader-f16 feature; the prefill logits stay within tolerances.ACTIVATIONS_F16_LOGITS_TOL
+        (NMSE) of f32's. Decode steps (the mat-vec) and all other ops stay f32. On an adapter without
+        shader-f16 the GPU runs f32 and says so (`self.backend.activations`, `describe()`, a line on
+        stderr). The CPU computes in f32 only: backend="cpu" with "f16" raises ValueError; "auto"
+        that ends on the CPU (no GPU, or a GPU failure) runs f32 and `backend_reason` says so.
 
     Before loading, the model's memory needs are checked (wgpu_llm.memory): a model that will not
     fit raises wgpu_llm.memory.InsufficientMemory (a MemoryError) saying what is needed, what is
@@ -136,9 +144,10 @@ class LLM:
 
     def __init__(self, model: str | Path | None = None, backend: str = "auto", n_ctx: int | None = None,
                  n_batch: int = DEFAULT_N_BATCH, adapter: str | None = None, trace: bool | None = None,
-                 weights_dtype: str = "float32", kv_cache: str = "auto"):
+                 weights_dtype: str = "float32", kv_cache: str = "auto", activations: str = "f32"):
         check_open(model, backend, n_ctx, n_batch, adapter, trace)  # before anything is read or built
         check_kv_cache(kv_cache)
+        check_activations(activations, backend)
         if weights_dtype not in WEIGHTS_DTYPES:
             raise ValueError(f"weights_dtype {weights_dtype!r} is not one of {', '.join(WEIGHTS_DTYPES)}")
         self._exclusive = Exclusive()
@@ -154,11 +163,13 @@ class LLM:
         self.n_batch = n_batch
         self.weights_dtype = weights_dtype
         self.kv_cache = kv_cache  # as asked for: a CPU that takes over from the GPU resolves "auto" again
+        self.activations = activations  # as asked for (the backend's `activations`: what it runs)
         self._steps: OrderedDict[tuple[int, bool, bool], object] = OrderedDict()  # least recently used first
         # the weights are loaded and the decode step built now (open_backend's `load`), not in the first request
         self.backend, self.backend_reason = open_backend(backend, self.file, self.n_ctx, adapter,
                                                          list(self._graphs.values()), n_batch, weights_dtype,
-                                                         load=self._load, kv_cache=kv_cache)
+                                                         load=self._load, kv_cache=kv_cache,
+                                                         activations=activations)
         self._falls_back_to_cpu = backend == "auto"  # on a GPU failure in a call (see the class docstring)
         self.gpu_sampling = True  # sample on the GPU where the backend can (see above)
         self.decode_chunk: int | None = None  # steps per command buffer of the GPU decode loops (None: adaptive)
@@ -238,11 +249,13 @@ class LLM:
             raise error
         try:
             backend, _ = open_backend("cpu", self.file, self.n_ctx, None, list(self._graphs.values()), self.n_batch,
-                                      self.weights_dtype, load=self._load, kv_cache=self.kv_cache)
+                                      self.weights_dtype, load=self._load, kv_cache=self.kv_cache)  # f32 activations
         except InsufficientMemory:  # the CPU cannot take over: the GPU's failure is the one to report
             raise error from None
         print(f"wgpu-llm: the GPU failed, continuing on the CPU: {one_line(error)}", file=sys.stderr)
         self.backend, self.backend_reason = backend, f"cpu: the GPU failed ({one_line(error)})"
+        if self.activations != "f32":
+            self.backend_reason += "; activations f32 (f16 is a GPU option)"
         self.backend.tracer = self.trace
         self._cached = []
 

@@ -13,6 +13,13 @@ buffers or pipelines, a lost device), saying so in one line on stderr; "gpu" rai
 The KV cache type: "f32", "f16" (half the cache's memory; logits within the README's stated bound
 of f32's) on either backend, or "auto": f16 on a hardware GPU adapter with the shader-f16 feature
 (gpu.kernels.auto_kv_type), f32 on a software adapter and on the CPU.
+
+The activations of the prefill mat-mat: "f32" (default) or "f16", a GPU option -- the tiled
+mat-mat (gpu/matmul.py, Tiles.f16) stages its activation and dequantized weight tiles in f16 and
+runs its dot products in f16, accumulating in f32, on an adapter with shader-f16; f32 on one
+without (the backend's `activations` and describe() say so). The decode mat-vec and everything
+else stay f32. The CPU computes in f32 only: backend "cpu" with "f16" is a ValueError; "auto"
+that ends on the CPU runs f32 and its reason line says so.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from . import memory
 
 BACKENDS = ("auto", "gpu", "cpu")
 KV_CACHES = ("auto", *memory.KV_BYTES)  # LLM(kv_cache=...), --kv-cache
+ACTIVATIONS = ("f32", "f16")  # LLM(activations=...), --activations: the prefill mat-mat's (a GPU option)
 
 
 class BackendUnavailable(RuntimeError):
@@ -41,18 +49,23 @@ def one_line(error: BaseException) -> str:
 
 
 def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, graphs=(),
-                 n_batch: int = 512, weights_dtype: str = "float32", load=None, kv_cache: str = "auto"):
+                 n_batch: int = 512, weights_dtype: str = "float32", load=None, kv_cache: str = "auto",
+                 activations: str = "f32"):
     """Returns (backend, reason): the backend instance and one line saying what was chosen and why.
     graphs: the graphs the backend will run, for the memory check (none given: no check);
     weights_dtype: the numpy backend's ("float32" or "float16");
     kv_cache: "auto", "f16" or "f32" (the module docstring; the backend's `kv_type` says what it got);
+    activations: "f32" or "f16" (the module docstring; the GPU backend's `activations` says what it got);
     load: load(backend) loads the model onto the chosen backend (uploads weights, compiles a
     step); GPU failures in it count as the GPU failing to load (see the module docstring)."""
     if name not in BACKENDS:
         raise ValueError(f"backend {name!r} is not one of {', '.join(BACKENDS)}")
     check_kv_cache(kv_cache)
+    check_activations(activations, name)
 
     def cpu(reason: str):
+        if activations != "f32":
+            reason += "; activations f32 (f16 is a GPU option)"
         from cpu_fallback.backend import CpuBackend
 
         kv_type = "f32" if kv_cache == "auto" else kv_cache
@@ -99,7 +112,7 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
                 raise
             return fall_back("the model does not fit the GPU", e)
     try:
-        backend = _load_gpu(GpuBackend, gguf_file, n_ctx, chosen, load, kv_type)
+        backend = _load_gpu(GpuBackend, gguf_file, n_ctx, chosen, load, kv_type, activations)
     except (device.GpuUnavailable, GpuError) as e:
         if name == "gpu":
             raise
@@ -113,13 +126,23 @@ def check_kv_cache(kv_cache) -> None:
         raise ValueError(f"kv_cache {kv_cache!r} is not one of {', '.join(KV_CACHES)}")
 
 
-def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load, kv_type: str = "f32"):
+def check_activations(activations, backend: str = "gpu") -> None:
+    """A ValueError naming an activations choice that is not one of ACTIVATIONS, or "f16" asked of
+    the CPU backend (which computes in f32 only)."""
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations {activations!r} is not one of {', '.join(ACTIVATIONS)}")
+    if activations == "f16" and backend == "cpu":
+        raise ValueError("activations 'f16' is a GPU option (the prefill mat-mat's f16 tiles): "
+                         "the cpu backend computes in f32; use activations='f32' or backend 'gpu' / 'auto'")
+
+
+def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load, kv_type: str = "f32", activations: str = "f32"):
     """Open the GPU backend and load the model onto it; a wgpu error that escaped the runtime's
     guards becomes a GpuError too."""
     import wgpu
 
     try:
-        backend = backend_class(gguf_file, n_ctx, adapter=adapter, kv_type=kv_type)
+        backend = backend_class(gguf_file, n_ctx, adapter=adapter, kv_type=kv_type, activations=activations)
         if load is not None:
             load(backend)
     except (wgpu.GPUError, wgpu.GPUPipelineError) as e:

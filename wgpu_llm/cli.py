@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from .arguments import check_text
-from .backends import BACKENDS, KV_CACHES
+from .backends import ACTIVATIONS, BACKENDS, KV_CACHES
 from .ctrl_c import CtrlC
 from .sampling import InvalidSamplingParam, SamplingParams
 
@@ -43,7 +43,7 @@ def _open(model, backend, n_ctx, adapter, trace=None):
     weights = CPU_WEIGHTS[meta.get("cpu_weights", "f32")]
     try:
         llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, trace=trace, weights_dtype=weights,
-                  kv_cache=meta.get("kv_cache", "auto"))
+                  kv_cache=meta.get("kv_cache", "auto"), activations=meta.get("activations", "f32"))
     except (ValueError, RuntimeError, OSError, MemoryError) as e:
         _fail(str(e))
     click.echo(f"backend: {llm.backend_reason}", err=True)
@@ -143,6 +143,12 @@ kv_cache_option = click.option(
     help="KV cache values: f16 takes half the memory (logits close to f32's, see the README); "
          "auto: f16 on a hardware GPU with shader-f16, else f32")
 
+activations_option = click.option(
+    "--activations", type=click.Choice(ACTIVATIONS), default="f32", show_default=True, expose_value=False,
+    callback=lambda ctx, _, v: ctx.meta.__setitem__("activations", v),
+    help="GPU prefill mat-mat activations: f16 stages them (and the weight tiles) in f16, accumulates in f32, "
+         "where the adapter has shader-f16 (logits close to f32's, see wgpu_llm/tolerances.py); f32 elsewhere")
+
 _sampling_options = [
     click.option("-n", "--max-tokens", type=click.IntRange(min=0), default=128, show_default=True,
                  help="tokens to generate"),
@@ -160,6 +166,7 @@ _sampling_options = [
                  help="context size (default: min(4096, model's))"),
     cpu_weights_option,
     kv_cache_option,
+    activations_option,
 ]
 
 
@@ -320,6 +327,7 @@ def _check_chat_template(model) -> None:
 @click.option("--alias", default=None, help="model name in /v1/models and responses (default: the file name)")
 @cpu_weights_option
 @kv_cache_option
+@activations_option
 def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
     """Serve MODEL over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, ...)."""
     try:
@@ -334,7 +342,7 @@ def serve(model, host, port, n_slots, n_ctx, backend, adapter, api_key, alias):
         raise click.BadParameter(f"{n_ctx} gives {n_slots} slots less than 2 positions each", param_hint="'--ctx-size'")
     meta = click.get_current_context().meta
     service = Service(_model_arg(model), backend, n_ctx, n_slots, adapter, api_key, alias,
-                      CPU_WEIGHTS[meta["cpu_weights"]], meta["kv_cache"])
+                      CPU_WEIGHTS[meta["cpu_weights"]], meta["kv_cache"], meta["activations"])
     click.echo(f"wgpu-llm serve: loading the model; listening on http://{host}:{port} (/health answers 503 "
                f"until it is ready)", err=True)
     sys.exit(run_server(service, host, port))

@@ -26,7 +26,7 @@ class Service:
 
     def __init__(self, model, backend: str = "auto", n_ctx: int | None = None, n_slots: int = 1,
                  adapter: str | None = None, api_key: str | None = None, model_name: str | None = None,
-                 weights_dtype: str = "float32", kv_cache: str = "auto"):
+                 weights_dtype: str = "float32", kv_cache: str = "auto", activations: str = "f32"):
         self.api_key = api_key
         self.model_name = model_name
         self.llm: LLM | None = None
@@ -34,14 +34,14 @@ class Service:
         self.load_error: str | None = None
         self.created = int(time.time())
         self.metrics_registry = None  # made at the first /metrics scrape, once the engine runs
-        self._load_args = (model, backend, n_ctx, n_slots, adapter, weights_dtype, kv_cache)
+        self._load_args = (model, backend, n_ctx, n_slots, adapter, weights_dtype, kv_cache, activations)
 
     def load(self) -> None:
         """Load the model and start the engine (run in a background thread)."""
-        model, backend, n_ctx, n_slots, adapter, weights_dtype, kv_cache = self._load_args
+        model, backend, n_ctx, n_slots, adapter, weights_dtype, kv_cache, activations = self._load_args
         try:
             llm = LLM(model, backend=backend, n_ctx=n_ctx, adapter=adapter, weights_dtype=weights_dtype,
-                      kv_cache=kv_cache)
+                      kv_cache=kv_cache, activations=activations)
             self.engine = Engine(llm, n_slots)
             self.model_name = self.model_name or llm.file.path.name
             self.llm = llm

@@ -32,6 +32,19 @@ The f16 KV cache (kv_type "f16"; tests/test_kv_cache_f16.py):
                      this close (measured: smollm2-135m parts at its 8th token, " life" vs
                      " culture", a gap of 1e-4; gemma3-270m's 16 tokens are equal)
 
+The prefill mat-mat with f16 staged tiles (Tiles.f16, activations="f16"; tests/test_gpu_matmul.py):
+  MATMUL_F16_KERNEL_TOL 2e-6  the kernel vs its numpy twin, which rounds x and the dequantized
+                     weights to float16 and sums the products in float64 (F32, F16, Q8_0, Q4_0,
+                     Q4_K weights of a model's range, x ~ 3 N(0, 1); measured <= 2.1e-7 on
+                     lavapipe): what is left is the f16 rounding of each vec4 dot product (four
+                     products, three adds, in f16) before it joins the f32 sum, not modelled
+  MATMUL_F16_TOL    3e-6   the same kernel vs the f32 kernel on the same inputs (measured <= 3.0e-7)
+  ACTIVATIONS_F16_LOGITS_TOL 3e-4  the stated accuracy bound of activations="f16": the GPU
+                     backend's prefill logits with f16 mat-mat tiles vs f32 ones, at every position
+                     of a 44/45-token prompt run as one tiled step (tests/test_activations_f16.py;
+                     measured on lavapipe max 2.7e-5 (mean 4.9e-6) on smollm2-135m Q4_1, max
+                     2.8e-6 (mean 8.5e-7) on gemma3-270m Q4_K_M; 8 greedy tokens equal on both)
+
 `wgpu-llm verify` (wgpu_llm/verify.py) holds each op of a real model to OP_TOLERANCE of its kind;
 ops one fused GPU kernel runs together, to the largest tolerance among their kinds.
 """
@@ -46,6 +59,9 @@ ATTN_TOL = 3e-11
 KV_F16_KERNEL_TOL = ATTN_TOL
 KV_F16_LOGITS_TOL = 4e-5
 KV_F16_NEAR_TIE = 1e-2
+MATMUL_F16_KERNEL_TOL = 2e-6
+MATMUL_F16_TOL = 3e-6
+ACTIVATIONS_F16_LOGITS_TOL = 3e-4
 
 OP_TOLERANCE = {
     "embed": ELTWISE_TOL, "slice": ELTWISE_TOL, "last_row": ELTWISE_TOL, "add": ELTWISE_TOL,

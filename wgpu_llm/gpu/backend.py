@@ -107,13 +107,21 @@ class _Piece:
 class GpuBackend:
     name = "gpu"
 
-    def __init__(self, gguf_file, n_ctx: int, adapter=None, kv_type: str = "f32"):
+    def __init__(self, gguf_file, n_ctx: int, adapter=None, kv_type: str = "f32", activations: str = "f32"):
         """kv_type: the KV cache's element type, "f32" or "f16" (halves packed two to a u32 word and
         read back into f32 math: half the cache's memory and reads, on any adapter; see
-        shaders/kv_cache.wgsl and the README's accuracy figures)."""
+        shaders/kv_cache.wgsl and the README's accuracy figures).
+        activations: "f32" or "f16": the prefill mat-mat (matmul.py, Tiles.f16) stages its
+        activation and weight tiles in f16 and multiplies in f16 into f32 sums. Only that kernel:
+        the decode mat-vec and every other op stay f32, and so do all buffers. Needs the adapter's
+        shader-f16; without it the backend runs f32, says so once on stderr, and `activations`
+        and describe() say "f32" (`activations_asked` keeps what was asked for)."""
+        from wgpu_llm.backends import check_activations
+
         from . import quant  # noqa: F401  (fail early when the quantized-weight kernels are missing)
 
         check_kv_type(kv_type)
+        check_activations(activations)
 
         t0 = time.perf_counter()
         if adapter is None:
@@ -126,6 +134,11 @@ class GpuBackend:
         self.kv_type = kv_type
         self.rt = Runtime(adapter)
         self.cfg = K.choose_config(self.rt.caps)
+        self.activations_asked = activations
+        self.activations = activations if (activations == "f32" or self.rt.caps.shader_f16) else "f32"
+        if self.activations != activations:
+            print(f"wgpu-llm: activations {activations} asked for, but {self.rt.info.name} has no shader-f16: "
+                  f"the prefill mat-mat runs in f32", file=sys.stderr)
         self.linear_choice = LinearChoice.for_runtime(self.rt, self.cfg)  # tuned winners if cached, else heuristic
         self._matrices: dict[tuple[str, ...], list[_Piece]] = {}  # GGUF names (stacked) -> row pieces
         self._vectors: dict[tuple[str, ...], object] = {}  # GGUF names -> float32 buffer
@@ -138,11 +151,16 @@ class GpuBackend:
         self.tracer = None  # a wgpu_llm.trace.Trace while tracing: steps then run timed, op by op
 
     def describe(self) -> str:
-        """The adapter, the KV cache type when it is not f32, and the weight types held as float32
-        because no GPU kernel reads them."""
+        """The adapter, the KV cache type when it is not f32, the prefill activations when f16 (or
+        f16 asked for without shader-f16), and the weight types held as float32 because no GPU
+        kernel reads them."""
         text = self.rt.info.describe()
         if self.kv_type != "f32":
             text += f"; KV cache {self.kv_type}"
+        if self.activations != "f32":
+            text += f"; prefill activations {self.activations}"
+        elif self.activations_asked != "f32":
+            text += f"; prefill activations f32 ({self.activations_asked} asked for: no shader-f16)"
         if self.f32_fallback:
             text += "; no GPU kernel for " + ", ".join(
                 f"{t} ({len(names)} tensors)" for t, names in sorted(self.f32_fallback.items())) + ": held as F32"
@@ -482,6 +500,7 @@ class _Compiler:
                                    int(accumulate), 0], np.uint32).tobytes()
                 if tiled:  # the tuned tile shape of this piece's shape, else matmul.choose_tiles'
                     tiles = self.be.linear_choice.tiles(w.type_name, w.rows, w.cols, x.rows)
+                    tiles = tiles.with_f16(self.be.activations == "f16")  # the f32 shape, f16 tiles or not
                     kind, grid = "matmul", matmul.matmul_dispatch(w.rows, x.rows, tiles, cfg.max_per_dim)
                     shader = (lambda w=w, tiles=tiles: matmul.matmul_shader(w.type_name, tiles, glu))
                 else:

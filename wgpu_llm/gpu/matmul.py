@@ -9,13 +9,16 @@ section of the type, put in front of the kernel.
 `prefill_path` is the one place that decides which kernels a step of n tokens uses (env
 `WGPU_LLM_PREFILL`: `auto` (default), `tiled`, or `matvec` to force the per-token-group mat-vec and
 the one-query-per-workgroup attention, e.g. to compare); `choose_tiles` picks the tile shape.
+
+Tiles.f16 (GpuBackend(activations="f16"), needs shader-f16) stages the tiles in f16 and runs the
+inner loop's dot products in f16 into f32 sums; this kernel is the only one with an f16 form.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from . import quant
@@ -35,7 +38,14 @@ class Tiles:
     their tokens, so each reads tm / sg of the staged activations and subgroupBroadcast hands
     them round, instead of every lane reading all tm (for CPU adapters, where a load is a loop
     over the lanes and a broadcast is nearly free). The shader checks at run time that the
-    subgroups have sg consecutive lanes and otherwise reads them all (still correct)."""
+    subgroups have sg consecutive lanes and otherwise reads them all (still correct).
+
+    f16 (needs the "shader-f16" device feature; GpuBackend(activations="f16")): the staged tiles
+    are vec4<f16> -- the activations and the dequantized weights rounded to f16 when staged, half
+    the workgroup memory -- and the vec4 dot products of the inner loop run in f16, each converted
+    to f32 before it is added to the f32 accumulators (llama.cpp's Vulkan mat-mat does the same).
+    Storage buffers stay f32. Only the prefill mat-mat has an f16 form: the decode mat-vec
+    (quant_linear.wgsl) reads weights, and its activations are a negligible part of its traffic."""
 
     bm: int = 64
     bn: int = 64
@@ -43,6 +53,7 @@ class Tiles:
     tm: int = 4
     tn: int = 4
     sg: int = 0
+    f16: bool = False
 
     def __post_init__(self):
         bad = []
@@ -63,31 +74,42 @@ class Tiles:
 
     @property
     def shared_bytes(self) -> int:
-        return 4 * self.bk * (self.bm + self.bn)
+        return (2 if self.f16 else 4) * self.bk * (self.bm + self.bn)
 
     def fits(self, max_invocations: int = 256, max_shared: int = 16384) -> bool:
         return self.threads <= max_invocations and self.shared_bytes <= max_shared
 
     def __str__(self) -> str:
-        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}" + (f"/sg{self.sg}" if self.sg else "")
+        return (f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}" + (f"/sg{self.sg}" if self.sg else "")
+                + ("/f16" if self.f16 else ""))
 
     @property
     def needs_subgroups(self) -> bool:
         return self.sg > 0
 
     @property
+    def needs_f16(self) -> bool:
+        return self.f16
+
+    def with_f16(self, f16: bool = True) -> Tiles:
+        """The same shape with f16 (or f32) staged tiles."""
+        return replace(self, f16=bool(f16))
+
+    @property
     def key(self) -> str:
-        """A short stable name, e.g. "tiles-64x128x32-32x8-sg8" (what the tuning cache stores)."""
-        return f"tiles-{self.bm}x{self.bn}x{self.bk}-{self.tm}x{self.tn}" + (f"-sg{self.sg}" if self.sg else "")
+        """A short stable name, e.g. "tiles-64x128x32-32x8-sg8" or "...-f16" (what the tuning cache
+        stores; f16 and f32 tiles never share a key, a shader or a pipeline)."""
+        return (f"tiles-{self.bm}x{self.bn}x{self.bk}-{self.tm}x{self.tn}" + (f"-sg{self.sg}" if self.sg else "")
+                + ("-f16" if self.f16 else ""))
 
     @classmethod
     def from_key(cls, key: str) -> Tiles:
         """The inverse of `key`; ValueError for anything else."""
-        m = re.fullmatch(r"tiles-(\d+)x(\d+)x(\d+)-(\d+)x(\d+)(?:-sg(\d+))?", str(key))
+        m = re.fullmatch(r"tiles-(\d+)x(\d+)x(\d+)-(\d+)x(\d+)(?:-sg(\d+))?(-f16)?", str(key))
         if m is None:
-            raise ValueError(f"not a tile key: {key!r} (expected tiles-BMxBNxBK-TMxTN[-sgN])")
+            raise ValueError(f"not a tile key: {key!r} (expected tiles-BMxBNxBK-TMxTN[-sgN][-f16])")
         try:
-            return cls(*(int(g) for g in m.groups(default="0")))
+            return cls(*(int(g) for g in m.groups(default="0")[:6]), f16=m.group(7) is not None)
         except ValueError as e:
             raise ValueError(f"not a tile key: {key!r} ({e})") from None
 
@@ -98,9 +120,10 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
     Written out rather than looped so that every accumulator is a plain variable (private arrays
     indexed in loops end up in memory on some compilers)."""
     ind = " " * 16
+    vec = "vec4<f16>" if t.f16 else "vec4<f32>"
     acc = [f"        var c{i}_{j} = 0.0;" for i in range(t.tm) for j in range(t.tn)]
     if t.sg:  # lane l reads tokens l, l + sg, ...; token i comes from lane i % sg
-        inner = [f"{ind}var x{i}: vec4<f32>;" for i in range(t.tm)]
+        inner = [f"{ind}var x{i}: {vec};" for i in range(t.tm)]
         inner.append(f"{ind}if (x_shared) {{")
         inner += [f"{ind}    let xr{r} = xs[((sg_lane + {r * t.sg}u) * NTY + ty) * KR + k4];" for r in range(t.tm // t.sg)]
         inner += [f"{ind}    x{i} = subgroupBroadcast(xr{i // t.sg}, {i % t.sg}u);" for i in range(t.tm)]
@@ -110,7 +133,9 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
     else:
         inner = [f"{ind}let x{i} = xs[({i}u * NTY + ty) * KR + k4];" for i in range(t.tm)]
     inner += [f"{ind}let w{j} = ws[w_slot({j}u * NTX + tx, k4)];" for j in range(t.tn)]
-    inner += [f"{ind}c{i}_{j} += dot(x{i}, w{j});" for i in range(t.tm) for j in range(t.tn)]
+    # f16: the dot product (4 multiplies, 3 adds) in f16, the sum of the dots in f32
+    dot = "f32(dot(x{i}, w{j}))" if t.f16 else "dot(x{i}, w{j})"
+    inner += [f"{ind}c{i}_{j} += {dot.format(i=i, j=j)};" for i in range(t.tm) for j in range(t.tn)]
     store = []
     for i in range(t.tm):
         store.append(f"        let tok{i} = t0 + {i}u * NTY + ty;")
@@ -127,6 +152,15 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
             "SG_BUILTINS": builtins, "SG_CHECK": check}
 
 
+# f32 -> f16 for staging: saturated to +-65504 first (WGSL leaves the conversion of a value outside
+# f16's range indeterminate); see shaders/PORTABILITY.md
+_F16_FNS = """
+fn to_f16(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+"""
+
+
 @cache
 def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens, tiled.
@@ -138,10 +172,13 @@ def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
     main = fill(shader_sections("matmul.wgsl")["main"], X_VAL=quant.x_input_source(glu),
                 BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
                 NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
-                WS_SIZE=t.bn * t.bk // 4, **_register_tile_code(t))
+                WS_SIZE=t.bn * t.bk // 4, STAGED="vec4<f16>" if t.f16 else "vec4<f32>",
+                STAGE="to_f16(" if t.f16 else "", END_STAGE=")" if t.f16 else "", F16_FNS=_F16_FNS if t.f16 else "",
+                **_register_tile_code(t))
     params = shader_sections("quant_linear.wgsl")["params"]  # the bindings and store of every linear kernel
-    return "\n".join([f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"], dequant[section],
-                      params, main])
+    head = ["enable f16;  // the staged tiles and the inner loop's dot products (Tiles.f16)"] if t.f16 else []
+    return "\n".join(head + [f"// tiled mat-mat for {type_name} weights, tiles {t}\n", dequant["common"],
+                              dequant[section], params, main])
 
 
 def matmul_dispatch(rows: int, n_tokens: int, tiles: Tiles = Tiles(), max_per_dim: int = 65535
@@ -177,9 +214,11 @@ def _with_subgroups(t: Tiles, sg: int) -> Tiles:
         return t
 
 
-def choose_tiles(caps, n_tokens: int) -> Tiles:
+def choose_tiles(caps, n_tokens: int, f16: bool = False) -> Tiles:
     """The tile shape for a step of n_tokens on a device (runtime.Caps), within its limits
-    (a software adapter's unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1)."""
+    (a software adapter's unless WGPU_LLM_FORCE_HARDWARE_KERNELS=1). f16: the same shape with
+    f16 staged tiles (Tiles.f16; the caller checks the device has shader-f16), so that f16 and
+    f32 prefill differ in the rounding only."""
     software = software_kernels(getattr(caps, "info", None))
     max_inv = int(getattr(caps, "max_invocations", 256))
     max_shared = int(getattr(caps, "max_workgroup_storage", 16384))
@@ -190,7 +229,7 @@ def choose_tiles(caps, n_tokens: int) -> Tiles:
         t = _with_subgroups(t, int(caps.subgroup_size))
     fallbacks = [t, Tiles(t.bm, 64, t.bk, t.tm, t.tn), _HARDWARE_TILES[min(_HARDWARE_TILES, key=lambda b: abs(b - bm))],
                  Tiles(16, 32, 16, 4, 4), Tiles(4, 4, 8, 4, 4)]
-    return next(f for f in fallbacks if f.fits(max_inv, max_shared))
+    return next(f for f in fallbacks if f.fits(max_inv, max_shared)).with_f16(f16)
 
 
 def prefill_path(n_tokens: int) -> str:

@@ -520,7 +520,8 @@ class LinearChoice:
             fits = variant.fits(self.caps.max_invocations, self.caps.max_workgroup_storage)
         else:
             fits = variant.workgroup_size <= self.caps.max_invocations
-        return fits and (self.caps.subgroups or not variant.needs_subgroups)
+        f16 = getattr(self.caps, "shader_f16", False) or not getattr(variant, "needs_f16", False)
+        return fits and f16 and (self.caps.subgroups or not variant.needs_subgroups)
 
     def _choose(self, case: LinearCase, tiled: bool) -> LinearVariant | Tiles:
         if self.auto and case not in self.tuned and self.rt is not None:

@@ -1,7 +1,8 @@
 """Every kernel variant the backend can choose without tuning, and on which adapters it does.
 
 The choices are made in a few places -- kernels.linear_variant (the mat-vec kind, workgroup,
-rows and tokens per pass), matmul.choose_tiles (the prefill mat-mat's tiles), attention.
+rows and tokens per pass), matmul.choose_tiles (the prefill mat-mat's tiles, with f32 or -- for
+activations="f16" on an adapter with shader-f16 -- f16 staged tiles), attention.
 choose_flash_tiles (the flash-attention tiles), kernels.attention_variant (decode attention in one
 workgroup per head or split over the context, over an f32 or f16 cache), the KV cache type
 (kernels.auto_kv_type for "auto"; "f16" / "f32" asked for on any adapter) -- from what the adapter
@@ -21,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from wgpu_llm.backends import KV_CACHES
+from wgpu_llm.backends import ACTIVATIONS, KV_CACHES
 
 from . import kernels as K
 from . import matmul, quant
@@ -114,8 +115,9 @@ def chosen(adapters=ADAPTERS, shapes: Shapes = SHAPES) -> dict[str, dict[str, Ch
                 for type_name in shapes.types:
                     for rows in shapes.rows:
                         note("mat-vec", K.linear_variant(cfg, type_name, rows, 4096, n), a)
-            if n > 1:
-                note("mat-mat tiles", matmul.choose_tiles(a, n), a)
+            if n > 1:  # activations="f16" gets f16 tiles where the adapter has shader-f16, else the f32 ones
+                for activations in ACTIVATIONS:
+                    note("mat-mat tiles", matmul.choose_tiles(a, n, f16=activations == "f16" and a.shader_f16), a)
         for head_dim in shapes.head_dims:
             note("flash tiles", choose_flash_tiles(a, head_dim), a)
         for choice in KV_CACHES:
