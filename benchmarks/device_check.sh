@@ -199,6 +199,9 @@ else
         || model=""
 fi
 engines="wgpu-llm"
+# the prefill with activations="f16" beside it where the adapter has shader-f16 (not on a software
+# adapter: compiling its f16 tiles there takes minutes, and it has no f16 arithmetic to show)
+if [ $software = 0 ]; then engines="wgpu-llm,wgpu-llm:gpu-f16"; fi
 llama=$("$PY" - <<'EOF' 2>/dev/null
 try:
     import llama_cpp
@@ -210,7 +213,7 @@ EOF
 )
 case "$llama" in
     cpu-only|unavailable*|"") note "llama.cpp: ${llama:-unavailable}: no GPU rows from it" ;;
-    *) note "llama.cpp: GPU build ($llama): side by side"; engines="wgpu-llm,llama.cpp:gpu" ;;
+    *) note "llama.cpp: GPU build ($llama): side by side"; engines="$engines,llama.cpp:gpu" ;;
 esac
 if [ -n "$model" ]; then
     cases=prefill_128,decode_128

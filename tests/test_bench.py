@@ -108,6 +108,26 @@ def test_bench_gpu_host_time_and_dispatches(tmp_path, adapter):
         bench.run_suite([str(model)], cases, ["llama.cpp:cpu"], sampling=bench.SAMPLED)
 
 
+def test_bench_gpu_f16_activations_engine(tmp_path, adapter):
+    """wgpu-llm:gpu-f16 is the GPU backend with activations="f16", compared with wgpu-llm:gpu in the
+    same run (a tiled prefill: the mat-mat with f16 tiles)."""
+    from wgpu_llm.gpu.device import adapter_info
+
+    if not adapter_info(adapter).shader_f16:
+        pytest.skip("this adapter has no shader-f16")
+    model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
+    cases = [bench.Case("prefill_40", 40, 1, 1)]
+    doc = bench.run_suite([str(model)], cases, ["wgpu-llm:gpu", "wgpu-llm:gpu-f16"], threads=1, timeout=300,
+                          log=lambda m: None)
+    rows = {r["engine"]: r for r in doc["rows"]}
+    assert [rows[e]["status"] for e in ("wgpu-llm:gpu", "wgpu-llm:gpu-f16")] == ["ok", "ok"]
+    descriptions = {e: r["description"] for e, info in doc["engines"].items() for r in info["runs"].values()}
+    assert "prefill activations f16" in descriptions["wgpu-llm:gpu-f16"]
+    assert "prefill activations" not in descriptions["wgpu-llm:gpu"]
+    (ratio,) = bench.ratios(doc["rows"])
+    assert (ratio["engine"], ratio["vs"], ratio["metric"]) == ("wgpu-llm:gpu-f16", "wgpu-llm:gpu", "prefill")
+
+
 def test_weight_bytes_and_prompt(tmp_path):
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0", tied_output=True)
     from wgpu_llm.gguf_file import GGUFFile

@@ -20,6 +20,9 @@ Definitions (the same for every engine):
                   calls that record and submit the steps, which bound decode on a fast GPU
   dispatches/tok  wgpu-llm:gpu only: compute dispatches submitted per decode token
 
+wgpu-llm:gpu-f16 is the GPU backend with activations="f16" (the prefill mat-mat's f16 tiles; an
+adapter without shader-f16 has no such row): beside wgpu-llm:gpu, it shows whether f16 pays there.
+
 Every results file says what it measured: the git commit of the checkout (and whether the runtime
 code had uncommitted changes), the command line, the date, the machine, the GPU adapter, the versions
 of every engine, and per engine, model and case the absolute figures (tok/s, ttft, peak memory).
@@ -52,7 +55,8 @@ from .memory import total_host_memory
 
 DEFAULT_MODELS = ("gemma3-270m", "smollm2-135m")
 DEFAULT_ENGINES = ("wgpu-llm", "llama.cpp", "transformers")
-ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "llama.cpp", "llama.cpp:cpu", "llama.cpp:gpu", "transformers")
+ENGINES = ("wgpu-llm", "wgpu-llm:cpu", "wgpu-llm:gpu", "wgpu-llm:gpu-f16", "llama.cpp", "llama.cpp:cpu",
+           "llama.cpp:gpu", "transformers")
 N_BATCH = 512  # prompt tokens per prefill step, for every engine that has the notion
 WARMUP_PROMPT = 512  # the warm-up run uses the first min(prompt, this) prompt tokens
 SAMPLED = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.05, "seed": 0}  # --sampled: the CLI's defaults
@@ -168,19 +172,21 @@ class EngineUnavailable(RuntimeError):
 
 
 class WgpuLLMEngine:
-    def __init__(self, path: Path, backend: str, n_ctx: int, threads: int):
+    def __init__(self, path: Path, backend: str, n_ctx: int, threads: int, activations: str = "f32"):
         from .api import LLM
         from .backends import BackendUnavailable
 
         try:
-            self.llm = LLM(path, backend=backend, n_ctx=n_ctx, n_batch=N_BATCH)
+            self.llm = LLM(path, backend=backend, n_ctx=n_ctx, n_batch=N_BATCH, activations=activations)
         except BackendUnavailable as e:
             raise EngineUnavailable(str(e)) from None
         if backend == "gpu" and self.llm.backend.name == "cpu":
             raise EngineUnavailable(f"no GPU backend ({self.llm.backend_reason})")
+        if getattr(self.llm.backend, "activations", "f32") != activations:
+            raise EngineUnavailable(f"activations {activations}: {self.llm.backend.describe()}")
         import numpy as np
 
-        self.label = f"wgpu-llm:{backend}"
+        self.label = f"wgpu-llm:{backend}" + ("-f16" if activations == "f16" else "")
         self.description = f"{self.llm.backend.describe()} ({self.llm.backend_reason})"
         self.versions = {"numpy": np.__version__}
         self.adapter = None
@@ -434,6 +440,8 @@ class TransformersEngine:
 
 
 def _open_engine(engine: str, path: Path, n_ctx: int, threads: int):
+    if engine == "wgpu-llm:gpu-f16":
+        return WgpuLLMEngine(path, "gpu", n_ctx, threads, activations="f16")
     if engine.startswith("wgpu-llm:"):
         return WgpuLLMEngine(path, engine.split(":", 1)[1], n_ctx, threads)
     if engine in ("llama.cpp:cpu", "llama.cpp:gpu"):
