@@ -53,3 +53,19 @@ def rt(adapter):
     from wgpu_llm.gpu.runtime import Runtime
 
     return Runtime(adapter)
+
+
+@pytest.fixture
+def opened(monkeypatch) -> dict:
+    """The keyword arguments of the last LLM(...) the CLI opened (it takes LLM from the package)."""
+    import wgpu_llm
+
+    kwargs = {}
+
+    class Spy(wgpu_llm.LLM):
+        def __init__(self, *args, **kw):
+            kwargs.update(kw)
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(wgpu_llm, "LLM", Spy)
+    return kwargs

@@ -54,21 +54,12 @@ def test_auto_on_the_cpu_runs_f32(tiny, monkeypatch):
     assert llm.backend_reason.endswith("; activations f32 (f16 is a GPU option)"), llm.backend_reason
 
 
-def test_cli_activations_flag(tiny, monkeypatch):
+def test_cli_activations_flag(tiny, opened):
     """--activations reaches LLM(activations=...); f16 with --backend cpu fails with the ValueError."""
     from click.testing import CliRunner
 
-    import wgpu_llm
     from wgpu_llm import cli
 
-    opened = {}
-
-    class Spy(LLM):
-        def __init__(self, *args, **kwargs):
-            opened.update(kwargs)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(wgpu_llm, "LLM", Spy)
     base = ["run", tiny, "-p", "the cat", "-n", "2", "--temperature", "0", "--backend", "cpu"]
     result = CliRunner().invoke(cli.main, base)
     assert result.exit_code == 0 and opened["activations"] == "f32", result.output

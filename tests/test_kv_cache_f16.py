@@ -353,21 +353,12 @@ def test_llm_kv_cache_on_the_gpu(tiny, adapter, monkeypatch):
         assert LLM(tiny["llama"], backend="gpu", n_ctx=32, kv_cache=kv).backend.kv_type == kv
 
 
-def test_cli_kv_cache_flag(tiny, monkeypatch):
+def test_cli_kv_cache_flag(tiny, opened):
     """--kv-cache reaches LLM(kv_cache=...) (the CLI takes LLM from the package when it opens one)."""
     from click.testing import CliRunner
 
-    import wgpu_llm
     from wgpu_llm import cli
 
-    opened = {}
-
-    class Spy(LLM):
-        def __init__(self, *args, **kwargs):
-            opened.update(kwargs)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(wgpu_llm, "LLM", Spy)
     base = ["run", tiny["llama"], "-p", "the cat", "-n", "2", "--temperature", "0", "--backend", "cpu"]
     result = CliRunner().invoke(cli.main, [*base, "--kv-cache", "f16"])
     assert result.exit_code == 0, result.output
