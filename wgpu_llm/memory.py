@@ -59,12 +59,12 @@ class Estimate:
                 f"{describe_bytes(self.kv_cache)}, activations up to {describe_bytes(self.activations)})")
 
 
-
 def check_kv_type(kv_type, label: str = "") -> None:
     """A ValueError naming a KV cache type that is not one of KV_BYTES (label: what asked for it)."""
     if kv_type not in KV_BYTES:
         where = f"{label}: " if label else ""
         raise ValueError(f"{where}kv_type {kv_type!r} is not one of {', '.join(KV_BYTES)}")
+
 
 def describe_bytes(n: int) -> str:
     """A size for messages: "16 bytes", "3.5 KiB", "12.0 MiB", "1.50 GiB"."""
