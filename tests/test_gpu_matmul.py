@@ -18,12 +18,14 @@ import struct
 import numpy as np
 import pytest
 from test_gpu_quant import (  # noqa: F401  (gpu is a fixture)
-    POISON,
+    assert_only_region_written,
     block_cols,
     check_product,
     gpu,
+    linear_io,
     nmse,
     poisoned,
+    reference,
 )
 
 from wgpu_llm.gpu import matmul, quant
@@ -215,8 +217,6 @@ def check_f16(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_
     (tiles.with_f16(False), same inputs) within MATMUL_F16_TOL (or f32_tol). The twin saturates x
     to f16's range as the kernel does (x_scale: x ~ x_scale N(0, 1)). NaN x padding, poisoned y and the
     untouched columns as in check_product. Returns (NMSE vs the twin, NMSE vs f32)."""
-    from test_gpu_quant import reference
-
     from wgpu_llm.tolerances import MATMUL_F16_KERNEL_TOL, MATMUL_F16_TOL
 
     tiles = tiles.with_f16()
@@ -227,15 +227,8 @@ def check_f16(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_
     raw = moderate_tensor(type_name, rows, cols, rng, f16_scale)
     w = quant.pack(type_name, raw, rows, cols)
     weights = reference(type_name, raw, rows, cols)
-    x_stride = cols + x_pad
-    x = np.full((n_tokens, x_stride), np.nan, np.float32)
-    x[:, :cols] = rng.standard_normal((n_tokens, cols)) * x_scale
-    y_stride = y_offset + rows + y_extra
-    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
-    region = (slice(None), slice(y_offset, y_offset + rows))
-    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
-    if accumulate:
-        y[region] = before
+    x, x_stride, y, y_stride, region, before = linear_io(rng, rows, cols, n_tokens, y_offset, y_extra, accumulate, x_pad,
+                                                         x_scale)
 
     def run(t):
         out = run_matmul(gpu_, w, x.reshape(-1), x_stride, y.reshape(-1).copy(), y_stride, y_offset, accumulate, t)
@@ -250,9 +243,7 @@ def check_f16(gpu_, type_name, rows, n_tokens, y_offset, y_extra, accumulate, x_
     e_twin, e_f32 = nmse(got[region], twin), nmse(got[region], got32[region])
     assert e_twin <= MATMUL_F16_KERNEL_TOL, f"{label}: NMSE vs the f16 twin {e_twin:.3g}"
     assert e_f32 <= (MATMUL_F16_TOL if f32_tol is None else f32_tol), f"{label}: NMSE vs the f32 kernel {e_f32:.3g}"
-    outside = np.ones(y.shape, bool)
-    outside[region] = False
-    assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
+    assert_only_region_written(got, region)
     return e_twin, e_f32
 
 

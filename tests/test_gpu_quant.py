@@ -418,6 +418,29 @@ def linear_run(gpu_: Gpu, w: quant.PackedWeight, x: np.ndarray, x_stride: int, y
     return gpu_.run(quant.linear_shader(w.type_name, variant=variant), uniform, [x], y, w.planes, dispatch)
 
 
+def linear_io(rng, rows: int, cols: int, n_tokens: int, y_offset: int, y_extra: int, accumulate: bool, x_pad: int,
+              x_scale: float = 1.0):
+    """A linear kernel's x and y as its tests give them: x ~ x_scale N(0, 1) with NaN in each row's
+    padding (never to be read), y poisoned but for the output columns `region`, which hold `before`
+    where the kernel accumulates. Returns (x, x_stride, y, y_stride, region, before)."""
+    x_stride = cols + x_pad
+    x = np.full((n_tokens, x_stride), np.nan, np.float32)
+    x[:, :cols] = rng.standard_normal((n_tokens, cols)) * x_scale
+    y_stride = y_offset + rows + y_extra
+    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
+    region = (slice(None), slice(y_offset, y_offset + rows))
+    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
+    if accumulate:
+        y[region] = before
+    return x, x_stride, y, y_stride, region, before
+
+
+def assert_only_region_written(y: np.ndarray, region) -> None:
+    outside = np.ones(y.shape, bool)
+    outside[region] = False
+    assert (y[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
+
+
 def check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate, x_pad, run, seed=0,
                   label="") -> float:
     """y[:, y_offset:][:, :rows] (+)= x @ W.T by `run(w, x, x_stride, y, y_stride, y_offset,
@@ -428,22 +451,12 @@ def check_product(type_name, cols, rows, n_tokens, y_offset, y_extra, accumulate
     raw = random_tensor(type_name, rows, cols, rng, source)
     w = quant.pack(type_name, raw, rows, cols)
     weights = reference(type_name, raw, rows, cols).astype(np.float64)
-    x_stride = cols + x_pad
-    x = np.full((n_tokens, x_stride), np.nan, np.float32)  # the padding must never be read
-    x[:, :cols] = rng.standard_normal((n_tokens, cols))
-    y_stride = y_offset + rows + y_extra
-    y = poisoned(n_tokens * y_stride).reshape(n_tokens, y_stride)
-    region = (slice(None), slice(y_offset, y_offset + rows))
-    before = rng.standard_normal((n_tokens, rows)).astype(np.float32)
-    if accumulate:
-        y[region] = before
+    x, x_stride, y, y_stride, region, before = linear_io(rng, rows, cols, n_tokens, y_offset, y_extra, accumulate, x_pad)
     got = run(w, x.reshape(-1), x_stride, y.reshape(-1), y_stride, y_offset, accumulate).reshape(n_tokens, y_stride)
     want = x[:, :cols].astype(np.float64) @ weights.T + (before if accumulate else 0.0)
     error = nmse(got[region], want)
     assert error <= LINEAR_NMSE, f"{type_name} {label} rows {rows} tokens {n_tokens}: NMSE {error:.3g}"
-    outside = np.ones(y.shape, bool)
-    outside[region] = False
-    assert (got[outside].view(np.uint32) == POISON).all(), "wrote outside its output columns"
+    assert_only_region_written(got, region)
     return error
 
 
