@@ -12,6 +12,12 @@
 // softcap > 0: each score s becomes softcap * tanh(s / softcap) (Gemma 2's logit soft-capping).
 // q may share its buffer with y (in place): a workgroup reads its q slice before writing y there.
 //
+// PREP (a step with one row per sequence: decode, or a batched step): q and the step's key come
+// raw from the fused QKV projection and each workgroup prepares the heads it reads as the ops
+// before attention would have: QK_NORM, each head's rms norm (weights qk_w[0 ..] for q,
+// qk_w[HD ..] for k, the rms_norm kernel's formula), then the rotary embedding at the row's position
+// (shaders/rope.wgsl's formula) -- so that no dispatch of their own is needed.
+//
 // Splits (flash-decoding): the visible positions of a row are cut into P.splits contiguous ranges
 // of max(WG, ceil(visible / splits)) keys; splits past the last visible key do nothing but say so.
 // Without SPLIT there is one split and the workgroup writes the normalised output to y. With
@@ -27,12 +33,67 @@ const NEG: f32 = -3.0e38;
 var<workgroup> q_sh: array<f32, HD>;
 var<workgroup> p_sh: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
+#if PREP
+var<workgroup> head: array<f32, HD>;  // a head being prepared (prep_head)
+var<workgroup> k_sh: array<f32, HD>;  // the step's key of this workgroup's KV head, prepared
+#endif
 
 // this workgroup's query row: its sequence's cache start, and where the step's own rows of that
 // sequence begin (position and row): keys before sp0 come from the cache, the others from k / v
 var<private> kb: u32;
 var<private> sp0: u32;
 var<private> r0: u32;
+
+// element d of the step's key at position p >= sp0 of KV head kvh
+fn step_key(p: u32, kvh: u32, d: u32) -> f32 {
+#if PREP
+    return k_sh[d];  // one row per sequence: p is the row's own position
+#else
+    return ld_k(P.k_off + (r0 + p - sp0) * P.k_stride + kvh * HD + d);
+#endif
+}
+
+#if PREP
+// head <- rope(rms_norm(head) * qk_w[w_off ..]) at position pos (the norm with QK_NORM only); every
+// invocation calls it, head written before the call (a barrier between) and read after it
+fn prep_head(tid: u32, w_off: u32, pos: f32) {
+#if QK_NORM
+    var ss = 0.0;
+    for (var d = tid; d < HD; d += WG) {
+        ss += head[d] * head[d];
+    }
+    red[tid] = ss;
+    workgroupBarrier();
+    for (var w = WG / 2u; w > 0u; w >>= 1u) {
+        if (tid < w) {
+            red[tid] += red[tid + w];
+        }
+        workgroupBarrier();
+    }
+    let rms = sqrt(red[0] / f32(HD) + P.eps);
+    workgroupBarrier();
+    for (var d = tid; d < HD; d += WG) {
+        head[d] = head[d] / rms * ld_qk_w(w_off + d);
+    }
+    workgroupBarrier();
+#endif
+    let half = P.n_rot / 2u;
+    for (var j = tid; j < half; j += WG) {  // pair j, rotated by one invocation
+        var i0 = 2u * j;
+        var i1 = i0 + 1u;
+        if (P.neox != 0u) {
+            i0 = j;
+            i1 = j + half;
+        }
+        let a = head[i0];
+        let b = head[i1];
+        let cs = sincos(pos * ld_freq(j)) * P.attn_factor;
+        head[i0] = a * cs.y - b * cs.x;
+        head[i1] = a * cs.x + b * cs.y;
+    }
+    workgroupBarrier();
+}
+#endif
 
 fn score(p: u32, kvh: u32) -> f32 {
     var s = 0.0;
@@ -44,9 +105,8 @@ fn score(p: u32, kvh: u32) -> f32 {
             s += q_sh[d + 1u] * kp.y;
         }
     } else {
-        let base = P.k_off + (r0 + p - sp0) * P.k_stride + kvh * HD;
         for (var d = 0u; d < HD; d++) {
-            s += q_sh[d] * kv_round(ld_k(base + d));
+            s += q_sh[d] * kv_round(step_key(p, kvh, d));
         }
     }
     if (P.softcap > 0.0) {  // tanh's argument clamped: tanh(+-10) is +-1 in f32, and no overflow
@@ -71,20 +131,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     sp0 = span_pos0(row);
     r0 = span_row0(row);
 
-    // the step's k and v rows of this KV head -> cache, two elements per invocation (HD is even)
-    if (h % P.group == 0u && split == 0u) {
-        let dst = (kb + row_pos(row)) * P.kv_width + kvh * HD;
-        let ks = P.k_off + row * P.k_stride + kvh * HD;
-        let vs = P.v_off + row * P.v_stride + kvh * HD;
-        for (var d = 2u * tid; d < HD; d += 2u * WG) {
-            store_kv(dst + d, vec2<f32>(ld_k(ks + d), ld_k(ks + d + 1u)), vec2<f32>(ld_v(vs + d), ld_v(vs + d + 1u)));
-        }
-    }
     let qb = P.q_off + row * P.q_stride + h * HD;
+#if PREP
+    let pos = f32(row_pos(row));
+    for (var d = tid; d < HD; d += WG) {
+        head[d] = ld_q(qb + d);
+    }
+    workgroupBarrier();
+    prep_head(tid, 0u, pos);
+    for (var d = tid; d < HD; d += WG) {
+        q_sh[d] = head[d] * P.scale;
+    }
+    workgroupBarrier();
+    let kr = P.k_off + row * P.k_stride + kvh * HD;
+    for (var d = tid; d < HD; d += WG) {
+        head[d] = ld_k(kr + d);
+    }
+    workgroupBarrier();
+    prep_head(tid, HD, pos);
+    for (var d = tid; d < HD; d += WG) {
+        k_sh[d] = head[d];
+    }
+    workgroupBarrier();
+#else
     for (var d = tid; d < HD; d += WG) {
         q_sh[d] = ld_q(qb + d) * P.scale;
     }
     workgroupBarrier();
+#endif
+    // the step's k and v rows of this KV head -> cache, two elements per invocation (HD is even)
+    if (h % P.group == 0u && split == 0u) {
+        let dst = (kb + row_pos(row)) * P.kv_width + kvh * HD;
+        let vs = P.v_off + row * P.v_stride + kvh * HD;
+        let p = row_pos(row);
+        for (var d = 2u * tid; d < HD; d += 2u * WG) {
+            store_kv(dst + d, vec2<f32>(step_key(p, kvh, d), step_key(p, kvh, d + 1u)),
+                     vec2<f32>(ld_v(vs + d), ld_v(vs + d + 1u)));
+        }
+    }
 
     let last = row_pos(row);  // last visible position
     var first = 0u;

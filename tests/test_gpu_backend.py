@@ -99,29 +99,33 @@ def test_tiny_llama_mha_one_layer(adapter, tmp_path):
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q5_0"])
 def test_tiny_gemma3(adapter, tmp_path, qtype):
     path = write_tiny_model(tmp_path / f"gemma3-{qtype}.gguf", "gemma3", qtype, **GEMMA_SHAPE)
-    errors, _, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
+    errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
     assert max(errors) <= NMSE_TOL, errors
     fused = set(step.fused.values())
-    assert {"rope fused into rms_norm", "residual add fused into rms_norm", "merged with the previous head norm and rope",
+    assert {"q / k norm and rope done by the attention kernel", "residual add fused into rms_norm",
             "rms_norm fused into the previous rms_norm", "glu fused into the linear reading it"} <= fused, fused
-    # per layer: QKV (stacked), q+k head norms with rope, attention, o-proj, post-norm + residual +
-    # the next pre-norm, gate+up (stacked), down (glu on load), post-norm + residual + the next
-    # layer's pre-norm (not in the last layer: last_row comes first); then embed, the first
-    # layer's pre-norm, the output norm and head
-    assert step.n_dispatches == 8 * GEMMA_SHAPE["n_layer"] + 4
+    # per layer: QKV (stacked), attention (q+k head norms with rope first), o-proj, post-norm +
+    # residual + the next pre-norm, gate+up (stacked), down (glu on load), post-norm + residual +
+    # the next layer's pre-norm (not in the last layer: last_row comes first); then embed, the
+    # first layer's pre-norm, the output norm and head
+    assert step.n_dispatches == 7 * GEMMA_SHAPE["n_layer"] + 4
+    # a prefill step (several rows of one sequence) norms and ropes q and k in one dispatch of their own
+    gf = GGUFFile(path)
+    prefill = gpu.compile(architecture(gf).build_graph(gf, all_logits=True), 7)
+    assert {"rope fused into rms_norm", "merged with the previous head norm and rope"} <= set(prefill.fused.values())
 
 
 @gpu
 @pytest.mark.parametrize(("arch", "qtype"), [("gemma3", "Q5_0"), ("llama", "Q4_0")])
 def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, arch, qtype):
     """Q and K in Q5_0 / Q4_0 with a Q8_0 V (as in Gemma 3 270M's file): one Q8_0 QKV matrix,
-    so still 8 dispatches per layer, and the same results as the numpy backend."""
+    so still 7 dispatches per layer, and the same results as the numpy backend."""
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
     path = write_tiny_model(tmp_path / f"{arch}-mixed.gguf", arch, qtype, layer_types={"attn_v": "Q8_0"}, **shape)
     errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
     assert max(errors) <= NMSE_TOL, errors
     n_layer = shape.get("n_layer", 2)
-    assert step.n_dispatches == 8 * n_layer + (4 if arch == "gemma3" else 3)
+    assert step.n_dispatches == 7 * n_layer + (4 if arch == "gemma3" else 3)
     qkv = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
     assert [piece.weight.type_name for piece in gpu.matrix(qkv)] == ["Q8_0"]
 
@@ -174,11 +178,12 @@ def test_steps_share_buffers_and_reuse_programs(adapter, tmp_path):
     # the argmax on the GPU (a step of its own over the same buffers and KV cache)
     logits = cb(np.array([9]), 8)
     assert b.greedy(np.array([9]), 8).tolist() == [int(np.argmax(logits[-1]))]
-    # a decode step is: per layer norm, QKV (one stacked matrix), one rope, attention,
+    # a decode step is: per layer norm, QKV (one stacked matrix), attention (rope first),
     # o-proj(+residual), norm, gate+up (stacked), down(+glu on load, +residual); then embed,
-    # final norm, head
+    # final norm, head; the 4-token step ropes q and k in a dispatch of their own
     n_layer = 2
-    assert b.n_dispatches == 8 * n_layer + 3
+    assert b.n_dispatches == 7 * n_layer + 3
+    assert a.n_dispatches == 8 * n_layer + 3
 
 
 @gpu

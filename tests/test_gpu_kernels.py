@@ -269,6 +269,43 @@ def test_attention_long_context(rt, cfg, rng):
     _attention_case(rt, cfg, rng, 2, 2999, 4, 1, 64, 512, n_ctx=3072)
 
 
+@pytest.mark.parametrize("normed,neox,hd,n_rot,n_head,n_kv,pos0,splits", [
+    (True, True, 256, 256, 4, 1, 300, 1),  # Gemma 3: q / k head norms, neox rope
+    (False, False, 64, 64, 9, 3, 40, 1),  # llama: rope only, adjacent pairs
+    (True, False, 128, 64, 8, 2, 700, 4),  # partial rotary, split over the context
+    (False, True, 64, 32, 4, 2, 0, 2),  # position 0
+])
+def test_attention_prepares_q_and_k(rt, cfg, rng, normed, neox, hd, n_rot, n_head, n_kv, pos0, splits):
+    """A decode step's attention given the raw q and k (kernels.HeadPrep): the output and the cache
+    of numpy's per-head rms norm and rope, then attention."""
+    base, eps = 10000.0, 1e-6
+    b = Bufs(rt)
+    w = rng.standard_normal(2 * hd).astype(np.float32) if normed else None
+    prep = K.HeadPrep(n_rot, neox, 1.0, b.up(K.rope_freqs(n_rot, base)), None if w is None else b.up(w), eps)
+
+    def make_kernel(scale, *views):
+        if splits == 1:
+            return K.attention(cfg, 1, n_head, n_kv, hd, scale, 0, *views, prep=prep)
+        part = rt.upload(np.full(K.split_part_floats(1, n_head, hd, splits), np.nan, np.float32))
+        return K.attention_split(cfg, 1, n_head, n_kv, hd, scale, 0, *views, part, splits, prep=prep)
+
+    n_ctx = pos0 + 4
+    got_y, got_kc, got_vc, _, kc, vc, qkv = run_attention(rt, rng, 1, pos0, n_head, n_kv, hd, 0, make_kernel, n_ctx)
+    q, k, v = np.split(qkv, [n_head * hd, (n_head + n_kv) * hd], axis=1)
+    if normed:
+        q, k = ops.rms_norm(q, w[:hd], eps), ops.rms_norm(k, w[hd:], eps)
+    q, k = rope_ref(q, pos0, hd, n_rot, base, neox), rope_ref(k, pos0, hd, n_rot, base, neox)
+    cache = [c[:pos0].reshape(pos0, n_kv, hd).transpose(1, 0, 2) for c in (kc, vc)]
+    k_heads, v_heads = (np.concatenate([c, np.zeros((n_kv, n_ctx - pos0, hd), np.float32)], axis=1) for c in cache)
+    ref = ops.attention(q, k, v, k_heads, v_heads, pos0, n_head, 1.0 / np.sqrt(hd))
+    assert nmse(got_y[:, :n_head * hd], ref) <= REDUCE_TOL
+    assert nmse(got_kc[pos0:pos0 + 1], k) <= ELTWISE_TOL, "the prepared key goes to the cache"
+    assert np.array_equal(got_kc[:pos0], kc[:pos0]) and np.array_equal(got_vc[:pos0 + 1], vc[:pos0 + 1])
+    with pytest.raises(ValueError, match="one row per sequence"):
+        whole = K.View(b.up(qkv), 0, qkv.shape[1])
+        K.attention(cfg, 2, n_head, n_kv, hd, 1.0, 0, whole, whole, whole, b.up(kc), b.up(vc), whole, prep=prep)
+
+
 # ---- glu, add, scale, copy ----
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 def test_glu(rt, cfg, rng, activation):

@@ -16,8 +16,10 @@ What happens once, at compile:
   (Gemma's post-norm, then the next pre-norm) runs in the same workgroup; a rope of an rms_norm
   (Gemma's q/k norms) runs inside the norm, q's and k's together when they are adjacent; two
   ropes over adjacent columns (q and k of a fused QKV) become one dispatch; the KV-cache store
-  happens inside the attention kernel. A llama decode step is 8 dispatches per layer (9 where
-  decode attention splits a long context over workgroups and merges them: kernels.attention_variant);
+  happens inside the attention kernel. In a step with one row per sequence (decode, batched
+  decode) the attention kernel norms and ropes q and k itself (kernels.HeadPrep), so a llama or
+  Gemma 3 decode step is 7 dispatches per layer (8 where decode attention splits a long context
+  over workgroups and merges them: kernels.attention_variant);
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
@@ -330,6 +332,7 @@ class _Compiler:
         self.absorbed: dict[int, str] = {}  # op index -> how it was fused away
         self.temps: list[int] = []  # slots of copies made for the op being planned
         self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
+        self.head_preps: dict[int, K.HeadPrep] = {}  # attention op index -> q / k preparation folded in
         self.ids = be.rt.storage(4 * n_tokens, "token ids")
         self.capture = capture_names(graph, capture)
         # names defined for the planner's bookkeeping whose place never holds the op's own value
@@ -544,7 +547,51 @@ class _Compiler:
                 return self._define(out_name, _Act(a.slot, a.offset, a.stride, rows, width))
         return self._define(out_name, self._new(rows, width))
 
+    def _prep_in_attention(self, i: int) -> bool:
+        """Fold the preparation of q and k starting at op i -- rope(rms_norm(q)), rope(rms_norm(k)),
+        or rope(q), rope(k) -- into the attention reading them (kernels.HeadPrep), where each query
+        row is its sequence's only row of the step (decode, batched decode): one dispatch less."""
+        ops = self.g.ops
+        normed = ops[i].kind == "rms_norm"
+        j = i + (4 if normed else 2)  # the attention
+        if not (self.n == 1 or self.batched) or j >= len(ops) or ops[j].kind != "attention":
+            return False
+        att = ops[j]
+        hd = att.param("head_dim")
+        if normed:
+            q_norm, q_rope, k_norm, k_rope = ops[i:j]
+            if not (k_norm.kind == "rms_norm" and q_rope.inputs[0] == q_norm.out and k_rope.inputs[0] == k_norm.out
+                    and self.uses[q_norm.out] == [i + 1] and self.uses[k_norm.out] == [i + 3]
+                    and k_norm.param("eps") == q_norm.param("eps")
+                    and self.g.weight_shapes[q_norm.weights[0]][1] == hd == self.g.weight_shapes[k_norm.weights[0]][1]):
+                return False
+            q_raw, k_raw = q_norm.inputs[0], k_norm.inputs[0]
+        else:
+            q_rope, k_rope = ops[i:j]
+            q_raw, k_raw = q_rope.inputs[0], k_rope.inputs[0]
+        if not (q_rope.kind == k_rope.kind == "rope" and att.inputs[:2] == (q_rope.out, k_rope.out)
+                and self.uses[q_rope.out] == [j] == self.uses[k_rope.out]
+                and (q_rope.params, q_rope.weights) == (k_rope.params, k_rope.weights)
+                and q_rope.param("head_dim") == hd and q_raw in self.acts and k_raw in self.acts
+                and not self.capture & {op.out for op in ops[i:j]}):
+            return False
+        for k in range(i, j):
+            self.absorbed[k] = "q / k norm and rope done by the attention kernel" if normed else \
+                "rope done by the attention kernel"
+        for name, raw in ((q_rope.out, q_raw), (k_rope.out, k_raw)):  # the raw heads, prepared as attention reads them
+            self.unmaterialised.add(name)
+            a = self.acts[raw]
+            self._define(name, _Act(a.slot, a.offset, a.stride, a.rows, a.width))
+        p = q_rope.p
+        self.head_preps[j] = K.HeadPrep(
+            p["n_rot"], p["neox"], p["attn_factor"], self.be.rope_freqs(p["n_rot"], p["base"], p["freq_scale"],
+                                                                        q_rope.weights),
+            self.be.vector(q_norm.weights + k_norm.weights) if normed else None, q_norm.param("eps") if normed else 0.0)
+        return True
+
     def _op_rms_norm(self, i, op):
+        if self._prep_in_attention(i):
+            return
         x = self.acts[op.inputs[0]]
         weights = op.weights
         group = self.g.weight_shapes[weights[0]][1]
@@ -626,6 +673,8 @@ class _Compiler:
         return k_norm, k_rope, k
 
     def _op_rope(self, i, op):
+        if self._prep_in_attention(i):
+            return
         xname = op.inputs[0]
         x = self.acts[xname]
         ops = self.g.ops
@@ -676,6 +725,7 @@ class _Compiler:
 
         label = f"{op.out}: attention layer {p['layer']}"
         splits = K.attention_variant(self.cfg, self.be.n_ctx, p["window"]).splits
+        prep = {"prep": self.head_preps.get(i), "batched": self.batched}
         if splits > 1:  # flash-decoding: (row, head, split) workgroups, then a merge
             part = self._new(K.split_part_floats(q.rows, p["n_head"], p["head_dim"], splits), 1)
             self.slot_refs[part.slot] += 1
@@ -685,14 +735,14 @@ class _Compiler:
                 return K.attention_split(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"],
                                          p["window"], self._view(res, q), self._view(res, k), self._view(res, v),
                                          kc, vc, self._view(res, y), res(part.slot), splits, label,
-                                         softcap=p["softcap"], kv_type=self.be.kv_type)
+                                         softcap=p["softcap"], kv_type=self.be.kv_type, **prep)
             self.intents.append(make_split)
             return
 
         def make(res):
             return K.attention(self.cfg, q.rows, p["n_head"], p["n_kv_head"], p["head_dim"], p["scale"], p["window"],
                                self._view(res, q), self._view(res, k), self._view(res, v), kc, vc,
-                               self._view(res, y), label, softcap=p["softcap"], kv_type=self.be.kv_type)
+                               self._view(res, y), label, softcap=p["softcap"], kv_type=self.be.kv_type, **prep)
         self.intents.append(make)
 
     def _op_glu(self, i, op):

@@ -383,18 +383,49 @@ def rope(cfg: KernelConfig, rows: int, width: int, head_dim: int, n_rot: int, ne
                  consts={"WG": cfg.elt_wg}, uses_step=True)
 
 
+@dataclass(frozen=True)
+class HeadPrep:
+    """What attention does to the raw q and k heads first, in place of the ops before it: each
+    head's rms norm (norm_w: q's head_dim weights then k's, or None for no norm), then the rotary
+    embedding (kernels.rope's parameters). Only for steps with one row per sequence."""
+
+    n_rot: int
+    neox: bool
+    attn_factor: float
+    freqs: object  # (n_rot/2,) f32 buffer
+    norm_w: object = None
+    eps: float = 0.0
+
+
 def attention(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
               window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, label="attention",
-              softcap: float = 0.0, kv_type: str = "f32") -> Kernel:
+              softcap: float = 0.0, kv_type: str = "f32", prep: HeadPrep | None = None,
+              batched: bool = False) -> Kernel:
     """Store the step's k, v rows into the caches at pos0.., then causal (windowed) GQA attention;
     softcap > 0: scores s become softcap * tanh(s / softcap) before the softmax;
-    kv_type "f16": the caches hold halves, two to a u32 (kv_cache_roles)."""
+    kv_type "f16": the caches hold halves, two to a u32 (kv_cache_roles);
+    prep: q and k are raw and prepared first (HeadPrep), for one row (batched: one per sequence)."""
     check_kv_type(kv_type, head_dim, label)
     params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, 1)
     roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer), *kv_cache_roles(k_cache, v_cache, kv_type),
              Role("y", y.buffer, write=True)]
+    params, roles, flags = _with_prep(prep, rows, batched, head_dim, params, roles, label)
     return build("attention", label, params, roles, fold_grid(rows * n_head, cfg.max_per_dim),
-                 flags={"KV_F16": kv_type == "f16"}, consts=_attention_consts(cfg, head_dim), uses_step=True)
+                 flags={"KV_F16": kv_type == "f16", **flags}, consts=_attention_consts(cfg, head_dim), uses_step=True)
+
+
+def _with_prep(prep: HeadPrep | None, rows: int, batched: bool, head_dim: int, params: list, roles: list, label: str):
+    """The attention kernel's parameters, roles and flags with a HeadPrep's added."""
+    if prep is None:
+        return params, roles, {}
+    if rows > 1 and not batched:
+        raise ValueError(f"{label}: preparing q and k in attention needs one row per sequence, not {rows} rows")
+    if prep.n_rot % 2 or prep.n_rot > head_dim:
+        raise ValueError(f"{label}: n_rot {prep.n_rot} for heads of {head_dim}")
+    params = params + [("n_rot", "u32", prep.n_rot), ("neox", "u32", int(prep.neox)),
+                       ("attn_factor", "f32", prep.attn_factor), ("eps", "f32", prep.eps)]
+    roles = roles + [Role("freq", prep.freqs)] + ([] if prep.norm_w is None else [Role("qk_w", prep.norm_w)])
+    return params, roles, {"PREP": True, "QK_NORM": prep.norm_w is not None}
 
 
 def kv_cache_roles(k_cache, v_cache, kv_type: str) -> list[Role]:
@@ -405,12 +436,13 @@ def kv_cache_roles(k_cache, v_cache, kv_type: str) -> list[Role]:
 
 def attention_split(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, head_dim: int, scale: float,
                     window: int, q: View, k: View, v: View, k_cache, v_cache, y: View, part, splits: int,
-                    label="attention", softcap: float = 0.0, kv_type: str = "f32") -> list[Kernel]:
+                    label="attention", softcap: float = 0.0, kv_type: str = "f32", prep: HeadPrep | None = None,
+                    batched: bool = False) -> list[Kernel]:
     """`attention` as two dispatches (flash-decoding): (row, head, split) workgroups each over a
     contiguous range of the row's visible keys, writing their max, sum and unnormalised output to
     `part` (a buffer of at least split_part_floats(...) floats); then one workgroup per (row, head)
     merging them into y. The first dispatch stores the step's k, v rows (it reads the step's own
-    keys from k, v, so no split waits for that store)."""
+    keys from k, v, so no split waits for that store). prep: as attention's."""
     if splits < 1:
         raise ValueError(f"{label}: splits must be >= 1, got {splits}")
     if n_head % n_kv_head:
@@ -420,9 +452,10 @@ def attention_split(cfg: KernelConfig, rows: int, n_head: int, n_kv_head: int, h
     params = _attention_params(rows, n_head, n_kv_head, head_dim, scale, window, softcap, q, k, v, y, splits)
     roles = [Role("q", q.buffer), Role("k", k.buffer), Role("v", v.buffer), *kv_cache_roles(k_cache, v_cache, kv_type),
              Role("part", part, write=True)]
+    params, roles, flags = _with_prep(prep, rows, batched, head_dim, params, roles, label)
     partial = build("attention", f"{label} (splits)", params, roles,
                     fold_grid(rows * n_head * splits, cfg.max_per_dim),
-                    flags={"SPLIT": True, "KV_F16": kv_type == "f16"}, consts=consts, uses_step=True)
+                    flags={"SPLIT": True, "KV_F16": kv_type == "f16", **flags}, consts=consts, uses_step=True)
     merge_params = [("rows", "u32", rows), ("n_head", "u32", n_head), ("splits", "u32", splits),
                     ("y_off", "u32", y.offset), ("y_stride", "u32", y.stride)]
     merge = build("attention_merge", f"{label} (merge)", merge_params,
