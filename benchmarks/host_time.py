@@ -1,19 +1,23 @@
 """Where a GPU decode step's host time goes: the greedy decode step of each model recorded, finished,
-submitted and read back one at a time, each phase timed on the host, with the GPU idle before each
-step (so the host does not share the CPU with a software adapter's work).
+submitted and read back, each phase timed on the host, with the GPU idle before each command buffer
+(so the host does not share the CPU with a software adapter's work).
 
     python benchmarks/host_time.py [--models gemma3-270m,smollm2-135m|PATH.gguf] [--steps 16] [--json FILE]
 
-Phases, per step (median over --steps steps, after 2 warm-up steps):
+Each model is timed twice: a step alone in a command buffer (chunk 1), and a command buffer of
+LOOP_MAX_CHUNK steps, which is what the decode loop records on a device whose steps are short (a
+hardware GPU; on lavapipe a step takes hundreds of milliseconds and the loop records one at a
+time). Phases, per step (median over --steps command buffers, after 2 warm-up ones, divided by the
+steps in a command buffer):
   record   Python + wgpu-native calls that put the step's dispatches into a command encoder
            (Program.record_pass: ~3 C calls per dispatch) and the copies around them
-  finish   wgpu-native's encoding of the recorded pass (validation, resource tracking, barriers)
+  finish   wgpu-native's encoding of the recorded passes (validation, resource tracking, barriers)
   submit   the queue submission
-  wait     the device computing the step (not host time: what `wgpu-llm bench` leaves out)
-  read     mapping the 4-byte id and reading it back, after the device is done
-`host` is record + finish + submit + read: the host's cost of a step that runs alone in a command
-buffer. The decode loop records the next step while one runs and, on devices with short steps, puts
-several steps in a command buffer, which amortises submit and read but not record and finish.
+  wait     the device computing the steps (not host time: what `wgpu-llm bench` leaves out)
+  read     mapping the 4-byte ids and reading them back, after the device is done
+`host` is record + finish + submit + read. A software adapter computes on the host's own cores:
+right after a step, the host's caches hold its data, not the recorder's, so the first step of a
+command buffer records slower than the next ones (a hardware GPU leaves the host's caches alone).
 Prints a table; writes JSON stamped like benchmarks/run.py's results (commit, machine, adapter).
 """
 
@@ -33,37 +37,40 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wgpu_llm import LLM, bench  # noqa: E402
+from wgpu_llm.gpu.backend import LOOP_MAX_CHUNK  # noqa: E402
 
 PHASES = ("record", "finish", "submit", "wait", "read")
 
 
-def time_steps(llm: LLM, n_steps: int) -> tuple[dict[str, float], int]:
-    """Median seconds per phase of one greedy decode step, and the step's dispatch count."""
+def time_steps(llm: LLM, n_steps: int, chunk: int) -> tuple[dict[str, float], int]:
+    """Median seconds per phase and step of greedy decode steps recorded `chunk` to a command
+    buffer (as the decode loop does), and a step's dispatch count."""
     step = llm._step(1, False)
     prog, rt = step._greedy_program(), step.backend.rt
     positions = step._positions_buffer()
     u = rt.wgpu.BufferUsage
-    staging = rt.buffer(4, u.MAP_READ | u.COPY_DST, "host time ids")
+    staging = rt.buffer(4 * chunk, u.MAP_READ | u.COPY_DST, "host time ids")
     rt.queue.write_buffer(step.ids_buffer, 0, np.array([1], np.uint32))
     times: dict[str, list[float]] = {p: [] for p in PHASES}
     for i in range(n_steps + 2):
         t0 = time.perf_counter()
         enc = rt.device.create_command_encoder()
-        enc.copy_buffer_to_buffer(positions, 16 * (i + 1), prog.step_buffer, 0, 16)
-        prog.record_pass(enc)
-        enc.copy_buffer_to_buffer(step.ids_buffer, 0, staging, 0, 4)
+        for j in range(chunk):
+            enc.copy_buffer_to_buffer(positions, 16 * (1 + j), prog.step_buffer, 0, 16)
+            prog.record_pass(enc)
+            enc.copy_buffer_to_buffer(step.ids_buffer, 0, staging, 4 * j, 4)
         t1 = time.perf_counter()
         command_buffer = enc.finish()
         t2 = time.perf_counter()
-        submission = rt.submit([command_buffer], prog.n_dispatches)
+        submission = rt.submit([command_buffer], chunk * prog.n_dispatches, chunk)
         t3 = time.perf_counter()
         rt.device._poll_wait()  # the device done: what follows is the read's own cost
         t4 = time.perf_counter()
-        rt.read_back(staging, 4, submission)
+        rt.read_back(staging, 4 * chunk, submission)
         t5 = time.perf_counter()
         if i >= 2:
             for phase, seconds in zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-                times[phase].append(seconds)
+                times[phase].append(seconds / chunk)
     return {p: statistics.median(v) for p, v in times.items()}, prog.n_dispatches
 
 
@@ -79,13 +86,14 @@ def main(argv=None) -> int:
         llm = LLM(path, backend="gpu", n_ctx=256)
         info = llm.backend.rt.info
         adapter = {"name": info.name, "type": info.type, "software": info.is_software}
-        phases, dispatches = time_steps(llm, args.steps)
-        host = sum(v for k, v in phases.items() if k != "wait")
-        rows.append({"model": name, "dispatches": dispatches, **{f"{k}_ms": v * 1e3 for k, v in phases.items()},
-                     "host_ms": host * 1e3, "record_finish_us_per_dispatch": (phases["record"] + phases["finish"])
-                     / dispatches * 1e6})
+        for chunk in (1, LOOP_MAX_CHUNK):
+            phases, dispatches = time_steps(llm, args.steps, chunk)
+            host = sum(v for k, v in phases.items() if k != "wait")
+            rows.append({"model": name, "chunk": chunk, "dispatches": dispatches,
+                         **{f"{k}_ms": v * 1e3 for k, v in phases.items()}, "host_ms": host * 1e3,
+                         "record_finish_us_per_dispatch": (phases["record"] + phases["finish"]) / dispatches * 1e6})
         llm.close()
-    cols = ["model", "dispatches", *[f"{k}_ms" for k in PHASES], "host_ms", "record_finish_us_per_dispatch"]
+    cols = ["model", "chunk", "dispatches", *[f"{k}_ms" for k in PHASES], "host_ms", "record_finish_us_per_dispatch"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(r[c] if isinstance(r[c], str) else (str(r[c]) if isinstance(r[c], int) else f"{r[c]:.3f}")

@@ -202,7 +202,10 @@ def test_llama_cpp_rows_and_command(monkeypatch):
 
 @pytest.mark.gpu
 def test_host_time_breakdown(tmp_path, adapter):
-    """benchmarks/host_time.py times each phase of a decode step and stamps its results file."""
+    """benchmarks/host_time.py times each phase of a decode step, alone in a command buffer and
+    LOOP_MAX_CHUNK to one, and stamps its results file."""
+    from wgpu_llm.gpu.backend import LOOP_MAX_CHUNK
+
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
     out = tmp_path / "host.json"
     root = Path(__file__).resolve().parent.parent
@@ -210,9 +213,10 @@ def test_host_time_breakdown(tmp_path, adapter):
                            "--steps", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    (row,) = doc["rows"]
-    assert row["model"] == "tiny" and row["dispatches"] > 10
-    phases = [row[f"{p}_ms"] for p in ("record", "finish", "submit", "wait", "read")]
-    assert all(t > 0 for t in phases)
-    assert row["host_ms"] == pytest.approx(sum(phases) - row["wait_ms"])
+    assert [row["chunk"] for row in doc["rows"]] == [1, LOOP_MAX_CHUNK]
+    for row in doc["rows"]:
+        assert row["model"] == "tiny" and row["dispatches"] > 10
+        phases = [row[f"{p}_ms"] for p in ("record", "finish", "submit", "wait", "read")]
+        assert all(t > 0 for t in phases)
+        assert row["host_ms"] == pytest.approx(sum(phases) - row["wait_ms"])
     assert doc["git_commit"] and doc["adapter"]["name"] and "host_ms" in proc.stdout
