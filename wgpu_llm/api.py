@@ -330,9 +330,10 @@ class LLM:
                 ignore_eos: bool = False) -> Iterator[int]:
         """Sample up to max_tokens ids after the prompt; stops at end of generation or the context end.
         On a backend that counts its device work (the GPU's `counters()`), stats also get the decode
-        tokens' host time (wall time less the time waiting for the device) and dispatches per token."""
+        tokens' host time (the CPU time of the thread iterating this generator less its waits for the
+        device: GpuBackend.counters) and dispatches per token."""
         t0 = time.perf_counter()
-        t_first = None
+        t_first = cpu_first = None
         counters = getattr(self.backend, "counters", None)
         first_counts = (0.0, 0)
         generated = self._generated(prompt_ids, max_tokens, sampler, () if ignore_eos else self.tokenizer.eog_ids,
@@ -340,7 +341,7 @@ class LLM:
         try:
             for i, token in enumerate(generated):
                 if t_first is None:
-                    t_first = time.perf_counter()
+                    t_first, cpu_first = time.perf_counter(), time.thread_time()
                     stats["ttft_s"] = t_first - t0
                     stats["prefill_tokens_per_s"] = len(prompt_ids) / stats["ttft_s"]
                     if counters is not None:
@@ -353,8 +354,9 @@ class LLM:
                     wall = time.perf_counter() - t_first
                     stats["decode_tokens_per_s"] = i / wall
                     if counters is not None:
-                        wait_s, dispatches = counters()
-                        stats["decode_host_s_per_token"] = (wall - (wait_s - first_counts[0])) / i
+                        wait_cpu_s, dispatches = counters()
+                        host_s = time.thread_time() - cpu_first - (wait_cpu_s - first_counts[0])
+                        stats["decode_host_s_per_token"] = host_s / i
                         stats["decode_dispatches_per_token"] = (dispatches - first_counts[1]) / i
                 yield token
         finally:

@@ -15,9 +15,11 @@ Definitions (the same for every engine):
   weight GB/s     bytes of weights one decode step reads x decode tok/s (float32 bytes for engines
                   that compute in float32 -- wgpu-llm:cpu, transformers -- GGUF bytes for engines
                   that read the quantized file layout -- wgpu-llm:gpu, llama.cpp)
-  host ms/tok     wgpu-llm:gpu only: the decode time per token (as decode tok/s measures it) less the
-                  time the host was blocked waiting for the GPU's results -- the Python and wgpu
-                  calls that record and submit the steps, which bound decode on a fast GPU
+  host ms/tok     wgpu-llm:gpu only: the CPU time per decode token of the thread running the decode
+                  less the waits for the GPU's results -- the Python and wgpu calls that record and
+                  submit the steps, which bound decode on a fast GPU (CPU time, not wall time: on a
+                  software adapter the GPU's threads share the cores, and a host thread waiting for
+                  a core does no host work)
   dispatches/tok  wgpu-llm:gpu only: compute dispatches submitted per decode token
 
 wgpu-llm:gpu-f16 is the GPU backend with activations="f16" (the prefill mat-mat's f16 tiles; an

@@ -207,9 +207,11 @@ class GpuBackend:
         return step
 
     def counters(self) -> tuple[float, int]:
-        """(seconds the host has waited for the device's results, dispatches submitted) so far: the
-        host's own time in a span of steps is the span's wall time less the wait."""
-        return self.rt.wait_s, self.rt.dispatches
+        """(CPU seconds spent inside waits for the device's results, dispatches submitted) so far:
+        the host's own time in a span of steps is the CPU time of the thread running them less the
+        waits' (CPU time, not wall time: a software adapter's threads share the host's cores, and
+        the host thread waiting for a core is not host work)."""
+        return self.rt.wait_cpu_s, self.rt.dispatches
 
     def max_batch_rows(self, graph: Graph) -> int:
         """Sequences one batched step may hold (the step uniform's row table, one binding's rows)."""

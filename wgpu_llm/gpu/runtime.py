@@ -178,7 +178,9 @@ class Runtime:
         self.allocated_bytes = 0  # every buffer created on the device so far
         self._live = weakref.WeakSet()  # every buffer not yet garbage-collected: close() destroys them
         self.bytes_uploaded = 0
-        self.wait_s = 0.0  # seconds the host has been blocked waiting for the device's results (read_back)
+        # CPU seconds the waiting threads spent inside waits for the device's results (read_back):
+        # counters() lets a caller take them out of its thread's CPU time
+        self.wait_cpu_s = 0.0
         self.dispatches = 0  # compute dispatches submitted to the queue so far (submit)
         self.pool = BufferPool(self)
         self._map_lock = threading.Lock()  # read_back's one map callback and its status
@@ -268,8 +270,8 @@ class Runtime:
 
     def read_back(self, buf, nbytes: int, submission: int | None = None) -> np.ndarray:
         """The first nbytes of a MAP_READ buffer (a uint8 copy), blocking until the device has
-        written them: where a step's results are waited for, the wait timed into wait_s (so the
-        rest is host time). Inside the caller's guard.
+        written them: the CPU time the wait itself takes (wgpu-native may spin) goes into wait_cpu_s
+        (so the rest of the thread's CPU time is host work). Inside the caller's guard.
 
         submission: the index `submit` returned for the work that writes the buffer. Then only that
         work is waited for, not what was submitted after it (wgpu-py's map_sync waits for the whole
@@ -277,10 +279,10 @@ class Runtime:
         calls wgpu-native directly: wgpu-py's map_async makes a callback and wakes its poll thread
         on every call, ~0.5 ms of host time per read on a 2-core host, ~0.02 ms this way."""
         native = _native_submission()
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         if native is None:
             buf.map_sync(self.wgpu.MapMode.READ, 0, nbytes)
-            self.wait_s += time.perf_counter() - t0
+            self.wait_cpu_s += time.thread_time() - t0
             try:
                 return np.frombuffer(buf.read_mapped(0, nbytes, copy=False), np.uint8).copy()
             finally:
@@ -290,7 +292,7 @@ class Runtime:
         with self._map_lock:
             index = ffi.NULL if submission is None else ffi.new("WGPUSubmissionIndex *", submission)
             lib.wgpuDevicePoll(device, True, index)
-            self.wait_s += time.perf_counter() - t0
+            self.wait_cpu_s += time.thread_time() - t0
             self._map_status[0] = None
             lib.wgpuBufferMapAsync(buf._internal, lib.WGPUMapMode_Read, 0, nbytes, self._map_callback_info[0])
             lib.wgpuDevicePoll(device, False, ffi.NULL)  # the work is done: this poll maps the buffer
