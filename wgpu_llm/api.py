@@ -15,7 +15,7 @@ import numpy as np
 
 from . import models, zoo
 from .arguments import check_generation, check_keywords, check_open, check_text, check_token_ids
-from .backends import GpuError, check_activations, check_kv_cache, one_line, open_backend
+from .backends import GpuError, check_activations, check_kv_cache, cpu_activations_note, one_line, open_backend
 from .exclusive import Exclusive, exclusive, exclusive_generator
 from .gguf_file import GGUFError, GGUFFile
 from .graph import Graph
@@ -253,9 +253,8 @@ class LLM:
         except InsufficientMemory:  # the CPU cannot take over: the GPU's failure is the one to report
             raise error from None
         print(f"wgpu-llm: the GPU failed, continuing on the CPU: {one_line(error)}", file=sys.stderr)
-        self.backend, self.backend_reason = backend, f"cpu: the GPU failed ({one_line(error)})"
-        if self.activations != "f32":
-            self.backend_reason += "; activations f32 (f16 is a GPU option)"
+        self.backend = backend
+        self.backend_reason = f"cpu: the GPU failed ({one_line(error)})" + cpu_activations_note(self.activations)
         self.backend.tracer = self.trace
         self._cached = []
 

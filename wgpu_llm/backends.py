@@ -64,8 +64,7 @@ def open_backend(name: str, gguf_file, n_ctx: int, adapter: str | None = None, g
     check_activations(activations, name)
 
     def cpu(reason: str):
-        if activations != "f32":
-            reason += "; activations f32 (f16 is a GPU option)"
+        reason += cpu_activations_note(activations)
         from cpu_fallback.backend import CpuBackend
 
         kv_type = "f32" if kv_cache == "auto" else kv_cache
@@ -134,6 +133,11 @@ def check_activations(activations, backend: str = "gpu") -> None:
     if activations == "f16" and backend == "cpu":
         raise ValueError("activations 'f16' is a GPU option (the prefill mat-mat's f16 tiles): "
                          "the cpu backend computes in f32; use activations='f32' or backend 'gpu' / 'auto'")
+
+
+def cpu_activations_note(activations: str) -> str:
+    """What the reason line of a CPU backend standing in for a GPU adds about the activations asked for."""
+    return "" if activations == "f32" else "; activations f32 (f16 is a GPU option)"
 
 
 def _load_gpu(backend_class, gguf_file, n_ctx: int, adapter, load, kv_type: str = "f32", activations: str = "f32"):

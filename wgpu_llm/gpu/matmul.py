@@ -152,10 +152,15 @@ def _register_tile_code(t: Tiles) -> dict[str, str]:
             "SG_BUILTINS": builtins, "SG_CHECK": check}
 
 
-# f32 -> f16 for staging: saturated to +-65504 first (WGSL leaves the conversion of a value outside
-# f16's range indeterminate); see shaders/PORTABILITY.md
-_F16_FNS = """
-fn to_f16(v: vec4<f32>) -> vec4<f16> {
+# what a staged value becomes: itself, or for f16 tiles saturated to +-65504 first (WGSL leaves the
+# conversion of a value outside f16's range indeterminate; see shaders/PORTABILITY.md) and rounded
+_STAGE_F32 = """
+fn stage(v: vec4<f32>) -> vec4<f32> {
+    return v;
+}
+"""
+_STAGE_F16 = """
+fn stage(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
 }
 """
@@ -173,7 +178,7 @@ def matmul_shader(type_name: str, tiles: Tiles = Tiles(), glu: str = "") -> str:
                 BM=f"{t.bm}u", BN=f"{t.bn}u", UNITS=f"{t.bk // 8}u",
                 NTX=f"{t.bn // t.tn}u", NTY=f"{t.bm // t.tm}u", WG=t.threads, XS_SIZE=t.bm * t.bk // 4,
                 WS_SIZE=t.bn * t.bk // 4, STAGED="vec4<f16>" if t.f16 else "vec4<f32>",
-                STAGE="to_f16(" if t.f16 else "", END_STAGE=")" if t.f16 else "", F16_FNS=_F16_FNS if t.f16 else "",
+                STAGE_FN=_STAGE_F16 if t.f16 else _STAGE_F32,
                 **_register_tile_code(t))
     params = shader_sections("quant_linear.wgsl")["params"]  # the bindings and store of every linear kernel
     head = ["enable f16;  // the staged tiles and the inner loop's dot products (Tiles.f16)"] if t.f16 else []

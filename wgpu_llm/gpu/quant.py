@@ -253,6 +253,11 @@ class LinearVariant:
         return self.kind == "subgroup" or self.x_broadcast > 0
 
     @property
+    def needs_f16(self) -> bool:
+        """The mat-vec kernels compute in f32 (matmul.Tiles may not)."""
+        return False
+
+    @property
     def key(self) -> str:
         """A short stable name, e.g. "subgroup-wg64-r4" or "row-wg8-r64-b8-t2" (what the tuning cache stores)."""
         return (f"{self.kind}-wg{self.workgroup_size}-r{self.rows}" + (f"-b{self.x_broadcast}" if self.x_broadcast else "")

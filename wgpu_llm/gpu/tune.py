@@ -520,7 +520,7 @@ class LinearChoice:
             fits = variant.fits(self.caps.max_invocations, self.caps.max_workgroup_storage)
         else:
             fits = variant.workgroup_size <= self.caps.max_invocations
-        f16 = getattr(self.caps, "shader_f16", False) or not getattr(variant, "needs_f16", False)
+        f16 = getattr(self.caps, "shader_f16", False) or not variant.needs_f16
         return fits and f16 and (self.caps.subgroups or not variant.needs_subgroups)
 
     def _choose(self, case: LinearCase, tiled: bool) -> LinearVariant | Tiles:
