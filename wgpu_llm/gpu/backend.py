@@ -562,7 +562,8 @@ class _Compiler:
         hd = att.param("head_dim")
         if normed:
             q_norm, q_rope, k_norm, k_rope = ops[i:j]
-            if not (k_norm.kind == "rms_norm" and q_rope.inputs[0] == q_norm.out and k_rope.inputs[0] == k_norm.out
+            if not (q_rope.kind == k_rope.kind == "rope" and k_norm.kind == "rms_norm"
+                    and q_rope.inputs[0] == q_norm.out and k_rope.inputs[0] == k_norm.out
                     and self.uses[q_norm.out] == [i + 1] and self.uses[k_norm.out] == [i + 3]
                     and k_norm.param("eps") == q_norm.param("eps")
                     and self.g.weight_shapes[q_norm.weights[0]][1] == hd == self.g.weight_shapes[k_norm.weights[0]][1]):
@@ -570,6 +571,8 @@ class _Compiler:
             q_raw, k_raw = q_norm.inputs[0], k_norm.inputs[0]
         else:
             q_rope, k_rope = ops[i:j]
+            if k_rope.kind != "rope":
+                return False
             q_raw, k_raw = q_rope.inputs[0], k_rope.inputs[0]
         if not (q_rope.kind == k_rope.kind == "rope" and att.inputs[:2] == (q_rope.out, k_rope.out)
                 and self.uses[q_rope.out] == [j] == self.uses[k_rope.out]
