@@ -44,6 +44,21 @@ var<private> kb: u32;
 var<private> sp0: u32;
 var<private> r0: u32;
 
+// the sum of v over the workgroup (every invocation calls it; red is free again on return)
+fn workgroup_sum(v: f32, tid: u32) -> f32 {
+    red[tid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (tid < s) {
+            red[tid] += red[tid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();
+    return total;
+}
+
 // element d of the step's key at position p >= sp0 of KV head kvh
 fn step_key(p: u32, kvh: u32, d: u32) -> f32 {
 #if PREP
@@ -62,16 +77,7 @@ fn prep_head(tid: u32, w_off: u32, pos: f32) {
     for (var d = tid; d < HD; d += WG) {
         ss += head[d] * head[d];
     }
-    red[tid] = ss;
-    workgroupBarrier();
-    for (var w = WG / 2u; w > 0u; w >>= 1u) {
-        if (tid < w) {
-            red[tid] += red[tid + w];
-        }
-        workgroupBarrier();
-    }
-    let rms = sqrt(red[0] / f32(HD) + P.eps);
-    workgroupBarrier();
+    let rms = sqrt(workgroup_sum(ss, tid) / f32(HD) + P.eps);
     for (var d = tid; d < HD; d += WG) {
         head[d] = head[d] / rms * ld_qk_w(w_off + d);
     }
@@ -206,16 +212,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             e = exp(s - m_new);
         }
         p_sh[tid] = e;
-        red[tid] = e;
-        workgroupBarrier();
-        for (var w = WG / 2u; w > 0u; w >>= 1u) {
-            if (tid < w) {
-                red[tid] += red[tid + w];
-            }
-            workgroupBarrier();
-        }
+        let chunk_sum = workgroup_sum(e, tid);  // its barriers also publish p_sh
         let alpha = exp(m - m_new);
-        l = l * alpha + red[0];
+        l = l * alpha + chunk_sum;
         m = m_new;
         let count = min(WG, hi + 1u - base);
         for (var i = 0u; i < DPT; i++) {

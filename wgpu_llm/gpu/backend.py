@@ -558,12 +558,13 @@ class _Compiler:
         j = i + (4 if normed else 2)  # the attention
         if not (self.n == 1 or self.batched) or j >= len(ops) or ops[j].kind != "attention":
             return False
+        if [op.kind for op in ops[i:j]] != (["rms_norm", "rope"] * 2 if normed else ["rope"] * 2):
+            return False
         att = ops[j]
         hd = att.param("head_dim")
         if normed:
             q_norm, q_rope, k_norm, k_rope = ops[i:j]
-            if not (q_rope.kind == k_rope.kind == "rope" and k_norm.kind == "rms_norm"
-                    and q_rope.inputs[0] == q_norm.out and k_rope.inputs[0] == k_norm.out
+            if not (q_rope.inputs[0] == q_norm.out and k_rope.inputs[0] == k_norm.out
                     and self.uses[q_norm.out] == [i + 1] and self.uses[k_norm.out] == [i + 3]
                     and k_norm.param("eps") == q_norm.param("eps")
                     and self.g.weight_shapes[q_norm.weights[0]][1] == hd == self.g.weight_shapes[k_norm.weights[0]][1]):
@@ -571,10 +572,8 @@ class _Compiler:
             q_raw, k_raw = q_norm.inputs[0], k_norm.inputs[0]
         else:
             q_rope, k_rope = ops[i:j]
-            if k_rope.kind != "rope":
-                return False
             q_raw, k_raw = q_rope.inputs[0], k_rope.inputs[0]
-        if not (q_rope.kind == k_rope.kind == "rope" and att.inputs[:2] == (q_rope.out, k_rope.out)
+        if not (att.inputs[:2] == (q_rope.out, k_rope.out)
                 and self.uses[q_rope.out] == [j] == self.uses[k_rope.out]
                 and (q_rope.params, q_rope.weights) == (k_rope.params, k_rope.weights)
                 and q_rope.param("head_dim") == hd and q_raw in self.acts and k_raw in self.acts
