@@ -7,7 +7,9 @@ submitted and read back, each phase timed on the host, with the GPU idle before 
 Each model is timed twice: a step alone in a command buffer (chunk 1), and a command buffer of
 LOOP_MAX_CHUNK steps, which is what the decode loop records on a device whose steps are short (a
 hardware GPU; on lavapipe a step takes hundreds of milliseconds and the loop records one at a
-time). Phases, per step (median over --steps command buffers, after 2 warm-up ones, divided by the
+time); then that command buffer of LOOP_MAX_CHUNK steps once more with the norms as dispatches of
+their own (WGPU_LLM_NORM_ON_LOAD=0, rows with "norm_on_load": false), which shows what doing them
+in the linears saves the host and costs the device (its `wait`). Phases, per step (median over --steps command buffers, after 2 warm-up ones, divided by the
 steps in a command buffer):
   record   Python + wgpu-native calls that put the step's dispatches into a command encoder
            (Program.record_pass: ~3 C calls per dispatch) and the copies around them
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -37,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wgpu_llm import LLM, bench  # noqa: E402
-from wgpu_llm.gpu.backend import LOOP_MAX_CHUNK  # noqa: E402
+from wgpu_llm.gpu.backend import ENV_NORM_ON_LOAD, LOOP_MAX_CHUNK  # noqa: E402
 
 PHASES = ("record", "finish", "submit", "wait", "read")
 
@@ -83,17 +86,19 @@ def main(argv=None) -> int:
     rows, adapter = [], None
     for spec in args.models.split(","):
         name, path = bench.resolve_model(spec)
-        llm = LLM(path, backend="gpu", n_ctx=256)
-        info = llm.backend.rt.info
-        adapter = {"name": info.name, "type": info.type, "software": info.is_software}
-        for chunk in (1, LOOP_MAX_CHUNK):
-            phases, dispatches = time_steps(llm, args.steps, chunk)
-            host = sum(v for k, v in phases.items() if k != "wait")
-            rows.append({"model": name, "chunk": chunk, "dispatches": dispatches,
-                         **{f"{k}_ms": v * 1e3 for k, v in phases.items()}, "host_ms": host * 1e3,
-                         "record_finish_us_per_dispatch": (phases["record"] + phases["finish"]) / dispatches * 1e6})
-        llm.close()
-    cols = ["model", "chunk", "dispatches", *[f"{k}_ms" for k in PHASES], "host_ms", "record_finish_us_per_dispatch"]
+        for norm_on_load, chunks in ((True, (1, LOOP_MAX_CHUNK)), (False, (LOOP_MAX_CHUNK,))):
+            os.environ[ENV_NORM_ON_LOAD] = str(int(norm_on_load))  # read by the backend LLM opens
+            llm = LLM(path, backend="gpu", n_ctx=256)
+            info = llm.backend.rt.info
+            adapter = {"name": info.name, "type": info.type, "software": info.is_software}
+            for chunk in chunks:
+                phases, dispatches = time_steps(llm, args.steps, chunk)
+                host = sum(v for k, v in phases.items() if k != "wait")
+                rows.append({"model": name, "chunk": chunk, "norm_on_load": norm_on_load, "dispatches": dispatches,
+                             **{f"{k}_ms": v * 1e3 for k, v in phases.items()}, "host_ms": host * 1e3,
+                             "record_finish_us_per_dispatch": (phases["record"] + phases["finish"]) / dispatches * 1e6})
+            llm.close()
+    cols = ["model", "chunk", "norm_on_load", "dispatches", *[f"{k}_ms" for k in PHASES], "host_ms", "record_finish_us_per_dispatch"]
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(r[c] if isinstance(r[c], str) else (str(r[c]) if isinstance(r[c], int) else f"{r[c]:.3f}")

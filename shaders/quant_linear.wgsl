@@ -27,7 +27,7 @@ struct LinearParams {
     y_stride: u32,    // f32 elements between token rows of y
     y_offset: u32,    // first output column this piece writes
     accumulate: u32,  // 1: y += result
-    _pad: u32,
+    norm_eps: u32,    // f32 bits: the epsilon of a norm done on load (x_norm, x_post_norm)
 }
 
 @group(0) @binding(0) var<uniform> params: LinearParams;
@@ -41,7 +41,7 @@ struct LinearParams {
 fn prm() -> LinearParams {
     let z = u32(arrayLength(&y) == 0u);  // y is never empty
     return LinearParams(params.n_tokens | z, params.rows | z, params.cols | z, params.x_stride | z,
-                        params.y_stride | z, params.y_offset | z, params.accumulate | z, 0u);
+                        params.y_stride | z, params.y_offset | z, params.accumulate | z, params.norm_eps | z);
 }
 
 fn store_y(row: u32, t: u32, v: f32) {
@@ -88,6 +88,88 @@ fn x_val(i: u32) -> f32 {
     let g = x[i];
     let u = x[i + prm().cols];
     return $ACT * u;
+}
+
+//! x_norm
+// the input: rms_norm(x) * w, the rms norm feeding this linear done on load (one token, a row of
+// cols); x_scale = 1 / rms(x) comes from x_prologue, run by main before any x_val
+@group(0) @binding($NB) var<storage, read> norm_w: array<f32>;
+var<private> x_scale: f32;
+
+fn x_val(i: u32) -> f32 {
+    return x[i] * x_scale * norm_w[i];
+}
+
+// invocations first, first + stride, ... add up parts of the row; norm_sum adds their parts
+fn x_prologue(first: u32, stride: u32, lid: u32, writer: bool) {
+    var ss = 0.0;
+    for (var c = first; c < prm().cols; c += stride) {
+        ss += x[c] * x[c];
+    }
+    x_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + bitcast<f32>(prm().norm_eps));
+}
+
+//! x_post_norm
+// the input: Gemma's post-norm, residual add and the next pre-norm, done on load (one token, a
+// row of cols): x is the output of the previous linear, r the residual, norm_w the post-norm's
+// weights then the pre-norm's; the new residual r + rms_norm(x) * w_post is also written to
+// r_out (by workgroup 0; r_out is never r: the other workgroups still read r) and the input is
+// rms_norm(new residual) * w_pre. x_prologue computes both scales before any x_val.
+@group(0) @binding($NB) var<storage, read> r: array<f32>;
+@group(0) @binding($NB1) var<storage, read> norm_w: array<f32>;
+@group(0) @binding($NB2) var<storage, read_write> r_out: array<f32>;
+var<private> x_scale: f32;
+var<private> o_scale: f32;
+
+fn new_residual(c: u32) -> f32 {
+    return r[c] + x[c] * o_scale * norm_w[c];
+}
+
+fn x_val(i: u32) -> f32 {
+    return new_residual(i) * x_scale * norm_w[prm().cols + i];
+}
+
+fn x_prologue(first: u32, stride: u32, lid: u32, writer: bool) {
+    let eps = bitcast<f32>(prm().norm_eps);
+    var ss = 0.0;
+    for (var c = first; c < prm().cols; c += stride) {
+        ss += x[c] * x[c];
+    }
+    o_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + eps);
+    ss = 0.0;
+    for (var c = first; c < prm().cols; c += stride) {
+        let v = new_residual(c);
+        ss += v * v;
+        if (writer) {
+            r_out[c] = v;
+        }
+    }
+    x_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + eps);
+}
+
+//! norm_sum_shared
+// a norm on load, GPU kinds: the invocations stride over the row and add up in workgroup memory
+var<workgroup> norm_red: array<f32, WG>;
+
+fn norm_sum(v: f32, lid: u32) -> f32 {
+    norm_red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            norm_red[lid] += norm_red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = norm_red[0];
+    workgroupBarrier();
+    return total;
+}
+
+//! norm_sum_row
+// a norm on load, row kind: every lane walks the whole row (loads from one address for all lanes:
+// one load each on a CPU adapter), so its own sum is the total
+fn norm_sum(v: f32, lid: u32) -> f32 {
+    return v;
 }
 
 //! reduce_subgroup
@@ -709,7 +791,7 @@ fn main(@builtin(local_invocation_index) lid: u32,
         return;
     }
     $XSHARE
-    for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
+$PROLOGUE    for (var t0 = wid.z * TT; t0 < prm().n_tokens; t0 += nwg.z * TT) {
         row_pass_$TT_PASS(row0 + lid, t0, lane, xshare);
     }
 }
@@ -724,7 +806,7 @@ $SG_LOCALS
     if (row0 >= prm().rows) {
         return;
     }
-    if (prm().n_tokens == 1u) {
+$PROLOGUE    if (prm().n_tokens == 1u) {
         if (wid.z == 0u) {
             pass_1(row0, 0u, lid$SG_ARGS);
         }

@@ -203,7 +203,8 @@ def test_llama_cpp_rows_and_command(monkeypatch):
 @pytest.mark.gpu
 def test_host_time_breakdown(tmp_path, adapter):
     """benchmarks/host_time.py times each phase of a decode step, alone in a command buffer and
-    LOOP_MAX_CHUNK to one, and stamps its results file."""
+    LOOP_MAX_CHUNK to one, then with the norms as dispatches of their own, and stamps its results
+    file."""
     from wgpu_llm.gpu.backend import LOOP_MAX_CHUNK
 
     model = write_tiny_model(tmp_path / "tiny.gguf", "llama", "Q8_0")
@@ -213,8 +214,12 @@ def test_host_time_breakdown(tmp_path, adapter):
                            "--steps", "3", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert [row["chunk"] for row in doc["rows"]] == [1, LOOP_MAX_CHUNK]
-    for row in doc["rows"]:
+    rows = doc["rows"]
+    assert [(row["chunk"], row["norm_on_load"]) for row in rows] == [(1, True), (LOOP_MAX_CHUNK, True),
+                                                                     (LOOP_MAX_CHUNK, False)]
+    n_layer = 2
+    assert rows[2]["dispatches"] == rows[0]["dispatches"] + 2 * n_layer + 1  # two norms a layer, the output norm
+    for row in rows:
         assert row["model"] == "tiny" and row["dispatches"] > 10
         phases = [row[f"{p}_ms"] for p in ("record", "finish", "submit", "wait", "read")]
         assert all(t > 0 for t in phases)

@@ -102,32 +102,55 @@ def test_tiny_gemma3(adapter, tmp_path, qtype):
     errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
     assert max(errors) <= NMSE_TOL, errors
     fused = set(step.fused.values())
-    assert {"q / k norm and rope done by the attention kernel", "residual add fused into rms_norm",
-            "rms_norm fused into the previous rms_norm", "glu fused into the linear reading it"} <= fused, fused
-    # per layer: QKV (stacked), attention (q+k head norms with rope first), o-proj, post-norm +
-    # residual + the next pre-norm, gate+up (stacked), down (glu on load), post-norm + residual +
-    # the next layer's pre-norm (not in the last layer: last_row comes first); then embed, the
-    # first layer's pre-norm, the output norm and head
-    assert step.n_dispatches == 7 * GEMMA_SHAPE["n_layer"] + 4
-    # a prefill step (several rows of one sequence) norms and ropes q and k in one dispatch of their own
+    assert {"q / k norm and rope done by the attention kernel", "rms_norm done by the linear reading it",
+            "post-norm, residual add and pre-norm done by the linear reading them",
+            "residual add fused into rms_norm", "glu fused into the linear reading it"} <= fused, fused
+    # per layer: QKV (stacked; the previous layer's post-norm + residual + this pre-norm, or the
+    # first layer's pre-norm, on load), attention (q+k head norms with rope first), o-proj,
+    # gate+up (stacked; post-norm + residual + pre-norm on load), down (glu on load); then embed,
+    # the last layer's post-norm + residual (last_row comes before the output norm), the head
+    # (the output norm on load)
+    assert step.n_dispatches == 5 * GEMMA_SHAPE["n_layer"] + 3
+    # a prefill step (several rows of one sequence) norms and ropes q and k in one dispatch of
+    # their own, and its norms are dispatches of their own
     gf = GGUFFile(path)
     prefill = gpu.compile(architecture(gf).build_graph(gf, all_logits=True), 7)
-    assert {"rope fused into rms_norm", "merged with the previous head norm and rope"} <= set(prefill.fused.values())
+    assert {"rope fused into rms_norm", "merged with the previous head norm and rope",
+            "rms_norm fused into the previous rms_norm"} <= set(prefill.fused.values())
 
 
 @gpu
 @pytest.mark.parametrize(("arch", "qtype"), [("gemma3", "Q5_0"), ("llama", "Q4_0")])
 def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, arch, qtype):
     """Q and K in Q5_0 / Q4_0 with a Q8_0 V (as in Gemma 3 270M's file): one Q8_0 QKV matrix,
-    so still 7 dispatches per layer, and the same results as the numpy backend."""
+    so still 5 dispatches per layer, and the same results as the numpy backend."""
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
     path = write_tiny_model(tmp_path / f"{arch}-mixed.gguf", arch, qtype, layer_types={"attn_v": "Q8_0"}, **shape)
     errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
     assert max(errors) <= NMSE_TOL, errors
     n_layer = shape.get("n_layer", 2)
-    assert step.n_dispatches == 7 * n_layer + (4 if arch == "gemma3" else 3)
+    assert step.n_dispatches == 5 * n_layer + (3 if arch == "gemma3" else 2)
     qkv = ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight")
     assert [piece.weight.type_name for piece in gpu.matrix(qkv)] == ["Q8_0"]
+
+
+@gpu
+@pytest.mark.parametrize("arch", ["gemma3", "llama"])
+def test_norms_apart(adapter, tmp_path, monkeypatch, arch):
+    """WGPU_LLM_NORM_ON_LOAD=0: the decode step's norms are dispatches of their own again (two
+    more per layer, one more for the output norm), with the same results."""
+    shape = GEMMA_SHAPE if arch == "gemma3" else {}
+    path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", **shape)
+    monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "0")
+    errors, _, step = compare_backends(path, adapter, n_prefill=3, n_decode=3)
+    assert max(errors) <= NMSE_TOL, errors
+    n_layer = shape.get("n_layer", 2)
+    assert step.n_dispatches == 7 * n_layer + (4 if arch == "gemma3" else 3)
+    assert not {"rms_norm done by the linear reading it",
+                "post-norm, residual add and pre-norm done by the linear reading them"} & set(step.fused.values())
+    monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "yes")
+    with pytest.raises(ValueError, match="WGPU_LLM_NORM_ON_LOAD='yes': expected 0 or 1"):
+        compare_backends(path, adapter, n_prefill=3, n_decode=1)
 
 
 def _every_adapter():
@@ -178,11 +201,12 @@ def test_steps_share_buffers_and_reuse_programs(adapter, tmp_path):
     # the argmax on the GPU (a step of its own over the same buffers and KV cache)
     logits = cb(np.array([9]), 8)
     assert b.greedy(np.array([9]), 8).tolist() == [int(np.argmax(logits[-1]))]
-    # a decode step is: per layer norm, QKV (one stacked matrix), attention (rope first),
-    # o-proj(+residual), norm, gate+up (stacked), down(+glu on load, +residual); then embed,
-    # final norm, head; the 4-token step ropes q and k in a dispatch of their own
+    # a decode step is: per layer QKV (one stacked matrix, the norm on load), attention (rope
+    # first), o-proj(+residual), gate+up (stacked, the norm on load), down(+glu on load,
+    # +residual); then embed, head (the final norm on load); the 4-token step norms in
+    # dispatches of their own and ropes q and k in one
     n_layer = 2
-    assert b.n_dispatches == 7 * n_layer + 3
+    assert b.n_dispatches == 5 * n_layer + 2
     assert a.n_dispatches == 8 * n_layer + 3
 
 

@@ -274,13 +274,15 @@ class Gpu:
         return self.device.create_buffer_with_data(data=data, usage=usage)
 
     def run(self, source: str, uniform: bytes, inputs: list[np.ndarray], output: np.ndarray,
-            planes: list[np.ndarray], dispatch: tuple[int, int, int]) -> np.ndarray:
-        """Bindings: 0 uniform, 1 the input, 2 the output (read back), 3.. planes."""
+            planes: list[np.ndarray], dispatch: tuple[int, int, int], after: list[np.ndarray] = ()):
+        """Bindings: 0 uniform, 1 the input, 2 the output (read back), 3.. planes, then `after`.
+        With `after`: (the output, the `after` buffers as the kernel left them)."""
         wgpu = self.wgpu
         pipeline = self._pipeline(source)
         ubuf = self.device.create_buffer_with_data(data=uniform, usage=wgpu.BufferUsage.UNIFORM)
         out = self._buffer(output, wgpu.BufferUsage.COPY_SRC)
-        resources = [ubuf, *[self._buffer(a) for a in inputs], out, *[self._buffer(p) for p in planes]]
+        extra = [self._buffer(a, wgpu.BufferUsage.COPY_SRC) for a in after]
+        resources = [ubuf, *[self._buffer(a) for a in inputs], out, *[self._buffer(p) for p in planes], *extra]
         bind_group = self.device.create_bind_group(
             layout=pipeline.get_bind_group_layout(0),
             entries=[{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
@@ -292,7 +294,10 @@ class Gpu:
         compute.dispatch_workgroups(*dispatch)
         compute.end()
         self.device.queue.submit([encoder.finish()])
-        return np.frombuffer(self.device.queue.read_buffer(out), output.dtype).copy()
+        result = np.frombuffer(self.device.queue.read_buffer(out), output.dtype).copy()
+        if not after:
+            return result
+        return result, [np.frombuffer(self.device.queue.read_buffer(b), a.dtype).copy() for a, b in zip(after, extra)]
 
     def _probe_subgroup_size(self) -> int:
         source = """
@@ -522,6 +527,45 @@ def test_linear_glu_input(gpu, type_name):
                 assert error <= 1e-10, f"{variant.key} {act} {rows}x{n_tokens}: NMSE {error:.3g}"
     with pytest.raises(ValueError, match="unknown GLU activation"):
         quant.linear_shader("Q4_1", glu="relu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("type_name", ["F16", "Q8_0", "Q5_0", "Q4_K"])
+def test_linear_norm_on_load(gpu, type_name):
+    """A norm done on load, against the numpy twin (ops.rms_norm, ops.add): "rms" reads
+    rms_norm(x) * w; "post_rms" (Gemma) writes h = r + rms_norm(o) * w_post from workgroup 0 and
+    reads rms_norm(h) * w_pre. Enough rows for several workgroups, so that the ones that do not
+    write h still norm it right."""
+    rng = np.random.default_rng(12)
+    eps = 1e-6
+    for variant in linear_variants(gpu):
+        for rows in (37, 3 * variant.rows + 5):
+            w, x, _, weights, _ = glu_case(type_name, rows, 1, 0, rng)
+            cols = w.cols
+            o = (x[:, :cols] * 3).astype(np.float32)
+            r = rng.standard_normal((1, cols)).astype(np.float32) * 5
+            w_post, w_pre = (rng.standard_normal(cols).astype(np.float32) for _ in range(2))
+            uniform = struct.pack("<7If", 1, rows, cols, cols, rows, 0, 0, eps)
+            grid = quant.linear_dispatch(type_name, rows, 1, variant=variant)
+
+            got = gpu.run(quant.linear_shader(type_name, variant=variant, norm="rms"), uniform, [o.reshape(-1)],
+                          poisoned(rows), w.planes, grid, after=[w_pre])[0]
+            want = ops.rms_norm(o, w_pre, eps).astype(np.float64) @ weights.T
+            error = nmse(got.reshape(1, rows), want)
+            assert error <= 1e-10, f"rms {variant.key} {rows} rows: NMSE {error:.3g}"
+
+            got, (_, _, h) = gpu.run(quant.linear_shader(type_name, variant=variant, norm="post_rms"), uniform,
+                                     [o.reshape(-1)], poisoned(rows), w.planes, grid,
+                                     after=[r.reshape(-1), np.concatenate([w_post, w_pre]), poisoned(cols)])
+            h_want = ops.add(r, ops.rms_norm(o, w_post, eps))
+            assert np.allclose(h, h_want.reshape(-1), rtol=1e-5, atol=1e-5), f"post_rms {variant.key}: new residual"
+            want = ops.rms_norm(h_want, w_pre, eps).astype(np.float64) @ weights.T
+            error = nmse(got.reshape(1, rows), want)
+            assert error <= 1e-10, f"post_rms {variant.key} {rows} rows: NMSE {error:.3g}"
+    with pytest.raises(ValueError, match="unknown norm on load"):
+        quant.linear_shader("Q8_0", norm="layer")
+    with pytest.raises(ValueError, match="not both"):
+        quant.linear_shader("Q8_0", norm="rms", glu="silu")
 
 
 @pytest.mark.gpu

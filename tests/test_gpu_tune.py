@@ -376,9 +376,10 @@ def test_compiled_steps_dispatch_the_tuned_choices(rt, adapter, cache_dir, tmp_p
     assert gpu.linear_choice.sources["heuristic"] == 0 and gpu.linear_choice.sources["tuned"] > 0
     types = {gf.tensor(w).type_name for op in full.ops if op.kind == "linear" for w in op.weights}
     mat_mat = {matmul.matmul_shader(t, tiles, glu) for t in types for glu in ("", "silu")}
-    mat_vec = {quant.linear_shader(t, variant=variant, glu=glu) for t in types for glu in ("", "silu")}
+    mat_vec = {quant.linear_shader(t, variant=variant, glu=glu, norm=norm) for t in types
+               for glu, norm in (("", ""), ("silu", ""), ("", "rms"))}
     pre = [k for k in prefill._kernels if ": matmul " in k.label or ": linear " in k.label]
-    dec = [k for k in decode._kernels if ": matmul " in k.label or ": linear " in k.label]
+    dec = [k for k in decode._kernels if ": normed linear " in k.label or ": linear " in k.label]
     assert len(pre) == len(dec) == sum(cases.values()) // 2  # every linear of a step, one kind per step
     assert all(k.source in mat_mat for k in pre), [k.label for k in pre if k.source not in mat_mat]
     assert all(k.source in mat_vec for k in dec), [k.label for k in dec if k.source not in mat_vec]

@@ -17,9 +17,12 @@ What happens once, at compile:
   (Gemma's q/k norms) runs inside the norm, q's and k's together when they are adjacent; two
   ropes over adjacent columns (q and k of a fused QKV) become one dispatch; the KV-cache store
   happens inside the attention kernel. In a step with one row per sequence (decode, batched
-  decode) the attention kernel norms and ropes q and k itself (kernels.HeadPrep), so a llama or
-  Gemma 3 decode step is 7 dispatches per layer (8 where decode attention splits a long context
-  over workgroups and merges them: kernels.attention_variant);
+  decode) the attention kernel norms and ropes q and k itself (kernels.HeadPrep). In a one-token
+  step the norm before a linear (and Gemma's post-norm + residual add + next pre-norm, the linear
+  also writing the new residual) is done by the mat-vec as it loads its input
+  (quant.NORMS_ON_LOAD), so a llama or Gemma 3 decode step is 5 dispatches per layer (6 where
+  decode attention splits a long context over workgroups and merges them:
+  kernels.attention_variant);
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
@@ -31,6 +34,7 @@ several steps per submit.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import defaultdict
@@ -74,6 +78,25 @@ class _Act:
         return ac < bc + other.width and bc < ac + self.width
 
 
+@dataclass(frozen=True)
+class _NormOnLoad:
+    """A norm that a linear does as it loads its input (quant.NORMS_ON_LOAD): the norm weights
+    (one buffer; for "post_rms" the post-norm's, then the pre-norm's), the epsilon as f32 bits,
+    and for "post_rms" the old residual and the new residual's place."""
+
+    kind: str
+    weights: object
+    eps_bits: int
+    residual: _Act | None = None
+    new_residual: _Act | None = None
+
+    def buffers(self, res) -> list[tuple]:
+        """The bindings after the weight planes, as (buffer, read_only)."""
+        if self.kind == "rms":
+            return [(self.weights, True)]
+        return [(res(self.residual.slot), True), (self.weights, True), (res(self.new_residual.slot), False)]
+
+
 # Multiply-adds one dispatch may do per step, ~0.5 s at 1 TFLOP/s: a step of more tokens runs as
 # consecutive chunks, so that no dispatch of a large prefill nears an OS GPU watchdog (2 s on
 # Windows); see shaders/PORTABILITY.md
@@ -97,6 +120,19 @@ def dispatch_macs_per_token(graph: Graph, n_ctx: int) -> int:
             keys = min(n_ctx, p["window"]) if p["window"] > 0 else n_ctx
             most = max(most, 2 * p["n_head"] * p["head_dim"] * keys)
     return most
+
+
+ENV_NORM_ON_LOAD = "WGPU_LLM_NORM_ON_LOAD"
+
+
+def norm_on_load_enabled() -> bool:
+    """WGPU_LLM_NORM_ON_LOAD: 1 (the default) lets the linears of one-token steps do the norm
+    before them as they load their input (_Compiler._norm_on_load); 0 keeps those norms as
+    dispatches of their own, to compare the two on a device (benchmarks/host_time.py)."""
+    value = os.environ.get(ENV_NORM_ON_LOAD, "1").strip() or "1"
+    if value not in ("0", "1"):
+        raise ValueError(f"{ENV_NORM_ON_LOAD}={value!r}: expected 0 or 1")
+    return value == "1"
 
 
 @dataclass
@@ -124,6 +160,7 @@ class GpuBackend:
 
         check_kv_type(kv_type)
         check_activations(activations)
+        self.norm_on_load = norm_on_load_enabled()
 
         t0 = time.perf_counter()
         if adapter is None:
@@ -335,6 +372,8 @@ class _Compiler:
         self.temps: list[int] = []  # slots of copies made for the op being planned
         self.glu_inputs: dict[str, str] = {}  # glu output fused into its reader -> activation
         self.head_preps: dict[int, K.HeadPrep] = {}  # attention op index -> q / k preparation folded in
+        self.normed_inputs: dict[str, _NormOnLoad] = {}  # a norm's output its linear computes on load
+        self.held: dict[int, list[int]] = defaultdict(list)  # op index -> slots kept alive until it is planned
         self.ids = be.rt.storage(4 * n_tokens, "token ids")
         self.capture = capture_names(graph, capture)
         # names defined for the planner's bookkeeping whose place never holds the op's own value
@@ -409,6 +448,8 @@ class _Compiler:
                 if self.capture:
                     self._capture({i} | (set(self.absorbed) - before))
             self._release_dead(i, op.inputs + (op.out,))
+            for slot in self.held.pop(i, ()):
+                self._unref(slot)
 
     def _capture(self, done) -> None:
         """Copy the wanted outputs of the ops just planned (op indices `done`) into buffers of their
@@ -496,13 +537,16 @@ class _Compiler:
 
         cfg, base = self.cfg, 0
         glu = self.glu_inputs.get(op.inputs[0], "")
+        norm = self.normed_inputs.get(op.inputs[0])
         tiled = matmul.prefill_path(x.rows) == "tiled"
+        assert norm is None or (x.rows == 1 and not tiled), "a norm on load is for one-token steps"
+        norm_kind, norm_eps = (norm.kind, norm.eps_bits) if norm else ("", 0)
         for group in self.be.weight_groups(op.weights):
             wname = "+".join(group)
             for pc in self.be.matrix(group):
                 w = pc.weight
                 params = np.array([x.rows, w.rows, w.cols, x.stride, y.stride, y.offset + base + pc.first_row,
-                                   int(accumulate), 0], np.uint32).tobytes()
+                                   int(accumulate), norm_eps], np.uint32).tobytes()
                 if tiled:  # the tuned tile shape of this piece's shape, else matmul.choose_tiles'
                     tiles = self.be.linear_choice.tiles(w.type_name, w.rows, w.cols, x.rows)
                     tiles = tiles.with_f16(self.be.activations == "f16")  # the f32 shape, f16 tiles or not
@@ -510,15 +554,17 @@ class _Compiler:
                     shader = (lambda w=w, tiles=tiles: matmul.matmul_shader(w.type_name, tiles, glu))
                 else:
                     variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
-                    kind = "linear"
+                    kind = "normed linear" if norm else "linear"  # the trace tells them apart
                     grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant,
                                                  max_per_dim=cfg.max_per_dim)
-                    shader = (lambda w=w, variant=variant: quant.linear_shader(w.type_name, variant=variant, glu=glu))
+                    shader = (lambda w=w, variant=variant: quant.linear_shader(w.type_name, variant=variant, glu=glu,
+                                                                               norm=norm_kind))
 
                 def make(res, pc=pc, params=params, grid=grid, wname=wname, kind=kind, shader=shader):
+                    after = norm.buffers(res) if norm else []
                     return K.foreign(f"{op.out}: {kind} {wname}[{pc.first_row}:]", shader(), params,
-                                     [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes],
-                                     grid)
+                                     [(res(x.slot), True), (res(y.slot), False)] + [(p, True) for p in pc.planes]
+                                     + after, grid)
                 self.intents.append(make)
             base += sum(self.g.weight_shapes[n][0] for n in group)
 
@@ -593,8 +639,53 @@ class _Compiler:
             self.be.vector(q_norm.weights + k_norm.weights) if normed else None, q_norm.param("eps") if normed else 0.0)
         return True
 
+    def _norm_on_load(self, i: int, op: Op) -> bool:
+        """Fold the norm at op i into the linear reading it (quant.NORMS_ON_LOAD), in a one-token
+        step: rms_norm(x) -> linear ("rms"), or Gemma's post-norm + residual add + next pre-norm
+        -> linear ("post_rms", the linear also writing the new residual, into a new slot: the
+        old one is read by every workgroup). Every workgroup recomputes the row's rms: a few
+        loads of one row, against a dispatch less for the host to record (benchmarks/host_time.py
+        compares both on a device, with WGPU_LLM_NORM_ON_LOAD=0)."""
+        ops, x = self.g.ops, self.acts[op.inputs[0]]
+        if (not self.be.norm_on_load or self.n != 1 or x.offset
+                or self.g.weight_shapes[op.weights[0]][1] != x.width):
+            return False
+        fused = self._residual_of(i, x.rows)
+        if fused is None:
+            norm, at, names = op, i, [op.out]
+        else:
+            j, add, r_name = fused
+            norm = ops[j + 1] if j + 1 < len(ops) else None
+            if (norm is None or norm.kind != "rms_norm" or norm.inputs[0] != add.out
+                    or self.g.weight_shapes[norm.weights[0]][1] != x.width or norm.param("eps") != op.param("eps")
+                    or self.acts[r_name].offset):
+                return False
+            at, names = j + 1, [op.out, add.out, norm.out]
+        found = self._consumer(at, "linear")
+        if found is None or self.capture & set(names):
+            return False
+        if fused is not None and self._consumer(found[0], "add") is not None:
+            return False  # the linear might add into the new residual it writes
+        eps_bits = int(np.array([op.param("eps")], np.float32).view(np.uint32)[0])
+        if fused is None:
+            self.absorbed[i] = "rms_norm done by the linear reading it"
+            on_load = _NormOnLoad("rms", self.be.vector(op.weights), eps_bits)
+        else:
+            k = found[0]
+            self.absorbed[i] = self.absorbed[j] = self.absorbed[j + 1] = \
+                "post-norm, residual add and pre-norm done by the linear reading them"
+            r = self.acts[r_name]
+            self.slot_refs[r.slot] += 1  # every workgroup of the linear reads the old residual
+            self.held[k].append(r.slot)
+            new_r = self._define(add.out, self._new(1, x.width))
+            on_load = _NormOnLoad("post_rms", self.be.vector(op.weights + norm.weights), eps_bits, r, new_r)
+        self.unmaterialised.add(norm.out)
+        self.normed_inputs[norm.out] = on_load
+        self._define(norm.out, _Act(x.slot, x.offset, x.stride, x.rows, x.width))  # the linear reads x
+        return True
+
     def _op_rms_norm(self, i, op):
-        if self._prep_in_attention(i):
+        if self._prep_in_attention(i) or self._norm_on_load(i, op):
             return
         x = self.acts[op.inputs[0]]
         weights = op.weights

@@ -183,6 +183,31 @@ def x_input_source(glu: str) -> str:
     return fill(src["x_glu"], ACT=GLU_ACTIVATIONS[glu])
 
 
+# Norms a linear kernel can do on load (one token): "rms", rms_norm(x) * w feeding the linear;
+# "post_rms", Gemma's post-norm + residual add + next pre-norm (see quant_linear.wgsl's x_post_norm).
+NORMS_ON_LOAD = ("rms", "post_rms")
+
+
+def _x_input(type_name: str, glu: str, norm: str, row_kind: bool) -> tuple[str, str]:
+    """(WGSL of x_val -- and for a norm on load, its bindings, x_prologue and norm_sum --, the
+    x_prologue call main makes first)."""
+    if not norm:
+        return x_input_source(glu), ""
+    if norm not in NORMS_ON_LOAD:
+        raise ValueError(f"unknown norm on load {norm!r} (known: {', '.join(NORMS_ON_LOAD)})")
+    if glu:
+        raise ValueError("a linear kernel takes a glu or a norm on load, not both")
+    src = shader_sections("quant_linear.wgsl")
+    first = 3 + len(plane_row_words(type_name, 256))  # the bindings after the weight planes
+    section = {"rms": "x_norm", "post_rms": "x_post_norm"}[norm]
+    x_val = fill(src[section], NB=first, NB1=first + 1, NB2=first + 2)
+    if row_kind:  # one lane writes the new residual
+        call = "    x_prologue(0u, 1u, lid, wid.x + wid.y + wid.z == 0u && lid == 0u);\n"
+    else:
+        call = "    x_prologue(lid, WG, lid, wid.x + wid.y + wid.z == 0u);\n"
+    return src["norm_sum_row" if row_kind else "norm_sum_shared"] + x_val, call
+
+
 def _check_workgroup_size(workgroup_size: int) -> None:
     if workgroup_size < 8 or workgroup_size > 1024 or workgroup_size & (workgroup_size - 1):
         raise ValueError(f"workgroup_size must be a power of two in [8, 1024], got {workgroup_size}")
@@ -305,12 +330,19 @@ def _variant(variant: LinearVariant | None, workgroup_size: int, subgroup_size: 
 EMULATED_SUBGROUP_WIDTHS = (4, 8, 16, 32, 64, 128)
 
 
-@cache  # one text per (type, variant, glu): a model compiles the same few many times
+@cache  # one text per (type, variant, glu, norm): a model compiles the same few many times
 def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: int = 0,
-                  variant: LinearVariant | None = None, glu: str = "", emulate_subgroups: int = 0) -> str:
+                  variant: LinearVariant | None = None, glu: str = "", norm: str = "",
+                  emulate_subgroups: int = 0) -> str:
     """WGSL for y[t, y_offset + r] (+)= sum_c x[t, c] * W[r, c], r < rows, t < n_tokens.
     With glu (an activation of GLU_ACTIVATIONS) x[t, c] is act(x[t, c]) * x[t, c + cols] instead,
     read from rows of 2 * cols (x_stride at least that).
+
+    With norm (one of NORMS_ON_LOAD; one token only: n_tokens must be 1) the input is normed as
+    it is loaded, with the norm's epsilon in the parameters' norm_eps (f32 bits) and its buffers
+    bound after the planes: "rms", x[c] / rms(x) * w[c] (binding: w); "post_rms", x is the
+    previous linear's output o, the kernel also writes the new residual h = r + o / rms(o) * w_post
+    and reads h[c] / rms(h) * w_pre (bindings: r, w_post | w_pre, h -- never r itself).
 
     Bindings (group 0): 0 uniform LinearParams, 1 x (f32, read), 2 y (f32, read_write),
     3 + i plane i of the PackedWeight. The work split is `variant` (see LinearVariant); without
@@ -332,9 +364,11 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         raise ValueError(f"emulate_subgroups={emulate_subgroups}: needs the subgroup kind (got {v.kind}) and a "
                          f"width in {EMULATED_SUBGROUP_WIDTHS}")
     if v.kind == "row":
-        return _row_linear_shader(type_name, v, glu)
+        return _row_linear_shader(type_name, v, glu, norm)
     src = shader_sections("quant_linear.wgsl")
-    rows, tt, wg = v.rows, v.tokens_per_pass(type_name), v.workgroup_size
+    x_val, prologue = _x_input(type_name, glu, norm, row_kind=False)
+    rows, wg = v.rows, v.workgroup_size
+    tt = 1 if norm else v.tokens_per_pass(type_name)  # a norm on load: one token
     if v.kind == "subgroup":
         max_sg = v._max_subgroups()
         reduce_decl = fill(src["reduce_subgroup"], MAX_SG=f"{max_sg}u", RED_SIZE=max_sg * rows * tt)
@@ -362,19 +396,22 @@ def linear_shader(type_name: str, *, workgroup_size: int = 64, subgroup_size: in
         passes.append(fill(src["pass"], PASS=nt, NT=f"{nt}u", V=values, SG_PARAMS=sg_params,
                             REDUCE=fill(reduce_body, V=values).rstrip("\n"),
                             TOTAL=fill(reduce_total, V=values).rstrip("\n")))
-    main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt, SG_LOCALS=sg_locals)
-    header = fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_input_source(glu))
+    main = fill(src["main"], WG=wg, SG_BUILTINS=sg_builtins, SG_ARGS=sg_args, TT_PASS=tt, SG_LOCALS=sg_locals,
+                PROLOGUE=prologue)
+    header = fill(src["header"], WG=f"{wg}u", ROWS=f"{rows}u", TT=f"{tt}u", X_VAL=x_val)
     return "\n".join([f"// linear kernel for {type_name} weights\n", dequant_source(type_name), src["params"], header,
                       reduce_decl, *passes, main])
 
 
-def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
+def _row_linear_shader(type_name: str, v: LinearVariant, glu: str, norm: str) -> str:
     """The row kind: quant_linear.wgsl's row sections (header, the type's block reader, main) and
     generated code in between whose loops over tokens and over a step's vec4s are written out (a
     CPU adapter keeps values in registers only where array indices are constants)."""
     src = shader_sections("quant_linear.wgsl")
     qt = quant_type(type_name)
-    rpt, tt, wg = v.rows_per_invocation, v.tokens_per_pass(type_name), v.workgroup_size
+    x_val, prologue = _x_input(type_name, glu, norm, row_kind=True)
+    rpt, wg = v.rows_per_invocation, v.workgroup_size
+    tt = 1 if norm else v.tokens_per_pass(type_name)  # a norm on load: one token
     step = qt.row_step_cols
     xb = v.x_broadcast if v.x_broadcast and step % v.x_broadcast == 0 else 0
     nv = step // 4
@@ -431,9 +468,9 @@ def _row_linear_shader(type_name: str, v: LinearVariant, glu: str) -> str:
     else:
         builtins, share = "", "let xshare = false;\n    let lane = 0u;"
     header = fill(src["row_header"], WG=f"{wg}u", ROWS=f"{v.rows}u", RPT=f"{rpt}u", TT=f"{tt}u", XB=f"{xb}u",
-                   X_VAL=x_input_source(glu))
+                   X_VAL=x_val)
     blocks = "".join(src[section] for section in qt.row_sections)
-    main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt)
+    main = fill(src["row_main"], WG=wg, BUILTINS=builtins, XSHARE=share, TT_PASS=tt, PROLOGUE=prologue)
     return "\n".join([f"// linear kernel for {type_name} weights, variant {v.key}\n", dequant_source(type_name),
                       src["params"], header, blocks, *passes, main])
 
