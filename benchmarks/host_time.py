@@ -4,12 +4,14 @@ submitted and read back, each phase timed on the host, with the GPU idle before 
 
     python benchmarks/host_time.py [--models gemma3-270m,smollm2-135m|PATH.gguf] [--steps 16] [--json FILE]
 
-Each model is timed twice: a step alone in a command buffer (chunk 1), and a command buffer of
-LOOP_MAX_CHUNK steps, which is what the decode loop records on a device whose steps are short (a
-hardware GPU; on lavapipe a step takes hundreds of milliseconds and the loop records one at a
-time); then that command buffer of LOOP_MAX_CHUNK steps once more with the norms as dispatches of
-their own (WGPU_LLM_NORM_ON_LOAD=0, rows with "norm_on_load": false), which shows what doing them
-in the linears saves the host and costs the device (its `wait`). Phases, per step (median over --steps command buffers, after 2 warm-up ones, divided by the
+Each model's step is the one a GPU runs, with the norms done by the linears as they load their
+input (WGPU_LLM_NORM_ON_LOAD=1: a CPU adapter does not do that by default), timed twice: a step
+alone in a command buffer (chunk 1), and a command buffer of LOOP_MAX_CHUNK steps, which is what
+the decode loop records on a device whose steps are short (a hardware GPU; on lavapipe a step takes
+hundreds of milliseconds and the loop records one at a time). Then that command buffer of
+LOOP_MAX_CHUNK steps once more with the norms as dispatches of their own (WGPU_LLM_NORM_ON_LOAD=0,
+rows with "norm_on_load": false): what doing them in the linears saves the host, and costs the
+device (its `wait`). Phases, per step (median over --steps command buffers, after 2 warm-up ones, divided by the
 steps in a command buffer):
   record   Python + wgpu-native calls that put the step's dispatches into a command encoder
            (Program.record_pass: ~3 C calls per dispatch) and the copies around them

@@ -97,7 +97,8 @@ def test_tiny_llama_mha_one_layer(adapter, tmp_path):
 
 @gpu
 @pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q5_0"])
-def test_tiny_gemma3(adapter, tmp_path, qtype):
+def test_tiny_gemma3(adapter, tmp_path, monkeypatch, qtype):
+    monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "1")  # the norms on load whatever the mat-vec kind
     path = write_tiny_model(tmp_path / f"gemma3-{qtype}.gguf", "gemma3", qtype, **GEMMA_SHAPE)
     errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
     assert max(errors) <= NMSE_TOL, errors
@@ -121,9 +122,10 @@ def test_tiny_gemma3(adapter, tmp_path, qtype):
 
 @gpu
 @pytest.mark.parametrize(("arch", "qtype"), [("gemma3", "Q5_0"), ("llama", "Q4_0")])
-def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, arch, qtype):
+def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, monkeypatch, arch, qtype):
     """Q and K in Q5_0 / Q4_0 with a Q8_0 V (as in Gemma 3 270M's file): one Q8_0 QKV matrix,
-    so still 5 dispatches per layer, and the same results as the numpy backend."""
+    so still 5 dispatches per layer (norms on load), and the same results as the numpy backend."""
+    monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "1")
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
     path = write_tiny_model(tmp_path / f"{arch}-mixed.gguf", arch, qtype, layer_types={"attn_v": "Q8_0"}, **shape)
     errors, gpu, step = compare_backends(path, adapter, n_prefill=7, n_decode=5)
@@ -137,19 +139,25 @@ def test_mixed_types_stacked_as_q8_0(adapter, tmp_path, arch, qtype):
 @gpu
 @pytest.mark.parametrize("arch", ["gemma3", "llama"])
 def test_norms_apart(adapter, tmp_path, monkeypatch, arch):
-    """WGPU_LLM_NORM_ON_LOAD=0: the decode step's norms are dispatches of their own again (two
-    more per layer, one more for the output norm), with the same results."""
+    """WGPU_LLM_NORM_ON_LOAD=0: the decode step's norms are dispatches of their own (two more per
+    layer, one more for the output norm), with the same results. By default (auto) that is what
+    a CPU adapter's row kind of mat-vec gets, and a GPU's kinds do the norms on load."""
     shape = GEMMA_SHAPE if arch == "gemma3" else {}
     path = write_tiny_model(tmp_path / f"{arch}.gguf", arch, "Q8_0", **shape)
+    n_layer = shape.get("n_layer", 2)
+    on_load = {"rms_norm done by the linear reading it",
+               "post-norm, residual add and pre-norm done by the linear reading them"}
     monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "0")
     errors, _, step = compare_backends(path, adapter, n_prefill=3, n_decode=3)
     assert max(errors) <= NMSE_TOL, errors
-    n_layer = shape.get("n_layer", 2)
     assert step.n_dispatches == 7 * n_layer + (4 if arch == "gemma3" else 3)
-    assert not {"rms_norm done by the linear reading it",
-                "post-norm, residual add and pre-norm done by the linear reading them"} & set(step.fused.values())
+    assert not on_load & set(step.fused.values())
+    monkeypatch.delenv("WGPU_LLM_NORM_ON_LOAD")
+    _, gpu, step = compare_backends(path, adapter, n_prefill=3, n_decode=1)
+    folded = bool(on_load & set(step.fused.values()))
+    assert folded == (not gpu.cfg.linear_whole_rows), gpu.cfg  # the row kind on a CPU adapter
     monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "yes")
-    with pytest.raises(ValueError, match="WGPU_LLM_NORM_ON_LOAD='yes': expected 0 or 1"):
+    with pytest.raises(ValueError, match="WGPU_LLM_NORM_ON_LOAD='yes': expected one of auto, 1, 0"):
         compare_backends(path, adapter, n_prefill=3, n_decode=1)
 
 
@@ -177,10 +185,11 @@ def test_tiny_model_on_every_adapter(tmp_path, index, arch):
 
 
 @gpu
-def test_steps_share_buffers_and_reuse_programs(adapter, tmp_path):
+def test_steps_share_buffers_and_reuse_programs(adapter, tmp_path, monkeypatch):
     """Compiling more steps does not upload weights again; the KV cache carries across step kinds."""
     from wgpu_llm.gpu.backend import GpuBackend
 
+    monkeypatch.setenv("WGPU_LLM_NORM_ON_LOAD", "1")
     path = write_tiny_model(tmp_path / "llama.gguf", "llama", "Q8_0")
     gf = GGUFFile(path)
     arch = architecture(gf)

@@ -78,7 +78,8 @@ def test_trace_report_on_both_backends(model_path, backend, sampling, tmp_path):
     assert [s.kind for s in steps] == ["prefill"] + ["decode"] * 3
     n = len(llm.tokenize(PROMPT))
     assert steps[0].n_tokens == n and [s.pos0 for s in steps[1:]] == [n, n + 1, n + 2]
-    report = check_trace(llm.trace, llm.config.n_layer, norm_on_load=backend == "gpu")
+    report = check_trace(llm.trace, llm.config.n_layer,
+                         norm_on_load=backend == "gpu" and not llm.backend.cfg.linear_whole_rows)
     if backend == "gpu":
         assert "timestamp" in llm.trace.timer
         kernels = {op.kind for s in steps for op in s.ops if op.section == "sampling"}
@@ -101,7 +102,7 @@ def test_gpu_trace_without_timestamp_queries(model_path):
     llm.backend.rt.timestamp_query = False
     llm.generate(PROMPT, max_tokens=3, temperature=0, ignore_eos=True)
     assert "host clock" in llm.trace.timer
-    check_trace(llm.trace, llm.config.n_layer, norm_on_load=True)
+    check_trace(llm.trace, llm.config.n_layer, norm_on_load=not llm.backend.cfg.linear_whole_rows)
 
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
@@ -115,7 +116,8 @@ def test_off_by_default_and_untouched(model_path, backend, monkeypatch):
         step = llm._step(1, False)
         gf = GGUFFile(model_path)
         if gf.architecture == "llama":  # the untraced decode step is the same program as always
-            assert step.n_dispatches == 5 * llm.config.n_layer + 2
+            norms_apart = llm.backend.cfg.linear_whole_rows  # backend.norm_on_load_mode
+            assert step.n_dispatches == (7 if norms_apart else 5) * llm.config.n_layer + (3 if norms_apart else 2)
         traced = LLM(model_path, backend="gpu", trace=True)
         assert traced._step(1, False).n_dispatches == step.n_dispatches
         assert step.program.last_times == ()  # never ran timed

@@ -20,9 +20,9 @@ What happens once, at compile:
   decode) the attention kernel norms and ropes q and k itself (kernels.HeadPrep). In a one-token
   step the norm before a linear (and Gemma's post-norm + residual add + next pre-norm, the linear
   also writing the new residual) is done by the mat-vec as it loads its input
-  (quant.NORMS_ON_LOAD), so a llama or Gemma 3 decode step is 5 dispatches per layer (6 where
-  decode attention splits a long context over workgroups and merges them:
-  kernels.attention_variant);
+  (quant.NORMS_ON_LOAD; on a GPU, not on a CPU adapter: norm_on_load_mode), so a llama or
+  Gemma 3 decode step is 5 dispatches per layer on a GPU (6 where decode attention splits a long
+  context over workgroups and merges them: kernels.attention_variant), 7 on a CPU adapter;
 - activations get buffers by liveness from a pool shared by all compiled steps of the backend;
 - pipelines, bind groups and every kernel's parameters (one uniform buffer) are created.
 What happens per step: the token ids and pos0 are written, all dispatches are recorded into one
@@ -123,16 +123,21 @@ def dispatch_macs_per_token(graph: Graph, n_ctx: int) -> int:
 
 
 ENV_NORM_ON_LOAD = "WGPU_LLM_NORM_ON_LOAD"
+NORM_ON_LOAD_MODES = ("auto", "1", "0")
 
 
-def norm_on_load_enabled() -> bool:
-    """WGPU_LLM_NORM_ON_LOAD: 1 (the default) lets the linears of one-token steps do the norm
-    before them as they load their input (_Compiler._norm_on_load); 0 keeps those norms as
-    dispatches of their own, to compare the two on a device (benchmarks/host_time.py)."""
-    value = os.environ.get(ENV_NORM_ON_LOAD, "1").strip() or "1"
-    if value not in ("0", "1"):
-        raise ValueError(f"{ENV_NORM_ON_LOAD}={value!r}: expected 0 or 1")
-    return value == "1"
+def norm_on_load_mode() -> str:
+    """WGPU_LLM_NORM_ON_LOAD: where the linears of one-token steps do the norm before them as they
+    load their input (_Compiler._norm_on_load), a dispatch less each.
+    auto (the default): where the linear's mat-vec is a GPU kind (subgroup, shared), whose
+    invocations share the row's rms between them. Not the row kind (a CPU adapter's), where each
+    invocation walks the row alone: on lavapipe that made Gemma 3 270M's decode steps 1.5 times as
+    long, for 0.12 ms less host time a step (benchmarks/host_time.py).
+    1: every kind. 0: never (the norms are dispatches of their own)."""
+    value = os.environ.get(ENV_NORM_ON_LOAD, "auto").strip().lower() or "auto"
+    if value not in NORM_ON_LOAD_MODES:
+        raise ValueError(f"{ENV_NORM_ON_LOAD}={value!r}: expected one of {', '.join(NORM_ON_LOAD_MODES)}")
+    return value
 
 
 @dataclass
@@ -160,7 +165,7 @@ class GpuBackend:
 
         check_kv_type(kv_type)
         check_activations(activations)
-        self.norm_on_load = norm_on_load_enabled()
+        self.norm_on_load = norm_on_load_mode()
 
         t0 = time.perf_counter()
         if adapter is None:
@@ -374,6 +379,7 @@ class _Compiler:
         self.head_preps: dict[int, K.HeadPrep] = {}  # attention op index -> q / k preparation folded in
         self.normed_inputs: dict[str, _NormOnLoad] = {}  # a norm's output its linear computes on load
         self.held: dict[int, list[int]] = defaultdict(list)  # op index -> slots kept alive until it is planned
+        self.matvec_variants: dict[str, list] = {}  # linear op output -> its pieces' variants, chosen ahead
         self.ids = be.rt.storage(4 * n_tokens, "token ids")
         self.capture = capture_names(graph, capture)
         # names defined for the planner's bookkeeping whose place never holds the op's own value
@@ -541,6 +547,7 @@ class _Compiler:
         tiled = matmul.prefill_path(x.rows) == "tiled"
         assert norm is None or (x.rows == 1 and not tiled), "a norm on load is for one-token steps"
         norm_kind, norm_eps = (norm.kind, norm.eps_bits) if norm else ("", 0)
+        chosen = iter(self.matvec_variants.pop(op.out, ()))
         for group in self.be.weight_groups(op.weights):
             wname = "+".join(group)
             for pc in self.be.matrix(group):
@@ -553,7 +560,7 @@ class _Compiler:
                     kind, grid = "matmul", matmul.matmul_dispatch(w.rows, x.rows, tiles, cfg.max_per_dim)
                     shader = (lambda w=w, tiles=tiles: matmul.matmul_shader(w.type_name, tiles, glu))
                 else:
-                    variant = self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
+                    variant = next(chosen, None) or self.be.linear_choice(w.type_name, w.rows, w.cols, x.rows)
                     kind = "normed linear" if norm else "linear"  # the trace tells them apart
                     grid = quant.linear_dispatch(w.type_name, w.rows, x.rows, variant=variant,
                                                  max_per_dim=cfg.max_per_dim)
@@ -647,7 +654,7 @@ class _Compiler:
         loads of one row, against a dispatch less for the host to record (benchmarks/host_time.py
         compares both on a device, with WGPU_LLM_NORM_ON_LOAD=0)."""
         ops, x = self.g.ops, self.acts[op.inputs[0]]
-        if (not self.be.norm_on_load or self.n != 1 or x.offset
+        if (self.be.norm_on_load == "0" or self.n != 1 or x.offset
                 or self.g.weight_shapes[op.weights[0]][1] != x.width):
             return False
         fused = self._residual_of(i, x.rows)
@@ -663,6 +670,8 @@ class _Compiler:
             at, names = j + 1, [op.out, add.out, norm.out]
         found = self._consumer(at, "linear")
         if found is None or self.capture & set(names):
+            return False
+        if self.be.norm_on_load == "auto" and any(v.kind == "row" for v in self._matvec_variants(found[1])):
             return False
         if fused is not None and self._consumer(found[0], "add") is not None:
             return False  # the linear might add into the new residual it writes
@@ -683,6 +692,15 @@ class _Compiler:
         self.normed_inputs[norm.out] = on_load
         self._define(norm.out, _Act(x.slot, x.offset, x.stride, x.rows, x.width))  # the linear reads x
         return True
+
+    def _matvec_variants(self, op: Op) -> list:
+        """The mat-vec variant of each piece of a one-token linear op, in _emit_linear's order,
+        chosen once: _emit_linear takes these."""
+        if op.out not in self.matvec_variants:
+            self.matvec_variants[op.out] = [
+                self.be.linear_choice(pc.weight.type_name, pc.weight.rows, pc.weight.cols, 1)
+                for group in self.be.weight_groups(op.weights) for pc in self.be.matrix(group)]
+        return self.matvec_variants[op.out]
 
     def _op_rms_norm(self, i, op):
         if self._prep_in_attention(i) or self._norm_on_load(i, op):
