@@ -115,9 +115,18 @@ def test_tiny_gemma3(adapter, tmp_path, monkeypatch, qtype):
     # a prefill step (several rows of one sequence) norms and ropes q and k in one dispatch of
     # their own, and its norms are dispatches of their own
     gf = GGUFFile(path)
-    prefill = gpu.compile(architecture(gf).build_graph(gf, all_logits=True), 7)
+    full = architecture(gf).build_graph(gf, all_logits=True)
+    prefill = gpu.compile(full, 7)
     assert {"rope fused into rms_norm", "merged with the previous head norm and rope",
             "rms_norm fused into the previous rms_norm"} <= set(prefill.fused.values())
+    # a one-token step of the all-logits graph: no last_row, so the head does the last post-norm,
+    # residual add and output norm on load, writing a new residual nothing reads
+    from wgpu_llm.gpu.backend import GpuBackend
+
+    one, cpu_one = GpuBackend(gf, 8, adapter).compile(full, 1), CpuBackend(gf, 8).compile(full, 1)
+    assert step.n_dispatches == one.n_dispatches + 1
+    for pos in range(3):
+        assert nmse(one(np.array([pos + 5]), pos), cpu_one(np.array([pos + 5]), pos)) <= NMSE_TOL
 
 
 @gpu

@@ -546,6 +546,7 @@ class _Compiler:
         norm = self.normed_inputs.get(op.inputs[0])
         tiled = matmul.prefill_path(x.rows) == "tiled"
         assert norm is None or (x.rows == 1 and not tiled), "a norm on load is for one-token steps"
+        assert norm is None or norm.kind == "rms" or y.slot not in (norm.residual.slot, norm.new_residual.slot)
         norm_kind, norm_eps = (norm.kind, norm.eps_bits) if norm else ("", 0)
         chosen = iter(self.matvec_variants.pop(op.out, ()))
         for group in self.be.weight_groups(op.weights):
@@ -684,9 +685,10 @@ class _Compiler:
             self.absorbed[i] = self.absorbed[j] = self.absorbed[j + 1] = \
                 "post-norm, residual add and pre-norm done by the linear reading them"
             r = self.acts[r_name]
-            self.slot_refs[r.slot] += 1  # every workgroup of the linear reads the old residual
-            self.held[k].append(r.slot)
             new_r = self._define(add.out, self._new(1, x.width))
+            for slot in (r.slot, new_r.slot):  # read and written by the linear: not its output's place
+                self.slot_refs[slot] += 1
+                self.held[k].append(slot)
             on_load = _NormOnLoad("post_rms", self.be.vector(op.weights + norm.weights), eps_bits, r, new_r)
         self.unmaterialised.add(norm.out)
         self.normed_inputs[norm.out] = on_load
