@@ -90,6 +90,21 @@ fn x_val(i: u32) -> f32 {
     return $ACT * u;
 }
 
+//! norm_scale
+// a norm on load: 1 / rms of a row from the sum of squares of the invocations' parts of it
+// (invocations first, first + stride, ...; norm_sum adds the parts up)
+fn inv_rms(part: f32, lid: u32) -> f32 {
+    return 1.0 / sqrt(norm_sum(part, lid) / f32(prm().cols) + bitcast<f32>(prm().norm_eps));
+}
+
+fn x_inv_rms(first: u32, stride: u32, lid: u32) -> f32 {
+    var ss = 0.0;
+    for (var c = first; c < prm().cols; c += stride) {
+        ss += x[c] * x[c];
+    }
+    return inv_rms(ss, lid);
+}
+
 //! x_norm
 // the input: rms_norm(x) * w, the rms norm feeding this linear done on load (one token, a row of
 // cols); x_scale = 1 / rms(x) comes from x_prologue, run by main before any x_val
@@ -100,13 +115,8 @@ fn x_val(i: u32) -> f32 {
     return x[i] * x_scale * norm_w[i];
 }
 
-// invocations first, first + stride, ... add up parts of the row; norm_sum adds their parts
 fn x_prologue(first: u32, stride: u32, lid: u32, writer: bool) {
-    var ss = 0.0;
-    for (var c = first; c < prm().cols; c += stride) {
-        ss += x[c] * x[c];
-    }
-    x_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + bitcast<f32>(prm().norm_eps));
+    x_scale = x_inv_rms(first, stride, lid);
 }
 
 //! x_post_norm
@@ -130,13 +140,8 @@ fn x_val(i: u32) -> f32 {
 }
 
 fn x_prologue(first: u32, stride: u32, lid: u32, writer: bool) {
-    let eps = bitcast<f32>(prm().norm_eps);
+    o_scale = x_inv_rms(first, stride, lid);
     var ss = 0.0;
-    for (var c = first; c < prm().cols; c += stride) {
-        ss += x[c] * x[c];
-    }
-    o_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + eps);
-    ss = 0.0;
     for (var c = first; c < prm().cols; c += stride) {
         let v = new_residual(c);
         ss += v * v;
@@ -144,7 +149,7 @@ fn x_prologue(first: u32, stride: u32, lid: u32, writer: bool) {
             r_out[c] = v;
         }
     }
-    x_scale = 1.0 / sqrt(norm_sum(ss, lid) / f32(prm().cols) + eps);
+    x_scale = inv_rms(ss, lid);
 }
 
 //! norm_sum_shared

@@ -122,6 +122,11 @@ def dispatch_macs_per_token(graph: Graph, n_ctx: int) -> int:
     return most
 
 
+def _f32_bits(value: float) -> int:
+    """A float as the u32 bits of its f32 (a float among a kernel's u32 parameters)."""
+    return int(np.array([value], np.float32).view(np.uint32)[0])
+
+
 ENV_NORM_ON_LOAD = "WGPU_LLM_NORM_ON_LOAD"
 NORM_ON_LOAD_MODES = ("auto", "1", "0")
 
@@ -132,7 +137,7 @@ def norm_on_load_mode() -> str:
     auto (the default): where the linear's mat-vec is a GPU kind (subgroup, shared), whose
     invocations share the row's rms between them. Not the row kind (a CPU adapter's), where each
     invocation walks the row alone: on lavapipe that made Gemma 3 270M's decode steps 1.5 times as
-    long, for 0.12 ms less host time a step (benchmarks/host_time.py).
+    long, for 0.18 ms less host time a step (benchmarks/host_time.py).
     1: every kind. 0: never (the norms are dispatches of their own)."""
     value = os.environ.get(ENV_NORM_ON_LOAD, "auto").strip().lower() or "auto"
     if value not in NORM_ON_LOAD_MODES:
@@ -497,7 +502,7 @@ class _Compiler:
         be, n = self.be, self.n
         (table,) = op.weights
         y = self._define(op.out, self._new(n, self.g.widths[op.out]))
-        scale_bits = int(np.array([op.param("scale")], np.float32).view(np.uint32)[0])
+        scale_bits = _f32_bits(op.param("scale"))
         for pc in be.matrix(table):
             w = pc.weight
             params = np.array([n, w.rows, w.cols, pc.first_row, y.stride, scale_bits, 0, 0], np.uint32).tobytes()
@@ -676,7 +681,7 @@ class _Compiler:
             return False
         if fused is not None and self._consumer(found[0], "add") is not None:
             return False  # the linear might add into the new residual it writes
-        eps_bits = int(np.array([op.param("eps")], np.float32).view(np.uint32)[0])
+        eps_bits = _f32_bits(op.param("eps"))
         if fused is None:
             self.absorbed[i] = "rms_norm done by the linear reading it"
             on_load = _NormOnLoad("rms", self.be.vector(op.weights), eps_bits)

@@ -189,8 +189,8 @@ NORMS_ON_LOAD = ("rms", "post_rms")
 
 
 def _x_input(type_name: str, glu: str, norm: str, row_kind: bool) -> tuple[str, str]:
-    """(WGSL of x_val -- and for a norm on load, its bindings, x_prologue and norm_sum --, the
-    x_prologue call main makes first)."""
+    """(WGSL of x_val -- and for a norm on load, its bindings, x_prologue, norm_sum and inv_rms --,
+    the x_prologue call main makes first)."""
     if not norm:
         return x_input_source(glu), ""
     if norm not in NORMS_ON_LOAD:
@@ -205,7 +205,7 @@ def _x_input(type_name: str, glu: str, norm: str, row_kind: bool) -> tuple[str, 
         call = "    x_prologue(0u, 1u, lid, wid.x + wid.y + wid.z == 0u && lid == 0u);\n"
     else:
         call = "    x_prologue(lid, WG, lid, wid.x + wid.y + wid.z == 0u);\n"
-    return src["norm_sum_row" if row_kind else "norm_sum_shared"] + x_val, call
+    return src["norm_sum_row" if row_kind else "norm_sum_shared"] + src["norm_scale"] + x_val, call
 
 
 def _check_workgroup_size(workgroup_size: int) -> None:
